@@ -1,0 +1,179 @@
+"""The `plan` activity: one model call turns the task into a whole plan graph.
+
+The output is constrained to a JSON schema built from the tool catalog (each step's `args`
+must match its tool's input schema), then costed from the tools' metadata: the model chooses
+tools and arguments; prices and latencies come from the catalog, not from the model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+from temporalio import activity
+
+from activities.models.base import Message, ModelRequest
+from activities.models.router import TYPICAL_REASONER_CALL, ModelRouter
+from keel.contracts import Plan, PlanRequest, PlanResponse, PlanStep, StepStatus, ToolSpec
+from keel.converter import describe_validation_error
+from keel.logging import activity_logger
+from keel.plans import output_text
+
+MAX_PLAN_STEPS = 6
+PLAN_MAX_TOKENS = 400
+RESULT_PREVIEW = 300
+
+SYSTEM = """You are the planner of an agent. Break the task into tool calls.
+Reply with JSON only: {"steps": [{"id": "s1", "tool": "...", "args": {...}, "depends_on": []}]}.
+Use as few steps as the task needs. Steps without depends_on run in parallel.
+To use an earlier step's output inside a text argument write {{s1}} and list s1 in depends_on.
+
+Example task: What is 12*4, and what does notes.md say?
+Example reply: {"steps": [{"id": "s1", "tool": "calculator", "args": {"expression": "12*4"}, "depends_on": []}, {"id": "s2", "tool": "read_file", "args": {"path": "notes.md"}, "depends_on": []}]}"""
+
+
+class _DraftStep(BaseModel):
+    id: str
+    tool: str
+    args: dict[str, Any] = Field(default_factory=dict)
+    depends_on: list[str] = Field(default_factory=list)
+
+
+class _Draft(BaseModel):
+    steps: list[_DraftStep]
+
+
+def plan_output_schema(tools: list[ToolSpec], files: list[str]) -> dict[str, Any]:
+    """The grammar the model decodes under: one branch per tool with that tool's arguments."""
+    ids = [f"s{i}" for i in range(1, MAX_PLAN_STEPS + 1)]
+    branches = []
+    for spec in tools:
+        args = _strip_titles(spec.input_schema)
+        if spec.name == "read_file" and files:
+            args["properties"]["path"] = {"type": "string", "enum": files}
+        args["additionalProperties"] = False
+        branches.append(
+            {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "string", "enum": ids},
+                    "tool": {"const": spec.name},
+                    "args": args,
+                    "depends_on": {"type": "array", "items": {"enum": ids}, "maxItems": 3},
+                },
+                "required": ["id", "tool", "args", "depends_on"],
+                "additionalProperties": False,
+            }
+        )
+    return {
+        "type": "object",
+        "properties": {
+            "steps": {
+                "type": "array",
+                "items": {"anyOf": branches},
+                "minItems": 1,
+                "maxItems": MAX_PLAN_STEPS,
+            }
+        },
+        "required": ["steps"],
+        "additionalProperties": False,
+    }
+
+
+def _strip_titles(schema: Any) -> Any:
+    if isinstance(schema, dict):
+        return {k: _strip_titles(v) for k, v in schema.items() if k not in ("title",)}
+    if isinstance(schema, list):
+        return [_strip_titles(v) for v in schema]
+    return schema
+
+
+def planning_prompt(request: PlanRequest, files: list[str]) -> list[Message]:
+    lines = [f"Task: {request.task}", "", "Tools:"]
+    for spec in request.tools:
+        props = ", ".join(spec.input_schema.get("properties", {}))
+        lines.append(
+            f"- {spec.name}({props}): {spec.description} "
+            f"[${spec.cost_per_call_usd:.6f}/call, ~{spec.avg_latency_ms:.0f} ms]"
+        )
+    if files:
+        lines.append(f"Files: {', '.join(files)}")
+    lines.append(f"Budget left: ${request.remaining_usd:.6f}")
+    if request.context:
+        lines += ["", "Relevant memory:", *(f"- {c}" for c in request.context)]
+    if request.completed:
+        lines += ["", "Already done (do not repeat):"]
+        for r in request.completed:
+            if r.status == StepStatus.SUCCEEDED:
+                lines.append(
+                    f"- {r.tool}({json.dumps(r.args)}) -> {output_text(r)[:RESULT_PREVIEW]}"
+                )
+    if request.failures:
+        lines += ["", "Earlier attempts failed; plan around these errors:"]
+        lines += [f"- {f}" for f in request.failures]
+    return [Message("system", SYSTEM), Message("user", "\n".join(lines))]
+
+
+def cost_plan(draft: _Draft, request: PlanRequest, synthesis_usd: float, model: str) -> Plan:
+    specs = {s.name: s for s in request.tools}
+    steps = []
+    for d in draft.steps:
+        spec = specs.get(d.tool)
+        steps.append(
+            PlanStep(
+                id=d.id,
+                tool=d.tool,
+                args=d.args,
+                depends_on=d.depends_on,
+                expected_cost_usd=spec.cost_per_call_usd if spec else 0.0,
+                expected_latency_ms=spec.avg_latency_ms if spec else 0.0,
+            )
+        )
+    return Plan(
+        version=request.version, steps=steps, model=model, synthesis_estimate_usd=synthesis_usd
+    )
+
+
+class PlanningActivities:
+    def __init__(self, router: ModelRouter, docs_dir: Path) -> None:
+        self.router, self.docs_dir = router, docs_dir
+
+    def _files(self) -> list[str]:
+        if not self.docs_dir.is_dir():
+            return []
+        return sorted(
+            str(p.relative_to(self.docs_dir)) for p in self.docs_dir.rglob("*") if p.is_file()
+        )
+
+    @activity.defn(name="plan")
+    async def plan(self, request: PlanRequest) -> PlanResponse:
+        log = activity_logger()
+        files = self._files()
+        routed = await self.router.complete(
+            "planner",
+            ModelRequest(
+                messages=planning_prompt(request, files),
+                max_tokens=PLAN_MAX_TOKENS,
+                json_schema=plan_output_schema(request.tools, files),
+                meta={
+                    "purpose": "plan",
+                    "task": request.task,
+                    "tools": ",".join(t.name for t in request.tools),
+                },
+            ),
+            max_usd=request.max_usd,
+            max_tokens=request.max_tokens,
+        )
+        try:
+            draft = _Draft.model_validate_json(routed.text)
+        except ValidationError as err:
+            log.info("planner output is not a plan", output=routed.text[:500])
+            return PlanResponse(
+                error=describe_validation_error(err, "plan JSON"), usage=routed.usage
+            )
+        synthesis_usd = self.router.estimate_usd("reasoner", *TYPICAL_REASONER_CALL)
+        plan = cost_plan(draft, request, synthesis_usd, routed.usage.model)
+        log.info("planned", steps=len(plan.steps), expected_usd=plan.expected_cost_usd)
+        return PlanResponse(plan=plan, usage=routed.usage)

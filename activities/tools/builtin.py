@@ -1,0 +1,68 @@
+"""The tools every Keel deployment has, with honest metadata."""
+
+from __future__ import annotations
+
+from activities.models.router import reasoner_price_estimate
+from activities.tools import files
+from activities.tools.calculator import CalculatorInput, CalculatorOutput, calculate
+from activities.tools.reasoner import AskReasonerInput, AskReasonerOutput, ask_reasoner
+from activities.tools.registry import Tool, ToolContext, ToolRegistry, define_tool
+from keel.contracts import SideEffects
+from keel.queues import LLM
+from keel.settings import Settings
+
+
+async def _calculator(args: CalculatorInput, ctx: ToolContext) -> CalculatorOutput:
+    return calculate(args)
+
+
+def builtin_tools(settings: Settings) -> list[Tool]:
+    return [
+        define_tool(
+            "calculator",
+            "Evaluate an arithmetic expression (+ - * / // % ** parentheses, sqrt, abs, "
+            "round, min, max).",
+            _calculator,
+            CalculatorInput,
+            CalculatorOutput,
+            avg_latency_ms=2,
+            timeout_s=5,
+        ),
+        define_tool(
+            "read_file",
+            "Read a text document from the task's files.",
+            files.read_file,
+            files.ReadFileInput,
+            files.ReadFileOutput,
+            avg_latency_ms=5,
+            timeout_s=10,
+            side_effects=SideEffects.READ,
+        ),
+        define_tool(
+            "list_files",
+            "List the documents available to the task.",
+            files.list_files,
+            files.ListFilesInput,
+            files.ListFilesOutput,
+            avg_latency_ms=5,
+            timeout_s=10,
+            side_effects=SideEffects.READ,
+        ),
+        define_tool(
+            "ask_reasoner",
+            "Ask the large reasoning model a hard question (costs model tokens).",
+            ask_reasoner,
+            AskReasonerInput,
+            AskReasonerOutput,
+            cost_per_call_usd=reasoner_price_estimate(settings),
+            avg_latency_ms=2000,
+            timeout_s=120,
+            side_effects=SideEffects.EXTERNAL,
+            queue=LLM,
+            max_attempts=3,
+        ),
+    ]
+
+
+def default_registry(settings: Settings) -> ToolRegistry:
+    return ToolRegistry(builtin_tools(settings))

@@ -1,0 +1,36 @@
+"""`ask_reasoner`: a hard question for the large model, through the router's reasoner role."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from activities.models.base import Message, ModelRequest
+from activities.tools.registry import ToolContext
+
+SYSTEM = "You are a careful expert. Answer the question briefly and precisely."
+MAX_ANSWER_TOKENS = 400
+
+
+class AskReasonerInput(BaseModel):
+    question: str = Field(min_length=1, max_length=8000, description="the question to answer")
+
+
+class AskReasonerOutput(BaseModel):
+    answer: str
+
+
+async def ask_reasoner(args: AskReasonerInput, ctx: ToolContext) -> AskReasonerOutput:
+    if ctx.router is None:
+        raise RuntimeError("ask_reasoner runs on the reasoner worker, which has no model router")
+    routed = await ctx.router.complete(
+        "reasoner",
+        ModelRequest(
+            messages=[Message("system", SYSTEM), Message("user", args.question)],
+            max_tokens=MAX_ANSWER_TOKENS,
+            meta={"purpose": "ask", "task": args.question},
+        ),
+        max_usd=ctx.max_usd,
+        max_tokens=ctx.max_tokens,
+    )
+    ctx.usage.append(routed.usage)
+    return AskReasonerOutput(answer=routed.text.strip())

@@ -1,0 +1,99 @@
+"""Tools declared once: a function, its pydantic input/output models and its metadata.
+
+The JSON schemas the planner sees are derived from the models, and the same models validate
+every call's input and output in the executor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from activities.models.router import ModelRouter
+from keel.contracts import ModelUsage, SideEffects, ToolSpec
+from keel.queues import TOOLS
+from sandbox.workspace import TaskWorkspace
+
+
+@dataclass
+class ToolContext:
+    workflow_id: str
+    step_id: str
+    max_usd: float
+    max_tokens: int | None
+    workspaces_dir: Path
+    docs_dir: Path
+    router: ModelRouter | None = None
+    usage: list[ModelUsage] = field(default_factory=list)  # model calls made by the tool
+
+    def workspace(self) -> TaskWorkspace:
+        return TaskWorkspace.for_task(self.workspaces_dir, self.workflow_id, self.docs_dir)
+
+
+ToolFn = Callable[[Any, ToolContext], Awaitable[BaseModel]]
+
+
+@dataclass(frozen=True)
+class Tool:
+    spec: ToolSpec
+    input_model: type[BaseModel]
+    output_model: type[BaseModel]
+    fn: ToolFn
+
+
+def define_tool(
+    name: str,
+    description: str,
+    fn: ToolFn,
+    input_model: type[BaseModel],
+    output_model: type[BaseModel],
+    *,
+    cost_per_call_usd: float = 0.0,
+    avg_latency_ms: float = 10.0,
+    timeout_s: float = 30.0,
+    side_effects: SideEffects = SideEffects.NONE,
+    idempotent: bool = True,
+    requires_approval: bool = False,
+    queue: str = TOOLS,
+    max_attempts: int = 3,
+) -> Tool:
+    spec = ToolSpec(
+        name=name,
+        description=description,
+        input_schema=input_model.model_json_schema(),
+        output_schema=output_model.model_json_schema(),
+        cost_per_call_usd=cost_per_call_usd,
+        avg_latency_ms=avg_latency_ms,
+        timeout_s=timeout_s,
+        side_effects=side_effects,
+        idempotent=idempotent,
+        requires_approval=requires_approval,
+        queue=queue,
+        max_attempts=max_attempts,
+    )
+    return Tool(spec, input_model, output_model, fn)
+
+
+class ToolRegistry:
+    def __init__(self, tools: Iterable[Tool] = ()) -> None:
+        self._tools: dict[str, Tool] = {}
+        for tool in tools:
+            self.add(tool)
+
+    def add(self, tool: Tool) -> None:
+        if tool.spec.name in self._tools:
+            raise ValueError(f"tool {tool.spec.name!r} is registered twice")
+        self._tools[tool.spec.name] = tool
+
+    def get(self, name: str) -> Tool:
+        return self._tools[name]
+
+    def specs(self) -> list[ToolSpec]:
+        return [t.spec for t in self._tools.values()]
+
+    def on_queue(self, base_queue: str) -> list[Tool]:
+        return [t for t in self._tools.values() if t.spec.queue == base_queue]

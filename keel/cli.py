@@ -1,0 +1,291 @@
+"""The `keel` command line: run tasks, watch them, run the workers and the dev stack."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+from pydantic import ValidationError
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+
+from keel import logging as keel_logging
+from keel.client import TemporalUnreachable, connect, start_task
+from keel.contracts import Budget, TaskProgress, TaskRequest, TaskResult, TaskStatus
+from keel.converter import describe_validation_error
+from keel.queues import Queues
+from keel.settings import Settings, SettingsError, get_settings
+
+DEFAULT_TASK = (
+    "How many hours are in 17 weeks (17*7*24), and what does handbook.md say about deployments?"
+)
+POLL_S = 0.3
+
+
+class UsageError(Exception):
+    """Bad input on the command line: one line saying what is wrong and what to do."""
+
+
+def _out(text: str = "") -> None:
+    print(text, flush=True)
+
+
+# --- the embedded stack ------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _stack(settings: Settings, quiet: bool) -> AsyncIterator[Client]:
+    """A client for the configured server; with default settings and no server reachable,
+    an embedded dev server for the duration. Workers run in-process when none poll."""
+    from temporal.devserver import DevServer
+    from workers.process import build_all, run_workers
+
+    server = None
+    try:
+        client = await connect(settings)
+    except TemporalUnreachable:
+        if not settings.uses_embedded_temporal:
+            raise
+        if not quiet:
+            _out(
+                f"No Temporal server at {settings.temporal_address}: starting an embedded dev "
+                f"server for this run (data in {settings.temporal_db})"
+            )
+        server = DevServer(settings.temporal_db).start()
+        client = await connect(settings)
+    stop = asyncio.Event()
+    runner = None
+    try:
+        queues = Queues(settings.queue_prefix)
+        if not await _has_pollers(client, queues.agent):
+            from workers.components import Components
+
+            settings.home.mkdir(parents=True, exist_ok=True)
+            log_path = settings.home / "worker.log"
+            keel_logging.configure(settings.log_level, open(log_path, "a"))  # noqa: SIM115
+            if not quiet:
+                _out(
+                    f"No Keel workers on {queues.agent}: running them in this process "
+                    f"(logs in {log_path})"
+                )
+            components = Components.from_settings(settings)
+            runner = asyncio.create_task(run_workers(build_all(client, components), stop))
+        yield client
+    finally:
+        stop.set()
+        if runner:
+            await runner
+        if server:
+            server.stop()
+
+
+async def _has_pollers(client: Client, queue: str) -> bool:
+    described = await client.workflow_service.describe_task_queue(
+        DescribeTaskQueueRequest(
+            namespace=client.namespace,
+            task_queue=TaskQueue(name=queue),
+            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+        )
+    )
+    return len(described.pollers) > 0
+
+
+# --- keel run ----------------------------------------------------------------------------
+
+
+async def _follow(handle: WorkflowHandle[Any, TaskResult], show: bool) -> TaskResult:
+    result_task = asyncio.ensure_future(handle.result())
+    printed = 0
+    while True:
+        done, _ = await asyncio.wait({result_task}, timeout=POLL_S)
+        if show:
+            with contextlib.suppress(Exception):  # a query can race the workflow's start
+                progress = await handle.query("status", result_type=TaskProgress)
+                first_new = max(0, len(progress.events) - (progress.events_total - printed))
+                for event in progress.events[first_new:]:
+                    _out(f"  · {event}")
+                printed = progress.events_total
+        if done:
+            return result_task.result()
+
+
+def _print_result(result: TaskResult, settings: Settings) -> None:
+    _out()
+    _out(f"Status: {result.status.value}")
+    _out("Answer:")
+    _out("  " + (result.answer or "(none)").replace("\n", "\n  "))
+    _out()
+    _out("Ledger:")
+    _out(f"  {'kind':6} {'name':24} {'role':9} {'step':6} {'tokens':>8} {'usd':>11} {'ms':>8}")
+    for e in result.ledger.entries:
+        _out(
+            f"  {e.kind:6} {e.name[:24]:24} {e.role:9} {e.step_id or '':6} "
+            f"{e.input_tokens + e.output_tokens:>8} {e.usd:>11.6f} {e.latency_ms:>8.0f}"
+            + ("" if e.ok else "  failed")
+        )
+    _out(
+        f"  total ${result.ledger.total_usd:.6f} of ${result.ledger.budget_usd:g} budget, "
+        f"{result.ledger.total_tokens} tokens, {result.llm_calls} model calls, "
+        f"{result.replans} re-plans"
+    )
+    _out()
+    _out(f"Workflow id: {result.workflow_id}")
+    _out(f"Temporal UI: {settings.ui_link(result.workflow_id)}")
+
+
+async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        request = TaskRequest(
+            task=args.task,
+            user_id=args.user,
+            budget=Budget(usd=args.budget, tokens=args.max_tokens),
+            max_replans=args.max_replans,
+        )
+    except ValidationError as err:
+        raise UsageError(describe_validation_error(err, "task")) from None
+    async with _stack(settings, quiet=args.json) as client:
+        handle = await start_task(client, request, queues=Queues(settings.queue_prefix))
+        if not args.json:
+            _out(f"Started task {handle.id}: {request.task}")
+        try:
+            result = await _follow(handle, show=not args.json)
+        except WorkflowFailureError as err:
+            raise UsageError(f"task {handle.id} failed: {err.cause or err}") from None
+    if args.json:
+        _out(json.dumps(result.model_dump(mode="json"), indent=2))
+    else:
+        _print_result(result, settings)
+        if settings.uses_embedded_temporal:
+            _out(
+                "Inspect it later: `make dev` (or `keel dev`), then open the UI link or run "
+                f"`.venv/bin/temporal workflow show -w {result.workflow_id}`"
+            )
+    return 0 if result.status == TaskStatus.COMPLETED else 3
+
+
+# --- keel status -------------------------------------------------------------------------
+
+
+async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    client = await connect(settings)
+    handle = client.get_workflow_handle(args.workflow_id, result_type=TaskResult)
+    try:
+        description = await handle.describe()
+    except Exception as err:  # RPCError NOT_FOUND and friends
+        raise UsageError(
+            f"no task {args.workflow_id!r} on {settings.temporal_address}: {err}"
+        ) from None
+    _out(f"Workflow {args.workflow_id}: {description.status.name if description.status else '?'}")
+    progress = await handle.query("status", result_type=TaskProgress)
+    _out(
+        f"Status: {progress.status.value}; steps done {progress.steps_done}; "
+        f"re-plans {progress.replans}; spent ${progress.total_usd:.6f}"
+    )
+    for event in progress.events:
+        _out(f"  · {event}")
+    if progress.status.is_final:
+        _print_result(await handle.result(), settings)
+    return 0
+
+
+# --- keel dev / keel worker --------------------------------------------------------------
+
+
+async def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
+    from temporal.devserver import DevServer, port_open
+    from temporal.search_attributes import ensure_registered
+    from workers.components import Components
+    from workers.process import build_all, run_workers, stop_on_signals
+
+    keel_logging.configure(settings.log_level)
+    server = None
+    host, _, port = settings.temporal_address.rpartition(":")
+    if settings.uses_embedded_temporal and not port_open(host, int(port)):
+        server = DevServer(settings.temporal_db).start()
+        _out(f"Temporal dev server on {server.address}, data in {settings.temporal_db}")
+        _out(f"Web UI: {settings.temporal_ui_url}")
+    try:
+        client = await connect(settings)
+        added = await ensure_registered(client)
+        if added:
+            _out(f"Registered search attributes: {', '.join(added)}")
+        components = Components.from_settings(settings)
+        workers = build_all(client, components, args.workers or _all_names())
+        _out(f"Workers running on {', '.join(w.task_queue for w in workers)}. Ctrl-C stops.")
+        await run_workers(workers, stop_on_signals())
+    finally:
+        if server:
+            server.stop()
+    return 0
+
+
+def _all_names() -> list[str]:
+    from workers.process import BUILDERS
+
+    return list(BUILDERS)
+
+
+async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from workers.components import Components
+    from workers.process import build_all, run_workers, stop_on_signals
+
+    keel_logging.configure(settings.log_level)
+    client = await connect(settings)
+    workers = build_all(client, Components.from_settings(settings), args.names)
+    await run_workers(workers, stop_on_signals())
+    return 0
+
+
+# --- entry point -------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="keel", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run an agent task and print its answer and ledger")
+    run.add_argument("task", nargs="?", default=DEFAULT_TASK, help="what the agent should do")
+    run.add_argument("--budget", type=float, default=0.05, help="USD cap (default 0.05)")
+    run.add_argument("--max-tokens", type=int, default=None, help="token cap (default none)")
+    run.add_argument("--user", default="anonymous", help="user id the task runs for")
+    run.add_argument("--max-replans", type=int, default=2, help="re-plans allowed (default 2)")
+    run.add_argument("--json", action="store_true", help="print the TaskResult as JSON")
+    run.set_defaults(handler=cmd_run)
+
+    status = sub.add_parser("status", help="show a task's status, events and result")
+    status.add_argument("workflow_id")
+    status.set_defaults(handler=cmd_status)
+
+    dev = sub.add_parser("dev", help="run a Temporal dev server and every worker in one process")
+    dev.add_argument("workers", nargs="*", help="only these workers (default all)")
+    dev.set_defaults(handler=cmd_dev)
+
+    from workers.process import BUILDERS
+
+    worker = sub.add_parser("worker", help="run the workers of one or more task queues")
+    worker.add_argument("names", nargs="+", choices=sorted(BUILDERS))
+    worker.set_defaults(handler=cmd_worker)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        settings = get_settings()
+        return asyncio.run(args.handler(args, settings))
+    except (UsageError, SettingsError, TemporalUnreachable) as err:
+        print(f"keel: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""Typed contracts that cross Temporal (workflow inputs, activity payloads, results).
+
+Activity names and these payload shapes are durable: running workflows replay against them,
+so fields are only ever added with defaults, never renamed or removed.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, computed_field
+
+STEP_ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,31}$"
+
+
+class Budget(BaseModel):
+    """What a task may spend: USD always, tokens optionally."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    usd: float = Field(default=0.05, gt=0, le=1000, description="hard cap on spend in USD")
+    tokens: int | None = Field(default=None, gt=0, description="optional cap on model tokens")
+
+
+class TaskRequest(BaseModel):
+    """Input of the AgentTask workflow (also what `temporal workflow start --input` takes)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: str = Field(min_length=1, max_length=20_000, description="what the agent should do")
+    user_id: str = Field(default="anonymous", min_length=1, max_length=200)
+    budget: Budget = Field(default_factory=Budget)
+    max_replans: int = Field(default=2, ge=0, le=10)
+    allowed_tools: list[str] | None = Field(
+        default=None, description="restrict the catalog to these tool names"
+    )
+
+
+class SideEffects(StrEnum):
+    NONE = "none"  # pure computation
+    READ = "read"  # reads data, changes nothing
+    WRITE = "write"  # changes state somewhere
+    EXTERNAL = "external"  # calls a third party (may cost money, may not be undoable)
+
+
+class ToolSpec(BaseModel):
+    """A tool as the planner and the executor see it: schema plus operational metadata."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,47}$")
+    description: str
+    input_schema: dict[str, Any]
+    output_schema: dict[str, Any]
+    cost_per_call_usd: float = Field(default=0.0, ge=0)
+    avg_latency_ms: float = Field(default=10.0, ge=0)
+    timeout_s: float = Field(default=30.0, gt=0)
+    side_effects: SideEffects = SideEffects.NONE
+    idempotent: bool = True
+    requires_approval: bool = False
+    queue: str = "keel-tools"
+    max_attempts: int = Field(default=3, ge=1, description="attempts when the tool is idempotent")
+
+
+class PlanStep(BaseModel):
+    id: str = Field(pattern=STEP_ID_PATTERN)
+    tool: str
+    args: dict[str, Any] = Field(default_factory=dict)
+    depends_on: list[str] = Field(default_factory=list)
+    expected_cost_usd: float = 0.0
+    expected_latency_ms: float = 0.0
+
+
+class Plan(BaseModel):
+    version: int = 1
+    steps: list[PlanStep]
+    model: str = ""
+    synthesis_estimate_usd: float = Field(
+        default=0.0, description="expected cost of writing the final answer"
+    )
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def expected_cost_usd(self) -> float:
+        return sum(s.expected_cost_usd for s in self.steps)
+
+
+class StepStatus(StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class StepResult(BaseModel):
+    step_id: str
+    plan_version: int
+    tool: str
+    args: dict[str, Any] = Field(default_factory=dict)
+    status: StepStatus
+    output: dict[str, Any] | None = None
+    error: str | None = None
+    cost_usd: float = 0.0
+    latency_ms: float = 0.0
+
+
+class ModelUsage(BaseModel):
+    role: str
+    model: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    usd: float = 0.0
+    latency_ms: float = 0.0
+
+
+class LedgerEntry(BaseModel):
+    kind: Literal["model", "tool"]
+    name: str  # model name or tool name
+    role: str = ""  # planner / reasoner for model calls
+    step_id: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    usd: float = 0.0
+    latency_ms: float = 0.0
+    ok: bool = True
+
+
+class Ledger(BaseModel):
+    budget_usd: float = 0.0
+    budget_tokens: int | None = None
+    entries: list[LedgerEntry] = Field(default_factory=list)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def total_usd(self) -> float:
+        return float(sum(e.usd for e in self.entries))
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def total_tokens(self) -> int:
+        return sum(e.input_tokens + e.output_tokens for e in self.entries)
+
+
+class TaskStatus(StrEnum):
+    RUNNING = "running"
+    RECALLING = "recalling"
+    PLANNING = "planning"
+    EXECUTING = "executing"
+    SYNTHESIZING = "synthesizing"
+    REMEMBERING = "remembering"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    BUDGET_EXHAUSTED = "budget_exhausted"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.BUDGET_EXHAUSTED)
+
+
+class TaskProgress(BaseModel):
+    """What the `status` query returns: enough for a progress display."""
+
+    status: TaskStatus
+    events: list[str] = Field(default_factory=list, description="the latest events")
+    events_total: int = Field(default=0, description="events so far, including dropped ones")
+    steps_done: int = 0
+    replans: int = 0
+    total_usd: float = 0.0
+
+
+class TaskResult(BaseModel):
+    workflow_id: str
+    status: TaskStatus
+    answer: str
+    steps: list[StepResult] = Field(default_factory=list)
+    ledger: Ledger
+    llm_calls: int = 0
+    replans: int = 0
+    human_interventions: int = 0
+    plan: Plan | None = None
+    error: str | None = None
+
+
+# --- activity payloads ---------------------------------------------------------------------
+
+
+class Episode(BaseModel):
+    id: str
+    user_id: str
+    task: str
+    answer: str
+    status: str
+    score: float | None = None
+
+
+class RecallRequest(BaseModel):
+    user_id: str
+    query: str
+    limit: int = 3
+
+
+class Recall(BaseModel):
+    episodes: list[Episode] = Field(default_factory=list)
+
+
+class RememberRequest(BaseModel):
+    workflow_id: str
+    user_id: str
+    task: str
+    answer: str
+    status: str
+
+
+class PlanRequest(BaseModel):
+    task: str
+    context: list[str] = Field(default_factory=list)
+    tools: list[ToolSpec]
+    remaining_usd: float
+    max_usd: float = Field(description="the planning call itself may spend at most this")
+    max_tokens: int | None = Field(default=None, description="token allowance for the call")
+    completed: list[StepResult] = Field(default_factory=list)
+    failures: list[str] = Field(default_factory=list)
+    version: int = 1
+
+
+class PlanResponse(BaseModel):
+    """A plan, or why none came out; the model usage is reported either way so it is booked."""
+
+    plan: Plan | None = None
+    error: str | None = None
+    usage: ModelUsage
+
+
+class ToolCall(BaseModel):
+    workflow_id: str
+    step_id: str
+    tool: str
+    args: dict[str, Any]
+    max_usd: float = Field(description="what this call may spend (its reservation)")
+    max_tokens: int | None = None
+
+
+class ToolOutput(BaseModel):
+    output: dict[str, Any]
+    cost_usd: float = 0.0
+    usage: list[ModelUsage] = Field(default_factory=list)
+
+
+class SynthesisRequest(BaseModel):
+    task: str
+    steps: list[StepResult]
+    context: list[str] = Field(default_factory=list)
+    max_usd: float
+    max_tokens: int | None = None
+
+
+class Synthesis(BaseModel):
+    answer: str
+    usage: ModelUsage

@@ -1,0 +1,61 @@
+"""The data converter every Keel client and worker uses: pydantic JSON, plus one clear error.
+
+A workflow started with malformed input (e.g. by hand from the `temporal` CLI) must fail at
+once with a readable, non-retryable error instead of retrying its first workflow task forever.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import temporalio.api.common.v1
+from pydantic import ValidationError
+from temporalio.contrib.pydantic import PydanticJSONPlainPayloadConverter
+from temporalio.converter import (
+    CompositePayloadConverter,
+    DataConverter,
+    DefaultPayloadConverter,
+    JSONPlainPayloadConverter,
+)
+from temporalio.exceptions import ApplicationError
+
+from keel.errors import INVALID_INPUT
+
+
+def describe_validation_error(err: ValidationError, type_name: str) -> str:
+    problems = []
+    for e in err.errors()[:5]:
+        where = ".".join(str(p) for p in e["loc"]) or "(root)"
+        problems.append(f"{where}: {e['msg']}")
+    return f"invalid {type_name}: " + "; ".join(problems)
+
+
+class _ClearJSONConverter(PydanticJSONPlainPayloadConverter):
+    def from_payload(
+        self, payload: temporalio.api.common.v1.Payload, type_hint: type | None = None
+    ) -> Any:
+        try:
+            return super().from_payload(payload, type_hint)
+        except ValidationError as err:
+            name = getattr(type_hint, "__name__", str(type_hint))
+            raise ApplicationError(
+                describe_validation_error(err, name)
+                + " (fix the input JSON and start the task again)",
+                type=INVALID_INPUT,
+                non_retryable=True,
+            ) from None
+
+
+class KeelPayloadConverter(CompositePayloadConverter):
+    """The default converters with JSON handled by pydantic (see `_ClearJSONConverter`)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            *(
+                _ClearJSONConverter() if isinstance(c, JSONPlainPayloadConverter) else c
+                for c in DefaultPayloadConverter.default_encoding_payload_converters
+            )
+        )
+
+
+data_converter = DataConverter(payload_converter_class=KeelPayloadConverter)

@@ -1,0 +1,50 @@
+"""Task queue names (DESIGN.md §2).
+
+A deployment can run beside another on the same namespace by prefixing every queue; the
+workflow derives the prefix from its own queue, so a prefixed agent worker sends its
+activities to equally prefixed planner, reasoner, tool and memory workers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+AGENT = "keel-agent"
+PLANNER = "keel-planner"
+LLM = "keel-llm"
+TOOLS = "keel-tools"
+MEMORY = "keel-memory"
+
+
+@dataclass(frozen=True)
+class Queues:
+    prefix: str = ""
+
+    @classmethod
+    def for_agent_queue(cls, agent_queue: str) -> Queues:
+        if not agent_queue.endswith(AGENT):
+            raise ValueError(f"agent task queue {agent_queue!r} must end with {AGENT!r}")
+        return cls(agent_queue.removesuffix(AGENT))
+
+    def name(self, base: str) -> str:
+        return self.prefix + base
+
+    @property
+    def agent(self) -> str:
+        return self.name(AGENT)
+
+    @property
+    def planner(self) -> str:
+        return self.name(PLANNER)
+
+    @property
+    def llm(self) -> str:
+        return self.name(LLM)
+
+    @property
+    def tools(self) -> str:
+        return self.name(TOOLS)
+
+    @property
+    def memory(self) -> str:
+        return self.name(MEMORY)

@@ -1,0 +1,110 @@
+"""Configuration from `KEEL_*` environment variables, parsed once into a typed model.
+
+Every knob is documented in the README ("Configuration"). Defaults are the embedded stack:
+a local Temporal dev server, the local SmolLM2 model, Qdrant in local mode under `.keel/`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import BaseModel, Field, ValidationError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_TEMPORAL_ADDRESS = "127.0.0.1:7233"
+
+
+class SettingsError(ValueError):
+    """A `KEEL_*` variable has a value that cannot be used."""
+
+
+class Settings(BaseModel):
+    home: Path = Field(default=REPO_ROOT / ".keel", description="KEEL_HOME: local state")
+    temporal_address: str = DEFAULT_TEMPORAL_ADDRESS
+    temporal_address_set: bool = False  # whether KEEL_TEMPORAL_ADDRESS was given explicitly
+    temporal_namespace: str = "default"
+    temporal_tls: bool = False
+    temporal_tls_cert: Path | None = None
+    temporal_tls_key: Path | None = None
+    temporal_tls_ca: Path | None = None
+    temporal_api_key: str | None = None
+    temporal_ui_url: str = "http://127.0.0.1:8233"
+    queue_prefix: str = ""
+    planner_model: str = "llamacpp"
+    reasoner_model: str = "llamacpp"
+    llamacpp_model_path: Path | None = None
+    llamacpp_threads: int = Field(default=2, ge=1)
+    qdrant_path: Path | None = None
+    docs_dir: Path = REPO_ROOT / "samples" / "docs"
+    log_level: str = "INFO"
+
+    @property
+    def qdrant_dir(self) -> Path:
+        return self.qdrant_path or self.home / "qdrant"
+
+    @property
+    def workspaces_dir(self) -> Path:
+        return self.home / "workspaces"
+
+    @property
+    def temporal_db(self) -> Path:
+        return self.home / "temporal.db"
+
+    @property
+    def uses_embedded_temporal(self) -> bool:
+        return not self.temporal_address_set
+
+    def ui_link(self, workflow_id: str) -> str:
+        return (
+            f"{self.temporal_ui_url}/namespaces/{self.temporal_namespace}/workflows/{workflow_id}"
+        )
+
+
+_ENV = {
+    "KEEL_HOME": "home",
+    "KEEL_TEMPORAL_ADDRESS": "temporal_address",
+    "KEEL_TEMPORAL_NAMESPACE": "temporal_namespace",
+    "KEEL_TEMPORAL_TLS": "temporal_tls",
+    "KEEL_TEMPORAL_TLS_CERT": "temporal_tls_cert",
+    "KEEL_TEMPORAL_TLS_KEY": "temporal_tls_key",
+    "KEEL_TEMPORAL_TLS_CA": "temporal_tls_ca",
+    "KEEL_TEMPORAL_API_KEY": "temporal_api_key",
+    "KEEL_TEMPORAL_UI_URL": "temporal_ui_url",
+    "KEEL_QUEUE_PREFIX": "queue_prefix",
+    "KEEL_PLANNER_MODEL": "planner_model",
+    "KEEL_REASONER_MODEL": "reasoner_model",
+    "KEEL_LLAMACPP_MODEL_PATH": "llamacpp_model_path",
+    "KEEL_LLAMACPP_THREADS": "llamacpp_threads",
+    "KEEL_QDRANT_PATH": "qdrant_path",
+    "KEEL_DOCS_DIR": "docs_dir",
+    "KEEL_LOG_LEVEL": "log_level",
+}
+
+
+def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if environ is None else environ
+    values: dict[str, object] = {
+        field: env[var] for var, field in _ENV.items() if env.get(var, "") != ""
+    }
+    values["temporal_address_set"] = "temporal_address" in values
+    try:
+        settings = Settings.model_validate(values)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = str(first["loc"][0])
+        var = next(v for v, f in _ENV.items() if f == field)
+        raise SettingsError(f"{var}={env.get(var)!r} is invalid: {first['msg']}") from None
+    if settings.temporal_api_key and not settings.temporal_address_set:
+        raise SettingsError(
+            "KEEL_TEMPORAL_API_KEY is set but KEEL_TEMPORAL_ADDRESS is not: "
+            "set the address of the cluster the key belongs to"
+        )
+    return settings
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return settings_from_env()

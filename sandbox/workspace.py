@@ -1,0 +1,59 @@
+"""A per-task private copy of the allowed files; tool paths resolve inside it only.
+
+Tools never see the host file system: the source folder is copied once per task (workflow
+id) and every path is resolved in the copy, refusing `..` and symlinks that lead outside.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+_SAFE_ID = re.compile(r"[^A-Za-z0-9_.-]")
+MAX_FILE_BYTES = 256 * 1024
+
+
+class WorkspaceError(ValueError):
+    """A path the task may not use, or a file that is not there."""
+
+
+class TaskWorkspace:
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+
+    @classmethod
+    def for_task(cls, workspaces_dir: Path, task_id: str, source: Path) -> TaskWorkspace:
+        root = workspaces_dir / _SAFE_ID.sub("_", task_id)
+        if not root.exists():
+            staging = root.with_name(root.name + ".tmp")
+            shutil.rmtree(staging, ignore_errors=True)
+            # symlinks are copied as links so that resolve() can refuse the ones escaping.
+            shutil.copytree(source, staging, symlinks=True)
+            staging.rename(root)  # atomic: a retried activity sees all of the copy or none
+        return cls(root)
+
+    def resolve(self, relative: str) -> Path:
+        if not relative or relative.startswith("/") or "\x00" in relative:
+            raise WorkspaceError(f"path {relative!r} must be relative to the task's files")
+        candidate = (self.root / relative).resolve()
+        if candidate != self.root and self.root not in candidate.parents:
+            raise WorkspaceError(f"path {relative!r} leads outside the task's files")
+        return candidate
+
+    def read_text(self, relative: str) -> str:
+        path = self.resolve(relative)
+        if not path.is_file():
+            raise WorkspaceError(
+                f"no file {relative!r}; available: {', '.join(self.list_files()) or 'none'}"
+            )
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise WorkspaceError(f"{relative!r} is larger than {MAX_FILE_BYTES} bytes")
+        return path.read_text(encoding="utf-8", errors="replace")
+
+    def list_files(self) -> list[str]:
+        return sorted(
+            str(p.relative_to(self.root))
+            for p in self.root.rglob("*")
+            if p.is_file() and not p.is_symlink()
+        )

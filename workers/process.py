@@ -1,0 +1,72 @@
+"""Running workers as a process: connect, serve until SIGINT/SIGTERM, shut down gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Callable, Sequence
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from keel import logging as keel_logging
+from keel.client import TemporalUnreachable, connect
+from keel.settings import SettingsError, get_settings
+from workers import agent, llm, memory, planner, tools
+from workers.components import Components
+
+Builder = Callable[[Client, Components], Worker]
+
+BUILDERS: dict[str, Builder] = {
+    "agent": agent.build,
+    "planner": planner.build,
+    "llm": llm.build,
+    "tools": tools.build,
+    "memory": memory.build,
+}
+
+
+def build_all(
+    client: Client, components: Components, names: Sequence[str] = tuple(BUILDERS)
+) -> list[Worker]:
+    return [BUILDERS[name](client, components) for name in names]
+
+
+async def run_workers(workers: Sequence[Worker], stop: asyncio.Event) -> None:
+    """Run until `stop` is set or a worker dies, then shut every worker down gracefully."""
+    running = [asyncio.create_task(w.run()) for w in workers]
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait([stopped, *running], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        await asyncio.gather(*(w.shutdown() for w in workers), return_exceptions=True)
+        for task in running:  # surface a worker's crash instead of hiding it
+            if task.done() and not task.cancelled() and task.exception():
+                raise task.exception()  # type: ignore[misc]
+
+
+def stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def serve_async(builders: Sequence[Builder]) -> None:
+    settings = get_settings()
+    keel_logging.configure(settings.log_level)
+    client = await connect(settings)
+    components = Components.from_settings(settings)
+    workers = [build(client, components) for build in builders]
+    await run_workers(workers, stop_on_signals())
+
+
+def serve(*builders: Builder) -> None:
+    try:
+        asyncio.run(serve_async(builders))
+    except (TemporalUnreachable, SettingsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
