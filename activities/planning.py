@@ -28,10 +28,12 @@ RESULT_PREVIEW = 300
 SYSTEM = """You are the planner of an agent. Break the task into tool calls.
 Reply with JSON only: {"steps": [{"id": "s1", "tool": "...", "args": {...}, "depends_on": []}]}.
 Use as few steps as the task needs. Steps without depends_on run in parallel.
-To use an earlier step's output inside a text argument write {{s1}} and list s1 in depends_on.
+To use an earlier step's output inside a text argument write {{s1}} and list s1 in depends_on."""
 
-Example task: What is 12*4, and what does notes.md say?
-Example reply: {"steps": [{"id": "s1", "tool": "calculator", "args": {"expression": "12*4"}, "depends_on": []}, {"id": "s2", "tool": "read_file", "args": {"path": "notes.md"}, "depends_on": []}]}"""
+# One worked example as a prior chat turn: small local models follow a demonstration far
+# better than a description.
+EXAMPLE_TASK = "How many minutes are in 3 days (3*24*60), and what does notes.md say about holidays?"
+EXAMPLE_PLAN = '{"steps": [{"id": "s1", "tool": "calculator", "args": {"expression": "3*24*60"}, "depends_on": []}, {"id": "s2", "tool": "read_file", "args": {"path": "notes.md"}, "depends_on": []}]}'
 
 
 class _DraftStep(BaseModel):
@@ -50,7 +52,7 @@ def plan_output_schema(tools: list[ToolSpec], files: list[str]) -> dict[str, Any
     ids = [f"s{i}" for i in range(1, MAX_PLAN_STEPS + 1)]
     branches = []
     for spec in tools:
-        args = _strip_titles(spec.input_schema)
+        args = _grammar_schema(spec.input_schema)
         if spec.name == "read_file" and files:
             args["properties"]["path"] = {"type": "string", "enum": files}
         args["additionalProperties"] = False
@@ -82,11 +84,15 @@ def plan_output_schema(tools: list[ToolSpec], files: list[str]) -> dict[str, Any
     }
 
 
-def _strip_titles(schema: Any) -> Any:
+# Length bounds unroll into one grammar rule per character; the validator checks them instead.
+_GRAMMAR_UNFRIENDLY = ("title", "minLength", "maxLength")
+
+
+def _grammar_schema(schema: Any) -> Any:
     if isinstance(schema, dict):
-        return {k: _strip_titles(v) for k, v in schema.items() if k not in ("title",)}
+        return {k: _grammar_schema(v) for k, v in schema.items() if k not in _GRAMMAR_UNFRIENDLY}
     if isinstance(schema, list):
-        return [_strip_titles(v) for v in schema]
+        return [_grammar_schema(v) for v in schema]
     return schema
 
 
@@ -113,13 +119,36 @@ def planning_prompt(request: PlanRequest, files: list[str]) -> list[Message]:
     if request.failures:
         lines += ["", "Earlier attempts failed; plan around these errors:"]
         lines += [f"- {f}" for f in request.failures]
-    return [Message("system", SYSTEM), Message("user", "\n".join(lines))]
+    return [
+        Message("system", SYSTEM),
+        Message("user", f"Task: {EXAMPLE_TASK}"),
+        Message("assistant", EXAMPLE_PLAN),
+        Message("user", "\n".join(lines)),
+    ]
+
+
+def drop_repeats(draft: _Draft) -> _Draft:
+    """Merge steps that repeat an earlier step's tool and arguments exactly (small models loop);
+    dependencies on a dropped step point to the step it repeated."""
+    kept: list[_DraftStep] = []
+    first: dict[str, str] = {}  # call signature -> id of the step kept for it
+    renamed: dict[str, str] = {}
+    for step in draft.steps:
+        signature = json.dumps([step.tool, step.args, sorted(step.depends_on)], sort_keys=True)
+        if signature in first:
+            renamed[step.id] = first[signature]
+            continue
+        first[signature] = step.id
+        kept.append(step)
+    for step in kept:
+        step.depends_on = list(dict.fromkeys(renamed.get(d, d) for d in step.depends_on))
+    return _Draft(steps=kept)
 
 
 def cost_plan(draft: _Draft, request: PlanRequest, synthesis_usd: float, model: str) -> Plan:
     specs = {s.name: s for s in request.tools}
     steps = []
-    for d in draft.steps:
+    for d in drop_repeats(draft).steps:
         spec = specs.get(d.tool)
         steps.append(
             PlanStep(

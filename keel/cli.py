@@ -6,7 +6,9 @@ import argparse
 import asyncio
 import contextlib
 import json
+import signal
 import sys
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,9 +26,10 @@ from keel.queues import Queues
 from keel.settings import Settings, SettingsError, get_settings
 
 DEFAULT_TASK = (
-    "How many hours are in 17 weeks (17*7*24), and what does handbook.md say about deployments?"
+    "Compute 17*7*24 (the hours in 17 weeks) and say what handbook.md says about deployments."
 )
 POLL_S = 0.3
+POLLER_FRESH_S = 90
 
 
 class UsageError(Exception):
@@ -94,7 +97,9 @@ async def _has_pollers(client: Client, queue: str) -> bool:
             task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
         )
     )
-    return len(described.pollers) > 0
+    # A dead worker stays listed for minutes; a live one polls again within about a minute.
+    now = time.time()
+    return any(now - p.last_access_time.ToSeconds() < POLLER_FRESH_S for p in described.pollers)
 
 
 # --- keel run ----------------------------------------------------------------------------
@@ -275,8 +280,14 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C so an embedded dev server is stopped, not orphaned.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         settings = get_settings()
         return asyncio.run(args.handler(args, settings))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from functools import lru_cache
@@ -31,6 +32,13 @@ def _load(path: str, threads: int) -> Any:
     return Llama(model_path=path, n_ctx=N_CTX, n_threads=threads, verbose=False)
 
 
+@lru_cache(maxsize=64)
+def _grammar(schema_json: str) -> Any:
+    from llama_cpp import LlamaGrammar
+
+    return LlamaGrammar.from_json_schema(schema_json, verbose=False)
+
+
 class LlamaCppModel(ModelClient):
     def __init__(self, model_path: Path | None = None, threads: int = 2) -> None:
         self.path = model_path or default_model_path()
@@ -49,7 +57,7 @@ class LlamaCppModel(ModelClient):
     def _complete(self, request: ModelRequest) -> Completion:
         kwargs: dict[str, Any] = {}
         if request.json_schema is not None:
-            kwargs["response_format"] = {"type": "json_object", "schema": request.json_schema}
+            kwargs["grammar"] = _grammar(json.dumps(request.json_schema))
         with self._lock:
             started = time.perf_counter()
             out = self._llm.create_chat_completion(
