@@ -1,0 +1,91 @@
+"""Session fixtures: one real Temporal dev server and one set of Keel workers per test run.
+
+Workers use the scripted model (deterministic orchestration tests) and the real tools and
+Qdrant local mode; tests share them and keep apart by unique task texts and workflow ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from activities.models.router import ModelRouter
+from activities.models.scripted import ScriptedModel
+from activities.tools.builtin import default_registry
+from keel import search_attributes
+from keel.converter import data_converter
+from keel.queues import Queues
+from keel.settings import Settings
+from temporal.devserver import temporal_cli
+from workers.components import Components
+from workers.process import build_all, run_workers
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Stack:
+    env: WorkflowEnvironment
+    client: Client
+    settings: Settings
+    model: ScriptedModel
+    components: Components
+
+    @property
+    def address(self) -> str:
+        return self.client.service_client.config.target_host
+
+
+def scripted_components(settings: Settings, queues: Queues) -> tuple[Components, ScriptedModel]:
+    model = ScriptedModel()
+    components = Components(
+        settings=settings,
+        queues=queues,
+        _router=ModelRouter({"planner": model, "reasoner": model}),
+        _registry=default_registry(settings),
+    )
+    return components, model
+
+
+@pytest.fixture(scope="session")
+async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_local(
+        data_converter=data_converter,
+        dev_server_existing_path=str(temporal_cli()),
+        search_attributes=list(search_attributes.ALL),
+    )
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    home = tmp_path_factory.mktemp("keel-home")
+    return Settings(home=home, planner_model="scripted", reasoner_model="scripted")
+
+
+@pytest.fixture(scope="session")
+async def stack(temporal_env: WorkflowEnvironment, settings: Settings) -> AsyncIterator[Stack]:
+    components, model = scripted_components(settings, Queues())
+    stop = asyncio.Event()
+    runner = asyncio.create_task(run_workers(build_all(temporal_env.client, components), stop))
+    try:
+        yield Stack(temporal_env, temporal_env.client, settings, model, components)
+    finally:
+        stop.set()
+        await runner
+        components.episodes.close()
+
+
+def unique(text: str) -> str:
+    """A task text no other test uses, so scripted responses never cross tests."""
+    return f"{text} [{uuid.uuid4().hex[:8]}]"
