@@ -22,9 +22,9 @@ class Queues:
 
     @classmethod
     def for_agent_queue(cls, agent_queue: str) -> Queues:
-        if not agent_queue.endswith(AGENT):
-            raise ValueError(f"agent task queue {agent_queue!r} must end with {AGENT!r}")
-        return cls(agent_queue.removesuffix(AGENT))
+        """The queues of the deployment an agent queue belongs to; an agent queue named
+        otherwise (or the replayer's placeholder) uses the unprefixed queues."""
+        return cls(agent_queue.removesuffix(AGENT) if agent_queue.endswith(AGENT) else "")
 
     def name(self, base: str) -> str:
         return self.prefix + base

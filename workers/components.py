@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
 
 from activities.memory.episodes import EpisodeStore
 from activities.models.router import ModelRouter
@@ -21,6 +20,7 @@ class Components:
     queues: Queues = field(default_factory=Queues)
     _router: ModelRouter | None = None
     _registry: ToolRegistry | None = None
+    _episodes: EpisodeStore | None = None  # Qdrant local mode allows one client per folder
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Components:
@@ -38,6 +38,8 @@ class Components:
             self._registry = default_registry(self.settings)
         return self._registry
 
-    @cached_property
+    @property
     def episodes(self) -> EpisodeStore:
-        return EpisodeStore(self.settings.qdrant_dir)
+        if self._episodes is None:
+            self._episodes = EpisodeStore(self.settings.qdrant_dir)
+        return self._episodes

@@ -1,0 +1,71 @@
+"""Record the history of a real AgentTask run into tests/histories/ for the replay test.
+
+Run after a deliberate change to the workflow's command sequence (and say so in review):
+    .venv/bin/python -m tests.record_history
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+from pathlib import Path
+
+from temporalio.testing import WorkflowEnvironment
+
+from keel import search_attributes
+from keel.client import start_task
+from keel.contracts import TaskRequest
+from keel.converter import data_converter
+from keel.queues import Queues
+from keel.settings import Settings
+from temporal.devserver import temporal_cli
+from tests.conftest import scripted_components
+from workers.process import build_all, run_workers
+
+HISTORIES = Path(__file__).parent / "histories"
+SCENARIOS = {
+    # a plan with parallel steps, one failing, a re-plan, synthesis and memory
+    "replan_after_tool_failure": (
+        "Read missing.md and compute 6*7",
+        [
+            '{"steps": [{"id": "s1", "tool": "read_file", "args": {"path": "missing.md"},'
+            ' "depends_on": []}, {"id": "s2", "tool": "calculator",'
+            ' "args": {"expression": "6*7"}, "depends_on": []}]}',
+            '{"steps": [{"id": "s1", "tool": "read_file", "args": {"path": "handbook.md"},'
+            ' "depends_on": []}]}',
+        ],
+    ),
+}
+
+
+async def record() -> None:
+    env = await WorkflowEnvironment.start_local(
+        data_converter=data_converter,
+        dev_server_existing_path=str(temporal_cli()),
+        search_attributes=list(search_attributes.ALL),
+    )
+    with tempfile.TemporaryDirectory() as home:
+        components, model = scripted_components(Settings(home=Path(home)), Queues())
+        stop = asyncio.Event()
+        runner = asyncio.create_task(run_workers(build_all(env.client, components), stop))
+        try:
+            for name, (task, plans) in SCENARIOS.items():
+                model.script(task, "plan", *plans)
+                handle = await start_task(
+                    env.client, TaskRequest(task=task), workflow_id=f"history-{name}"
+                )
+                await handle.result()
+                history = await handle.fetch_history()
+                path = HISTORIES / f"{name}.json"
+                path.write_text(json.dumps(json.loads(history.to_json()), indent=1) + "\n")
+                print(f"recorded {path}")
+        finally:
+            stop.set()
+            await runner
+            components.episodes.close()
+            await env.shutdown()
+
+
+if __name__ == "__main__":
+    asyncio.run(record())

@@ -1,0 +1,26 @@
+"""Recorded histories replay against today's workflow code: a change that breaks
+determinism for running tasks fails here (re-record with `python -m tests.record_history`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from temporalio.client import WorkflowHistory
+from temporalio.worker import Replayer
+
+from keel.converter import data_converter
+from workflows.agent_task import AgentTask
+
+HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
+
+
+def test_histories_are_recorded() -> None:
+    assert HISTORIES, "no recorded histories under tests/histories/"
+
+
+@pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.stem)
+async def test_history_replays(path: Path) -> None:
+    history = WorkflowHistory.from_json(path.stem, path.read_text())
+    replayer = Replayer(workflows=[AgentTask], data_converter=data_converter)
+    await replayer.replay_workflow(history)  # raises on any nondeterminism
