@@ -32,7 +32,9 @@ To use an earlier step's output inside a text argument write {{s1}} and list s1 
 
 # One worked example as a prior chat turn: small local models follow a demonstration far
 # better than a description.
-EXAMPLE_TASK = "How many minutes are in 3 days (3*24*60), and what does notes.md say about holidays?"
+EXAMPLE_TASK = (
+    "How many minutes are in 3 days (3*24*60), and what does notes.md say about holidays?"
+)
 EXAMPLE_PLAN = '{"steps": [{"id": "s1", "tool": "calculator", "args": {"expression": "3*24*60"}, "depends_on": []}, {"id": "s2", "tool": "read_file", "args": {"path": "notes.md"}, "depends_on": []}]}'
 
 

@@ -1,0 +1,183 @@
+"""Keel's orchestration overhead: AgentTask (scripted model, N no-op steps) against a bare
+Temporal workflow running the same number of activities, same server, same concurrency.
+
+    .venv/bin/python bench/overhead.py [--quick] [--steps N] [--tasks T] [--concurrency C]
+
+Prints a table and writes bench/results/overhead.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from pydantic import BaseModel
+from temporalio import activity, workflow
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from activities.tools.registry import ToolContext, define_tool  # noqa: E402
+from keel import search_attributes  # noqa: E402
+from keel.client import start_task  # noqa: E402
+from keel.contracts import Budget, TaskRequest, TaskStatus  # noqa: E402
+from keel.converter import data_converter  # noqa: E402
+from keel.queues import Queues  # noqa: E402
+from keel.settings import Settings  # noqa: E402
+from temporal.devserver import temporal_cli  # noqa: E402
+from tests.conftest import scripted_components  # noqa: E402
+from workers.process import build_all, run_workers  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+# recall, list_tools, plan, synthesize, remember: what AgentTask runs besides its steps
+KEEL_FIXED_ACTIVITIES = 5
+BARE_QUEUE = "bench-bare"
+
+
+class _Empty(BaseModel):
+    pass
+
+
+class _Done(BaseModel):
+    text: str = "ok"
+
+
+async def _noop(args: _Empty, ctx: ToolContext) -> _Done:
+    return _Done()
+
+
+@activity.defn(name="bench_noop")
+async def bare_noop() -> str:
+    return "ok"
+
+
+@workflow.defn(name="BareWorkflow", sandboxed=False)
+class BareWorkflow:
+    @workflow.run
+    async def run(self, activities: int) -> int:
+        for _ in range(activities):
+            await workflow.execute_activity(
+                "bench_noop", start_to_close_timeout=timedelta(seconds=30)
+            )
+        return activities
+
+
+async def _drive(start: object, tasks: int, concurrency: int) -> tuple[float, list[float]]:
+    gate = asyncio.Semaphore(concurrency)
+    latencies: list[float] = []
+
+    async def one(i: int) -> None:
+        async with gate:
+            began = time.perf_counter()
+            await start(i)  # type: ignore[operator]
+            latencies.append((time.perf_counter() - began) * 1000)
+
+    began = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(tasks)))
+    return tasks / (time.perf_counter() - began), latencies
+
+
+async def bench(steps: int, tasks: int, concurrency: int) -> dict[str, object]:
+    env = await WorkflowEnvironment.start_local(
+        data_converter=data_converter,
+        dev_server_existing_path=str(temporal_cli()),
+        search_attributes=list(search_attributes.ALL),
+    )
+    client: Client = env.client
+    with tempfile.TemporaryDirectory() as home:
+        components, model = scripted_components(Settings(home=Path(home)), Queues())
+        components.registry.add(define_tool("noop", "does nothing", _noop, _Empty, _Done))
+        plan = {
+            "steps": [
+                {"id": f"s{i}", "tool": "noop", "args": {}, "depends_on": []}
+                for i in range(1, steps + 1)
+            ]
+        }
+        model.script("bench-task", "plan", json.dumps(plan))
+        stop = asyncio.Event()
+        workers = [
+            *build_all(client, components),
+            Worker(
+                client,
+                task_queue=BARE_QUEUE,
+                workflows=[BareWorkflow],
+                activities=[bare_noop],
+            ),
+        ]
+        runner = asyncio.create_task(run_workers(workers, stop))
+        try:
+            bare_activities = steps + KEEL_FIXED_ACTIVITIES
+
+            async def keel_task(i: int) -> None:
+                handle = await start_task(
+                    client, TaskRequest(task=f"bench-task {i}", budget=Budget(usd=10))
+                )
+                result = await handle.result()
+                assert result.status == TaskStatus.COMPLETED, result.error
+
+            async def bare_task(i: int) -> None:
+                await client.execute_workflow(
+                    BareWorkflow.run,
+                    bare_activities,
+                    id=f"bare-{i}-{time.time_ns()}",
+                    task_queue=BARE_QUEUE,
+                )
+
+            await _drive(keel_task, min(5, tasks), concurrency)  # warm up both paths
+            await _drive(bare_task, min(5, tasks), concurrency)
+            keel_rate, keel_lat = await _drive(keel_task, tasks, concurrency)
+            bare_rate, bare_lat = await _drive(bare_task, tasks, concurrency)
+        finally:
+            stop.set()
+            await runner
+            components.episodes.close()
+            await env.shutdown()
+    return {
+        "config": {
+            "steps": steps,
+            "tasks": tasks,
+            "concurrency": concurrency,
+            "activities_per_workflow": steps + KEEL_FIXED_ACTIVITIES,
+        },
+        "summary": {
+            "keel_wf_per_s": round(keel_rate, 2),
+            "bare_wf_per_s": round(bare_rate, 2),
+            "throughput_ratio": round(keel_rate / bare_rate, 3),
+            "keel_p50_ms": round(statistics.median(keel_lat), 1),
+            "bare_p50_ms": round(statistics.median(bare_lat), 1),
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small run (well under a minute)")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--tasks", type=int, default=None)
+    parser.add_argument("--concurrency", type=int, default=None)
+    args = parser.parse_args()
+    tasks = args.tasks or (20 if args.quick else 200)
+    concurrency = args.concurrency or (10 if args.quick else 50)
+    print(f"AgentTask vs bare workflow: {args.steps} steps, {tasks} tasks, {concurrency} in flight")
+    report = asyncio.run(bench(args.steps, tasks, concurrency))
+    summary = report["summary"]
+    assert isinstance(summary, dict)
+    print(f"{'metric':18} {'value':>10}")
+    for key, value in summary.items():
+        print(f"{key:18} {value:>10}")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "overhead.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {RESULTS / 'overhead.json'}")
+
+
+if __name__ == "__main__":
+    main()

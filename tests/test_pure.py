@@ -1,0 +1,117 @@
+"""Pure pieces: the calculator, plan validation, the task workspace, settings."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from activities.tools.calculator import CalculatorError, evaluate
+from keel.contracts import Plan, PlanStep
+from keel.plans import budget_error, resolve_args, validate_plan
+from keel.settings import SettingsError, settings_from_env
+from sandbox.workspace import TaskWorkspace, WorkspaceError
+
+CALC_SPEC = {
+    "type": "object",
+    "properties": {"expression": {"type": "string", "minLength": 1}},
+    "required": ["expression"],
+}
+
+
+@pytest.mark.parametrize(
+    ("expression", "value"),
+    [("17*23", 391), ("(1+2)*3 - -4", 13), ("2**10", 1024), ("7//2", 3), ("sqrt(16)+1", 5)],
+)
+def test_calculator(expression: str, value: float) -> None:
+    assert evaluate(expression) == value
+
+
+@pytest.mark.parametrize(
+    "expression", ["1/0", "__import__('os')", "2**99999", "1+", "open('x')", "9**9**9"]
+)
+def test_calculator_refuses(expression: str) -> None:
+    with pytest.raises(CalculatorError):
+        evaluate(expression)
+
+
+def _tools() -> dict[str, object]:
+    from keel.contracts import ToolSpec
+
+    spec = ToolSpec(
+        name="calculator",
+        description="",
+        input_schema=CALC_SPEC,
+        output_schema={},
+        cost_per_call_usd=0.01,
+    )
+    return {"calculator": spec}
+
+
+def _step(id: str, deps: list[str] | None = None, **args: object) -> PlanStep:
+    return PlanStep(
+        id=id,
+        tool="calculator",
+        args=args or {"expression": "1"},
+        depends_on=deps or [],
+        expected_cost_usd=0.01,
+    )
+
+
+def test_plan_validation_finds_every_problem() -> None:
+    plan = Plan(
+        steps=[
+            _step("a", ["b"]),
+            _step("b", ["a"]),
+            PlanStep(id="c", tool="shell", args={}),
+            _step("d", expression=5),
+            _step("e", ["zz"], expression="{{a}}+1"),
+        ]
+    )
+    errors = " | ".join(validate_plan(plan, _tools()))  # type: ignore[arg-type]
+    assert "cycle" in errors
+    assert "unknown or disallowed tool 'shell'" in errors
+    assert "arguments for calculator are invalid" in errors
+    assert "depends on unknown step 'zz'" in errors
+    assert "uses {{a}} but does not depend on a" in errors
+
+
+def test_plan_budget() -> None:
+    plan = Plan(steps=[_step("a"), _step("b")], synthesis_estimate_usd=0.005)
+    assert budget_error(plan, 0.025) is None
+    assert "only $0.020000 is left" in (budget_error(plan, 0.02) or "")
+
+
+def test_references_resolve_to_outputs() -> None:
+    from keel.contracts import StepResult, StepStatus
+
+    done = StepResult(
+        step_id="a", plan_version=1, tool="calculator", status=StepStatus.SUCCEEDED,
+        output={"value": 391.0, "text": "391"},
+    )  # fmt: skip
+    assert resolve_args({"expression": "{{a}} * 2"}, {"a": done}) == {"expression": "391 * 2"}
+
+
+def test_workspace_is_a_private_copy_that_refuses_escapes(tmp_path: Path) -> None:
+    source = tmp_path / "docs"
+    source.mkdir()
+    (source / "a.md").write_text("hello")
+    (tmp_path / "secret.txt").write_text("top secret")
+    os.symlink(tmp_path / "secret.txt", source / "link.md")
+    ws = TaskWorkspace.for_task(tmp_path / "ws", "wf/1", source)
+
+    assert ws.read_text("a.md") == "hello"
+    (ws.root / "a.md").write_text("changed")
+    assert (source / "a.md").read_text() == "hello"  # the task only touched its copy
+    for bad in ["../secret.txt", "/etc/passwd", "link.md", "a.md/../../../secret.txt"]:
+        with pytest.raises(WorkspaceError):
+            ws.read_text(bad)
+    assert ws.list_files() == ["a.md"]
+
+
+def test_settings_errors_are_one_clear_line() -> None:
+    with pytest.raises(SettingsError, match="KEEL_LLAMACPP_THREADS='many' is invalid"):
+        settings_from_env({"KEEL_LLAMACPP_THREADS": "many"})
+    settings = settings_from_env({"KEEL_TEMPORAL_ADDRESS": "temporal.example:7233"})
+    assert not settings.uses_embedded_temporal
