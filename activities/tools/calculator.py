@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 
 from pydantic import BaseModel, Field
 
 MAX_EXPONENT = 1000
 MAX_LENGTH = 500
 _TOKEN = re.compile(r"\s*(?:(\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|(\*\*|//|[-+*/%(),])|([a-z]+))")
-_FUNCTIONS = {"sqrt": math.sqrt, "abs": abs, "round": round, "min": min, "max": max}
+_FUNCTIONS: dict[str, Callable[..., float]] = {
+    "sqrt": math.sqrt,
+    "abs": abs,
+    "round": round,
+    "min": min,
+    "max": max,
+}
 
 
 class CalculatorError(ValueError):
