@@ -222,19 +222,17 @@ async def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
         if added:
             _out(f"Registered search attributes: {', '.join(added)}")
         components = Components.from_settings(settings)
-        workers = build_all(client, components, args.workers or _all_names())
+        workers = (
+            build_all(client, components, args.workers)
+            if args.workers
+            else build_all(client, components)
+        )
         _out(f"Workers running on {', '.join(w.task_queue for w in workers)}. Ctrl-C stops.")
         await run_workers(workers, stop_on_signals())
     finally:
         if server:
             server.stop()
     return 0
-
-
-def _all_names() -> list[str]:
-    from workers.process import BUILDERS
-
-    return list(BUILDERS)
 
 
 async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:

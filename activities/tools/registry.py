@@ -89,9 +89,6 @@ class ToolRegistry:
             raise ValueError(f"tool {tool.spec.name!r} is registered twice")
         self._tools[tool.spec.name] = tool
 
-    def get(self, name: str) -> Tool:
-        return self._tools[name]
-
     def specs(self) -> list[ToolSpec]:
         return [t.spec for t in self._tools.values()]
 
