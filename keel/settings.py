@@ -33,8 +33,19 @@ class Settings(BaseModel):
     temporal_api_key: str | None = None
     temporal_ui_url: str = "http://127.0.0.1:8233"
     queue_prefix: str = ""
+    # Model specs are `backend[:model]`: llamacpp, scripted, triton, openai:<model>,
+    # anthropic:<model> (see activities/models/router.py).
     planner_model: str = "llamacpp"
     reasoner_model: str = "llamacpp"
+    escalation_model: str | None = (
+        None  # when unset, a failed small-model plan goes to the reasoner's model
+    )
+    openai_api_key: str | None = None
+    openai_base_url: str | None = None
+    anthropic_api_key: str | None = None
+    anthropic_base_url: str | None = None
+    triton_url: str | None = None  # attach to this Triton server instead of starting one
+    triton_model: str = "planner"
     llamacpp_model_path: Path | None = None
     llamacpp_threads: int = Field(default=2, ge=1)
     qdrant_path: Path | None = None
@@ -76,6 +87,13 @@ _ENV = {
     "KEEL_QUEUE_PREFIX": "queue_prefix",
     "KEEL_PLANNER_MODEL": "planner_model",
     "KEEL_REASONER_MODEL": "reasoner_model",
+    "KEEL_ESCALATION_MODEL": "escalation_model",
+    "KEEL_OPENAI_API_KEY": "openai_api_key",
+    "KEEL_OPENAI_BASE_URL": "openai_base_url",
+    "KEEL_ANTHROPIC_API_KEY": "anthropic_api_key",
+    "KEEL_ANTHROPIC_BASE_URL": "anthropic_base_url",
+    "KEEL_TRITON_URL": "triton_url",
+    "KEEL_TRITON_MODEL": "triton_model",
     "KEEL_LLAMACPP_MODEL_PATH": "llamacpp_model_path",
     "KEEL_LLAMACPP_THREADS": "llamacpp_threads",
     "KEEL_QDRANT_PATH": "qdrant_path",
@@ -90,6 +108,13 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         field: env[var] for var, field in _ENV.items() if env.get(var, "") != ""
     }
     values["temporal_address_set"] = "temporal_address" in values
+    # The providers' own variables work too, as their SDKs users expect.
+    for var, field in (
+        ("OPENAI_API_KEY", "openai_api_key"),
+        ("ANTHROPIC_API_KEY", "anthropic_api_key"),
+    ):
+        if field not in values and env.get(var):
+            values[field] = env[var]
     try:
         settings = Settings.model_validate(values)
     except ValidationError as err:

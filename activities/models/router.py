@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import structlog
 from temporalio.exceptions import ApplicationError
 
 from activities.models.base import ModelClient, ModelRequest
@@ -12,6 +13,8 @@ from activities.models.prices import price_of
 from keel.contracts import ModelUsage
 from keel.errors import BUDGET_EXCEEDED
 from keel.settings import Settings
+
+log = structlog.get_logger(__name__)
 
 MIN_OUTPUT_TOKENS = 16
 PROMPT_MARGIN_TOKENS = 8  # chat-template tokens a count can miss
@@ -23,16 +26,53 @@ class RoutedCompletion:
     usage: ModelUsage
 
 
+BACKENDS = ("llamacpp", "scripted", "triton", "openai", "anthropic")
+
+
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    """`backend[:model]` -> (backend, model); openai and anthropic need the model name."""
+    backend, _, model = spec.partition(":")
+    if backend not in BACKENDS:
+        raise ValueError(
+            f"unknown model backend {backend!r} in {spec!r}: use one of {', '.join(BACKENDS)}"
+        )
+    if backend in ("openai", "anthropic") and not model:
+        raise ValueError(f"model spec {spec!r} names no model: write {backend}:<model name>")
+    return backend, model or None
+
+
 def build_model(spec: str, settings: Settings) -> ModelClient:
-    if spec == "llamacpp":
+    backend, model = parse_spec(spec)
+    if backend == "llamacpp":
         from activities.models.llamacpp import LlamaCppModel
 
         return LlamaCppModel(settings.llamacpp_model_path, settings.llamacpp_threads)
-    if spec == "scripted":
+    if backend == "scripted":
         from activities.models.scripted import ScriptedModel
 
         return ScriptedModel()
-    raise ValueError(f"unknown model backend {spec!r}: use 'llamacpp' or 'scripted'")
+    if backend == "openai":
+        from activities.models.openai_chat import OpenAIModel
+
+        assert model is not None
+        return OpenAIModel(
+            model, api_key=settings.openai_api_key, base_url=settings.openai_base_url
+        )
+    if backend == "anthropic":
+        from activities.models.anthropic_chat import AnthropicModel
+
+        assert model is not None
+        return AnthropicModel(
+            model, api_key=settings.anthropic_api_key, base_url=settings.anthropic_base_url
+        )
+    from activities.models.triton import TritonModel
+
+    if settings.triton_url is None:
+        raise ValueError(
+            "the triton backend needs KEEL_TRITON_URL (`keel worker planner` starts Triton "
+            "itself and sets it)"
+        )
+    return TritonModel(settings.triton_url, settings.triton_model)
 
 
 class ModelRouter:
@@ -58,7 +98,7 @@ class ModelRouter:
             raise ValueError(f"no model for role {role!r}") from None
 
     def estimate_usd(self, role: str, input_tokens: int, output_tokens: int) -> float:
-        return price_of(self.model_for(role).name).usd(input_tokens, output_tokens)
+        return price_of(self.model_for(role).name).estimate(input_tokens, output_tokens)
 
     async def complete(
         self, role: str, request: ModelRequest, max_usd: float, max_tokens: int | None = None
@@ -68,10 +108,8 @@ class ModelRouter:
         model = self.model_for(role)
         price = price_of(model.name)
         input_tokens = model.count_tokens(request.messages) + PROMPT_MARGIN_TOKENS
-        room_usd = max_usd - price.usd(input_tokens, 0)
-        limit = request.max_tokens
-        if price.output_per_mtok > 0:
-            limit = min(limit, int(room_usd * 1e6 / price.output_per_mtok))
+        room_usd = max_usd - price.estimate(input_tokens, 0)
+        limit = min(request.max_tokens, int(max(0.0, price.output_tokens_for(room_usd))))
         if max_tokens is not None:
             limit = min(limit, max_tokens - input_tokens)
         if limit < MIN_OUTPUT_TOKENS:
@@ -84,12 +122,22 @@ class ModelRouter:
             )
         meta = {**request.meta, "role": role}
         completion = await model.complete(dataclasses.replace(request, max_tokens=limit, meta=meta))
+        usd = price.actual(
+            completion.input_tokens, completion.output_tokens, completion.latency_ms / 1000
+        )
+        if usd > max_usd:
+            # Only time-billed local calls can run over (a slow or busy worker): the task is
+            # charged its allowance, never more than its budget; the overrun is logged.
+            log.warning(
+                "model call ran over its allowance", model=model.name, usd=usd, max_usd=max_usd
+            )
+            usd = max_usd
         usage = ModelUsage(
             role=role,
             model=model.name,
             input_tokens=completion.input_tokens,
             output_tokens=completion.output_tokens,
-            usd=price.usd(completion.input_tokens, completion.output_tokens),
+            usd=usd,
             latency_ms=completion.latency_ms,
         )
         return RoutedCompletion(completion.text, usage)
@@ -101,16 +149,18 @@ TYPICAL_REASONER_CALL = (1500, 400)
 
 def backend_model_name(spec: str, settings: Settings) -> str:
     """The priced model name a backend spec resolves to, without loading the model."""
-    if spec == "llamacpp":
+    backend, model = parse_spec(spec)
+    if backend in ("llamacpp", "triton"):  # Triton serves the same GGUF as llama.cpp
         from activities.models.llamacpp import SMOLLM2_NAME
 
         path = settings.llamacpp_model_path
         return SMOLLM2_NAME if path is None else path.stem.lower()
-    if spec == "scripted":
+    if backend == "scripted":
         return "scripted"
-    raise ValueError(f"unknown model backend {spec!r}: use 'llamacpp' or 'scripted'")
+    assert model is not None
+    return model
 
 
 def reasoner_price_estimate(settings: Settings) -> float:
     name = backend_model_name(settings.reasoner_model, settings)
-    return price_of(name).usd(*TYPICAL_REASONER_CALL)
+    return price_of(name).estimate(*TYPICAL_REASONER_CALL)
