@@ -28,7 +28,10 @@ RESULT_PREVIEW = 300
 SYSTEM = """You are the planner of an agent. Break the task into tool calls.
 Reply with JSON only: {"steps": [{"id": "s1", "tool": "...", "args": {...}, "depends_on": []}]}.
 Use as few steps as the task needs. Steps without depends_on run in parallel.
-To use an earlier step's output inside a text argument write {{s1}} and list s1 in depends_on."""
+To use an earlier step's output inside a text argument write {{s1}} and list s1 in depends_on.
+A step may add "when": a condition over earlier outputs such as "len(s1.matches) > 0" or
+"s1.value >= 100"; it runs only if the condition holds (list s1 in depends_on).
+Every tool shows its price: the whole plan must cost less than the budget left."""
 
 # One worked example as a prior chat turn: small local models follow a demonstration far
 # better than a description.
@@ -43,18 +46,30 @@ class _DraftStep(BaseModel):
     tool: str
     args: dict[str, Any] = Field(default_factory=dict)
     depends_on: list[str] = Field(default_factory=list)
+    when: str | None = None
 
 
 class _Draft(BaseModel):
     steps: list[_DraftStep]
 
 
-def plan_output_schema(tools: list[ToolSpec], files: list[str]) -> dict[str, Any]:
+def step_ids(done: set[str]) -> list[str]:
+    """Ids a new plan may use: `s1`, `s2`, ... skipping those completed steps already hold."""
+    free = (f"s{i}" for i in range(1, MAX_PLAN_STEPS + len(done) + 1) if f"s{i}" not in done)
+    return list(free)[:MAX_PLAN_STEPS]
+
+
+def plan_output_schema(
+    tools: list[ToolSpec],
+    files: list[str],
+    done: set[str] = frozenset(),  # type: ignore[assignment]
+) -> dict[str, Any]:
     """The grammar the model decodes under: one branch per tool with that tool's arguments."""
-    ids = [f"s{i}" for i in range(1, MAX_PLAN_STEPS + 1)]
+    ids = step_ids(done)
+    deps = ids + sorted(done)
     branches = []
     for spec in tools:
-        args = _grammar_schema(spec.input_schema)
+        args = grammar_schema(spec.input_schema)
         if spec.name == "read_file" and files:
             args["properties"]["path"] = {"type": "string", "enum": files}
         args["additionalProperties"] = False
@@ -65,7 +80,8 @@ def plan_output_schema(tools: list[ToolSpec], files: list[str]) -> dict[str, Any
                     "id": {"type": "string", "enum": ids},
                     "tool": {"const": spec.name},
                     "args": args,
-                    "depends_on": {"type": "array", "items": {"enum": ids}, "maxItems": 3},
+                    "depends_on": {"type": "array", "items": {"enum": deps}, "maxItems": 3},
+                    "when": {"type": "string", "maxLength": 120},
                 },
                 "required": ["id", "tool", "args", "depends_on"],
                 "additionalProperties": False,
@@ -90,11 +106,11 @@ def plan_output_schema(tools: list[ToolSpec], files: list[str]) -> dict[str, Any
 _GRAMMAR_UNFRIENDLY = ("title", "minLength", "maxLength")
 
 
-def _grammar_schema(schema: Any) -> Any:
+def grammar_schema(schema: Any) -> Any:
     if isinstance(schema, dict):
-        return {k: _grammar_schema(v) for k, v in schema.items() if k not in _GRAMMAR_UNFRIENDLY}
+        return {k: grammar_schema(v) for k, v in schema.items() if k not in _GRAMMAR_UNFRIENDLY}
     if isinstance(schema, list):
-        return [_grammar_schema(v) for v in schema]
+        return [grammar_schema(v) for v in schema]
     return schema
 
 
@@ -111,13 +127,14 @@ def planning_prompt(request: PlanRequest, files: list[str]) -> list[Message]:
     lines.append(f"Budget left: ${request.remaining_usd:.6f}")
     if request.context:
         lines += ["", "Relevant memory:", *(f"- {c}" for c in request.context)]
-    if request.completed:
-        lines += ["", "Already done (do not repeat):"]
-        for r in request.completed:
-            if r.status == StepStatus.SUCCEEDED:
-                lines.append(
-                    f"- {r.tool}({json.dumps(r.args)}) -> {output_text(r)[:RESULT_PREVIEW]}"
-                )
+    done = [r for r in request.completed if r.status == StepStatus.SUCCEEDED]
+    if done:
+        lines += ["", "Already done (depend on these ids to use them; do not repeat them):"]
+        for r in done:
+            lines.append(
+                f"- {r.step_id}: {r.tool}({json.dumps(r.args)}) -> "
+                f"{output_text(r)[:RESULT_PREVIEW]}"
+            )
     if request.failures:
         lines += ["", "Earlier attempts failed; plan around these errors:"]
         lines += [f"- {f}" for f in request.failures]
@@ -136,7 +153,9 @@ def drop_repeats(draft: _Draft) -> _Draft:
     first: dict[str, str] = {}  # call signature -> id of the step kept for it
     renamed: dict[str, str] = {}
     for step in draft.steps:
-        signature = json.dumps([step.tool, step.args, sorted(step.depends_on)], sort_keys=True)
+        signature = json.dumps(
+            [step.tool, step.args, sorted(step.depends_on), step.when], sort_keys=True
+        )
         if signature in first:
             renamed[step.id] = first[signature]
             continue
@@ -158,6 +177,7 @@ def cost_plan(draft: _Draft, request: PlanRequest, synthesis_usd: float, model: 
                 tool=d.tool,
                 args=d.args,
                 depends_on=d.depends_on,
+                when=d.when or None,
                 expected_cost_usd=spec.cost_per_call_usd if spec else 0.0,
                 expected_latency_ms=spec.avg_latency_ms if spec else 0.0,
             )
@@ -182,17 +202,15 @@ class PlanningActivities:
     async def plan(self, request: PlanRequest) -> PlanResponse:
         log = activity_logger()
         files = self._files()
+        done = {r.step_id for r in request.completed if r.status == StepStatus.SUCCEEDED}
+        synthesis_usd = self.router.estimate_usd("reasoner", *TYPICAL_REASONER_CALL)
         routed = await self.router.complete(
-            "planner",
+            request.role,
             ModelRequest(
                 messages=planning_prompt(request, files),
                 max_tokens=PLAN_MAX_TOKENS,
-                json_schema=plan_output_schema(request.tools, files),
-                meta={
-                    "purpose": "plan",
-                    "task": request.task,
-                    "tools": ",".join(t.name for t in request.tools),
-                },
+                json_schema=plan_output_schema(request.tools, files, done),
+                meta=planning_meta(request, synthesis_usd),
             ),
             max_usd=request.max_usd,
             max_tokens=request.max_tokens,
@@ -204,7 +222,26 @@ class PlanningActivities:
             return PlanResponse(
                 error=describe_validation_error(err, "plan JSON"), usage=routed.usage
             )
-        synthesis_usd = self.router.estimate_usd("reasoner", *TYPICAL_REASONER_CALL)
         plan = cost_plan(draft, request, synthesis_usd, routed.usage.model)
-        log.info("planned", steps=len(plan.steps), expected_usd=plan.expected_cost_usd)
+        log.info(
+            "planned", role=request.role, steps=len(plan.steps), expected_usd=plan.expected_cost_usd
+        )
         return PlanResponse(plan=plan, usage=routed.usage)
+
+
+def planning_meta(request: PlanRequest, synthesis_usd: float) -> dict[str, str]:
+    """What a scripted model reads instead of the prompt (real models see only messages)."""
+    done = [
+        {"id": r.step_id, "tool": r.tool, "args": r.args}
+        for r in request.completed
+        if r.status == StepStatus.SUCCEEDED
+    ]
+    return {
+        "purpose": "plan",
+        "task": request.task,
+        "tools": ",".join(t.name for t in request.tools),
+        "costs": json.dumps({t.name: t.cost_per_call_usd for t in request.tools}),
+        "remaining_usd": repr(request.remaining_usd),
+        "synthesis_usd": repr(synthesis_usd),
+        "done": json.dumps(done),
+    }

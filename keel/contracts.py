@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 STEP_ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,31}$"
 
+Strategy = Literal["plan", "react"]
+
 
 class Budget(BaseModel):
     """What a task may spend: USD always, tokens optionally."""
@@ -34,6 +36,14 @@ class TaskRequest(BaseModel):
     max_replans: int = Field(default=2, ge=0, le=10)
     allowed_tools: list[str] | None = Field(
         default=None, description="restrict the catalog to these tool names"
+    )
+    strategy: Strategy = Field(
+        default="plan",
+        description="plan: one model call plans the whole graph (default); "
+        "react: the naive loop, one model call per step (a baseline for comparison)",
+    )
+    max_steps: int = Field(
+        default=12, ge=1, le=100, description="react: at most this many tool calls"
     )
 
 
@@ -66,6 +76,10 @@ class PlanStep(BaseModel):
     tool: str
     args: dict[str, Any] = Field(default_factory=dict)
     depends_on: list[str] = Field(default_factory=list)
+    when: str | None = Field(
+        default=None,
+        description="run only if this condition over earlier outputs holds (keel/conditions.py)",
+    )
     expected_cost_usd: float = 0.0
     expected_latency_ms: float = 0.0
 
@@ -81,7 +95,24 @@ class Plan(BaseModel):
     @computed_field  # type: ignore[prop-decorator]
     @property
     def expected_cost_usd(self) -> float:
+        """Every step counted, branches included: the worst case is what must fit."""
         return sum(s.expected_cost_usd for s in self.steps)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def expected_latency_ms(self) -> float:
+        """The longest dependency chain: independent steps run in parallel."""
+        by_id = {s.id: s for s in self.steps}
+        finish: dict[str, float] = {}
+
+        def done_at(step: PlanStep, seen: frozenset[str]) -> float:
+            if step.id not in finish:
+                deps = [by_id[d] for d in step.depends_on if d in by_id and d not in seen]
+                start = max((done_at(d, seen | {step.id}) for d in deps), default=0.0)
+                finish[step.id] = start + step.expected_latency_ms
+            return finish[step.id]
+
+        return max((done_at(s, frozenset()) for s in self.steps), default=0.0)
 
 
 class StepStatus(StrEnum):
@@ -211,6 +242,9 @@ class RememberRequest(BaseModel):
 
 class PlanRequest(BaseModel):
     task: str
+    role: str = Field(
+        default="planner", description="planner, or escalation after the planner's plan failed"
+    )
     context: list[str] = Field(default_factory=list)
     tools: list[ToolSpec]
     remaining_usd: float
@@ -225,6 +259,29 @@ class PlanResponse(BaseModel):
     """A plan, or why none came out; the model usage is reported either way so it is booked."""
 
     plan: Plan | None = None
+    error: str | None = None
+    usage: ModelUsage
+
+
+class ReactRequest(BaseModel):
+    """One turn of the ReAct baseline: the task and everything observed so far."""
+
+    task: str
+    context: list[str] = Field(default_factory=list)
+    tools: list[ToolSpec]
+    history: list[StepResult] = Field(default_factory=list)
+    remaining_usd: float
+    max_usd: float
+    max_tokens: int | None = None
+    steps_left: int
+
+
+class ReactDecision(BaseModel):
+    """The next action (a tool call), the final answer, or why the output was unusable."""
+
+    tool: str | None = None
+    args: dict[str, Any] = Field(default_factory=dict)
+    answer: str | None = None
     error: str | None = None
     usage: ModelUsage
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 import jsonschema
 
+from keel.conditions import ConditionError, parse_condition
 from keel.contracts import Plan, PlanStep, StepResult, ToolSpec
 
 # `{{s1}}` inside a string argument is replaced by the text of step s1's output.
@@ -32,8 +33,14 @@ def referenced_steps(value: Any) -> set[str]:
     return set()
 
 
-def validate_plan(plan: Plan, tools: Mapping[str, ToolSpec]) -> list[str]:
-    """Every structural reason the plan must not run; empty when it may."""
+def validate_plan(
+    plan: Plan, tools: Mapping[str, ToolSpec], done: Collection[str] = ()
+) -> list[str]:
+    """Every structural reason the plan must not run; empty when it may.
+
+    `done` holds the ids of steps that earlier plan versions already completed: a re-plan
+    may depend on them (and reference their outputs) but not reuse their ids.
+    """
     errors: list[str] = []
     if not plan.steps:
         return ["the plan has no steps"]
@@ -43,7 +50,10 @@ def validate_plan(plan: Plan, tools: Mapping[str, ToolSpec]) -> list[str]:
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         errors.append(f"duplicate step ids: {', '.join(duplicates)}")
-    known = set(ids)
+    reused = sorted(set(ids) & set(done))
+    if reused:
+        errors.append(f"step ids already used by completed steps: {', '.join(reused)}")
+    known = set(ids) | set(done)
     for step in plan.steps:
         spec = tools.get(step.tool)
         if spec is None:
@@ -58,6 +68,16 @@ def validate_plan(plan: Plan, tools: Mapping[str, ToolSpec]) -> list[str]:
         for ref in referenced_steps(step.args):
             if ref not in step.depends_on:
                 errors.append(f"step {step.id}: uses {{{{{ref}}}}} but does not depend on {ref}")
+        if step.when is not None:
+            try:
+                condition = parse_condition(step.when)
+            except ConditionError as err:
+                errors.append(f"step {step.id}: condition {step.when!r} is invalid: {err}")
+            else:
+                for ref in sorted(condition.steps - set(step.depends_on)):
+                    errors.append(
+                        f"step {step.id}: condition reads {ref} but does not depend on it"
+                    )
         schema_error = _schema_error(step.args, spec.input_schema)
         if schema_error:
             errors.append(f"step {step.id}: arguments for {step.tool} are invalid: {schema_error}")
@@ -118,9 +138,11 @@ def find_cycle(steps: Iterable[PlanStep]) -> list[str] | None:
     return None
 
 
-def ready_steps(plan: Plan, done: set[str], started: set[str]) -> list[PlanStep]:
-    """Steps not yet started whose dependencies have all succeeded, in plan order."""
-    return [s for s in plan.steps if s.id not in started and all(d in done for d in s.depends_on)]
+def ready_steps(plan: Plan, settled: Collection[str], started: Collection[str]) -> list[PlanStep]:
+    """Steps not yet started whose dependencies have all settled (succeeded or skipped)."""
+    return [
+        s for s in plan.steps if s.id not in started and all(d in settled for d in s.depends_on)
+    ]
 
 
 def output_text(result: StepResult) -> str:

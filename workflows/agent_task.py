@@ -15,6 +15,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from keel import search_attributes as sa
+    from keel.conditions import ConditionError, parse_condition
     from keel.contracts import (
         Ledger,
         LedgerEntry,
@@ -23,9 +24,12 @@ with workflow.unsafe.imports_passed_through():
         PlanRequest,
         PlanResponse,
         PlanStep,
+        ReactDecision,
+        ReactRequest,
         Recall,
         RecallRequest,
         RememberRequest,
+        SideEffects,
         StepResult,
         StepStatus,
         Synthesis,
@@ -64,6 +68,10 @@ def _cause(err: ActivityError) -> ApplicationError | None:
     return cause if isinstance(cause, ApplicationError) else None
 
 
+def _failure(result: StepResult) -> str:
+    return f"step {result.step_id} ({result.tool}) failed: {result.error}"
+
+
 def _short(args: dict[str, object], limit: int = 60) -> str:
     text = ", ".join(f"{v}" if len(args) == 1 else f"{k}={v}" for k, v in args.items())
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -78,6 +86,7 @@ class AgentTask:
         self._plan: Plan | None = None
         self._ledger = Ledger()
         self._results: list[StepResult] = []
+        self._outputs: dict[str, StepResult] = {}  # succeeded steps by id, across plan versions
         self._replans = 0
 
     # --- queries -------------------------------------------------------------------------
@@ -131,14 +140,17 @@ class AgentTask:
         allowed = set(request.allowed_tools) if request.allowed_tools is not None else None
         tools = {t.name: t for t in catalog if allowed is None or t.name in allowed}
 
-        status, error = await self._plan_and_execute(request, context, tools, queues)
-        answer = error or ""
-        if status == TaskStatus.COMPLETED:
-            try:
-                answer = await self._synthesize(request, context, queues)
-            except _BudgetExhausted as err:
-                status, error = TaskStatus.BUDGET_EXHAUSTED, str(err)
-                answer = f"The budget ran out before the answer could be written: {err}"
+        if request.strategy == "react":
+            status, error, answer = await self._react(request, context, tools, queues)
+        else:
+            status, error = await self._plan_and_execute(request, context, tools, queues)
+            answer = error or ""
+            if status == TaskStatus.COMPLETED:
+                try:
+                    answer = await self._synthesize(request, context, queues)
+                except _BudgetExhausted as err:
+                    status, error = TaskStatus.BUDGET_EXHAUSTED, str(err)
+                    answer = f"The budget ran out before the answer could be written: {err}"
 
         self._set_status(TaskStatus.REMEMBERING, "remembering the episode")
         await workflow.execute_activity(
@@ -177,13 +189,14 @@ class AgentTask:
     ) -> tuple[TaskStatus, str | None]:
         failures: list[str] = []
         version = 0
+        role = "planner"
         while True:
             version += 1
             if version > 1:
                 self._replans += 1
             try:
                 response = await self._call_planner(
-                    request, context, tools, failures, version, queues
+                    request, context, tools, failures, version, role, queues
                 )
             except _BudgetExhausted as err:
                 return TaskStatus.BUDGET_EXHAUSTED, str(err)
@@ -194,7 +207,7 @@ class AgentTask:
             if plan is None:
                 problem = f"plan v{version} was not usable: {response.error}"
             else:
-                errors = validate_plan(plan, tools)
+                errors = validate_plan(plan, tools, done=self._outputs)
                 money = budget_error(plan, self._remaining_usd())
                 over_budget = money is not None and not errors
                 if money:
@@ -206,13 +219,17 @@ class AgentTask:
                 if version > request.max_replans:
                     final = TaskStatus.BUDGET_EXHAUSTED if over_budget else TaskStatus.FAILED
                     return final, problem
+                # The small model could not produce a valid plan: a larger one tries next.
+                role = "escalation"
                 continue
+            role = "planner"
 
             assert plan is not None
             self._plan = plan
             self._set_status(
                 TaskStatus.EXECUTING,
-                f"plan v{version}: " + ", ".join(f"{s.id}={s.tool}" for s in plan.steps),
+                f"plan v{version} by {plan.model}: "
+                + ", ".join(f"{s.id}={s.tool}" + (" (if)" if s.when else "") for s in plan.steps),
             )
             try:
                 failed = await self._execute(plan, tools, queues)
@@ -231,15 +248,17 @@ class AgentTask:
         tools: dict[str, ToolSpec],
         failures: list[str],
         version: int,
+        role: str,
         queues: Queues,
     ) -> PlanResponse:
-        self._set_status(TaskStatus.PLANNING, f"planning (v{version})")
+        self._set_status(TaskStatus.PLANNING, f"planning (v{version}, {role})")
         remaining = self._check_affordable("planning")
         try:
             response = await workflow.execute_activity(
                 "plan",
                 PlanRequest(
                     task=request.task,
+                    role=role,
                     context=context,
                     tools=list(tools.values()),
                     remaining_usd=remaining,
@@ -253,7 +272,7 @@ class AgentTask:
                 task_queue=queues.planner,
                 start_to_close_timeout=MODEL_TIMEOUT,
                 retry_policy=MODEL_RETRY,
-                summary=f"plan v{version} (budget left ${remaining:.4f})",
+                summary=f"plan v{version} by the {role} (budget left ${remaining:.4f})",
             )
         except ActivityError as err:
             cause = _cause(err)
@@ -266,49 +285,113 @@ class AgentTask:
         return response
 
     async def _execute(self, plan: Plan, tools: dict[str, ToolSpec], queues: Queues) -> list[str]:
-        """Run the plan in waves of ready steps; return the failures (empty on success)."""
-        results: dict[str, StepResult] = {}
-        done: set[str] = set()
+        """Run the plan: each step starts as soon as its dependencies have settled, so
+        independent steps run in parallel. Returns the failures (empty on success).
+
+        After a failure no new step starts; steps already running finish, so their results
+        reach the re-plan instead of being paid for and thrown away.
+        """
+        settled: set[str] = set(self._outputs)  # steps done by earlier plan versions count
+        skipped: set[str] = set()
         started: set[str] = set()
+        running: dict[str, asyncio.Task[StepResult]] = {}
+        reserved: dict[str, float] = {}
+        failures: list[str] = []
+        out_of_budget: str | None = None
         while True:
-            wave = ready_steps(plan, done, started)
-            if not wave:
-                break
-            reserved = 0.0
-            for step in wave:  # reserve the whole wave before starting any of it
-                cost = tools[step.tool].cost_per_call_usd
-                if cost > self._remaining_usd() - reserved + 1e-12:
-                    raise _BudgetExhausted(
-                        f"step {step.id} ({step.tool}) needs ${cost:.6f}; "
-                        f"${self._remaining_usd() - reserved:.6f} is left"
+            if not failures and out_of_budget is None:
+                for step in ready_steps(plan, settled, started):
+                    started.add(step.id)
+                    gate = self._gate(plan.version, step, tools[step.tool], skipped)
+                    if gate is not None:
+                        self._record(gate)
+                        settled.add(step.id)
+                        if gate.status == StepStatus.SKIPPED:
+                            skipped.add(step.id)
+                        else:
+                            failures.append(_failure(gate))
+                            break
+                        continue
+                    cost = tools[step.tool].cost_per_call_usd
+                    left = self._remaining_usd() - sum(reserved.values())
+                    if cost > left + 1e-12:
+                        out_of_budget = (
+                            f"step {step.id} ({step.tool}) needs ${cost:.6f}; ${left:.6f} is left"
+                        )
+                        break
+                    reserved[step.id] = cost
+                    running[step.id] = asyncio.ensure_future(
+                        self._run_step(plan.version, step, tools[step.tool], queues)
                     )
-                reserved += cost
-                started.add(step.id)
-            wave_results = await asyncio.gather(
-                *(self._run_step(plan, s, tools[s.tool], results, queues) for s in wave)
-            )
-            failed = []
-            for result in wave_results:
-                results[result.step_id] = result
-                self._results.append(result)
-                if result.status == StepStatus.SUCCEEDED:
-                    done.add(result.step_id)
-                else:
-                    failed.append(f"step {result.step_id} ({result.tool}) failed: {result.error}")
+            if not running:
+                break
+            await workflow.wait(list(running.values()), return_when=asyncio.FIRST_COMPLETED)
+            for step_id in [i for i, t in running.items() if t.done()]:  # plan order: replay-safe
+                result = running.pop(step_id).result()
+                reserved.pop(step_id)
+                self._record(result)
+                settled.add(step_id)
+                if result.status == StepStatus.FAILED:
+                    failures.append(_failure(result))
             self._publish_cost()
-            if failed:
-                return failed
-        return []
+        if out_of_budget is not None and not failures:
+            raise _BudgetExhausted(out_of_budget)
+        return failures
+
+    def _gate(
+        self, version: int, step: PlanStep, spec: ToolSpec, skipped: set[str]
+    ) -> StepResult | None:
+        """The result of a step that needs no call (skipped, reused, or a broken condition),
+        or None when the step must run."""
+
+        def settle(
+            status: StepStatus, note: str, output: dict[str, object] | None = None
+        ) -> StepResult:
+            self._event(f"{step.id}: {status.value}: {note}")
+            return StepResult(
+                step_id=step.id,
+                plan_version=version,
+                tool=step.tool,
+                args=step.args,
+                status=status,
+                output=output,
+                error=None if status == StepStatus.SUCCEEDED else note,
+            )
+
+        gone = [d for d in step.depends_on if d in skipped]
+        if gone:
+            return settle(StepStatus.SKIPPED, f"it depends on skipped step {gone[0]}")
+        if step.when is not None:
+            outputs = {i: r.output for i, r in self._outputs.items()}
+            try:
+                holds = parse_condition(step.when).evaluate(outputs)
+            except ConditionError as err:
+                return settle(StepStatus.FAILED, f"condition {step.when!r} failed: {err}")
+            if not holds:
+                return settle(StepStatus.SKIPPED, f"condition {step.when!r} is false")
+            self._event(f"{step.id}: condition {step.when!r} holds")
+        if spec.side_effects in (SideEffects.NONE, SideEffects.READ):
+            args = resolve_args(step.args, self._outputs)
+            for earlier in self._outputs.values():
+                if earlier.tool == step.tool and earlier.args == args:
+                    # A re-plan that repeats finished read-only work gets the result again,
+                    # free: only the remaining work is paid for.
+                    return settle(
+                        StepStatus.SUCCEEDED,
+                        f"reused the result of v{earlier.plan_version}.{earlier.step_id}",
+                        output=earlier.output,
+                    )
+        return None
+
+    def _record(self, result: StepResult) -> None:
+        self._results.append(result)
+        if result.status == StepStatus.SUCCEEDED:
+            self._outputs[result.step_id] = result
 
     async def _run_step(
-        self,
-        plan: Plan,
-        step: PlanStep,
-        spec: ToolSpec,
-        results: dict[str, StepResult],
-        queues: Queues,
+        self, version: int, step: PlanStep, spec: ToolSpec, queues: Queues
     ) -> StepResult:
-        args = resolve_args(step.args, results)
+        args = resolve_args(step.args, self._outputs)
         self._event(f"{step.id}: {spec.name}({_short(args)})")
         started = workflow.time()
         try:
@@ -316,7 +399,7 @@ class AgentTask:
                 f"tool.{spec.name}",
                 ToolCall(
                     workflow_id=workflow.info().workflow_id,
-                    step_id=f"v{plan.version}.{step.id}",
+                    step_id=f"v{version}.{step.id}",
                     tool=spec.name,
                     args=args,
                     max_usd=spec.cost_per_call_usd,
@@ -342,7 +425,7 @@ class AgentTask:
             self._event(f"{step.id}: failed: {message}")
             return StepResult(
                 step_id=step.id,
-                plan_version=plan.version,
+                plan_version=version,
                 tool=spec.name,
                 args=args,
                 status=StepStatus.FAILED,
@@ -357,7 +440,7 @@ class AgentTask:
         self._event(f"{step.id}: done")
         return StepResult(
             step_id=step.id,
-            plan_version=plan.version,
+            plan_version=version,
             tool=spec.name,
             args=args,
             status=StepStatus.SUCCEEDED,
@@ -365,6 +448,96 @@ class AgentTask:
             cost_usd=out.cost_usd,
             latency_ms=latency_ms,
         )
+
+    async def _react(
+        self,
+        request: TaskRequest,
+        context: list[str],
+        tools: dict[str, ToolSpec],
+        queues: Queues,
+    ) -> tuple[TaskStatus, str | None, str]:
+        """The naive baseline the article argues against: one model call per step, each
+        re-reading the whole history, until the model answers or runs out of steps."""
+        history: list[StepResult] = []
+        unusable = 0
+        for turn in range(1, request.max_steps + 2):
+            self._set_status(TaskStatus.PLANNING, f"react turn {turn}")
+            try:
+                remaining = self._check_affordable(f"react turn {turn}")
+                decision = await self._react_turn(
+                    request, context, tools, history, remaining, queues
+                )
+            except _BudgetExhausted as err:
+                return TaskStatus.BUDGET_EXHAUSTED, str(err), ""
+            except ActivityError as err:
+                return TaskStatus.FAILED, f"the model failed: {err.cause or err}", ""
+            self._book_model(decision.usage)
+            if decision.error is not None:
+                unusable += 1
+                self._event(f"react turn {turn}: unusable output: {decision.error}")
+                if unusable > request.max_replans:
+                    return TaskStatus.FAILED, decision.error, ""
+                continue
+            if decision.tool is None:
+                return TaskStatus.COMPLETED, None, (decision.answer or "").strip()
+            if turn > request.max_steps:
+                break
+            step = PlanStep(id=f"r{turn}", tool=decision.tool, args=decision.args)
+            problems = validate_plan(Plan(version=0, steps=[step]), tools)
+            spec = tools.get(decision.tool)
+            if problems or spec is None:
+                result = StepResult(
+                    step_id=step.id,
+                    plan_version=0,
+                    tool=decision.tool,
+                    args=decision.args,
+                    status=StepStatus.FAILED,
+                    error="; ".join(problems),
+                )
+                self._event(f"{step.id}: refused: {result.error}")
+            elif spec.cost_per_call_usd > self._remaining_usd() + 1e-12:
+                return TaskStatus.BUDGET_EXHAUSTED, f"step {step.id} does not fit the budget", ""
+            else:
+                self._set_status(TaskStatus.EXECUTING, f"react turn {turn}: {spec.name}")
+                result = await self._run_step(0, step, spec, queues)
+            history.append(result)
+            self._record(result)
+            self._publish_cost()
+        return TaskStatus.FAILED, f"no answer after {request.max_steps} tool calls", ""
+
+    async def _react_turn(
+        self,
+        request: TaskRequest,
+        context: list[str],
+        tools: dict[str, ToolSpec],
+        history: list[StepResult],
+        remaining: float,
+        queues: Queues,
+    ) -> ReactDecision:
+        try:
+            return await workflow.execute_activity(
+                "react_step",
+                ReactRequest(
+                    task=request.task,
+                    context=context,
+                    tools=list(tools.values()),
+                    history=history,
+                    remaining_usd=remaining,
+                    max_usd=remaining,
+                    max_tokens=self._remaining_tokens(),
+                    steps_left=request.max_steps - len(history),
+                ),
+                result_type=ReactDecision,
+                task_queue=queues.planner,
+                start_to_close_timeout=MODEL_TIMEOUT,
+                retry_policy=MODEL_RETRY,
+                summary=f"react: next action after {len(history)} observations",
+            )
+        except ActivityError as err:
+            cause = _cause(err)
+            if cause and cause.type == BUDGET_EXCEEDED:
+                raise _BudgetExhausted(f"the next turn does not fit: {cause.message}") from None
+            raise
 
     async def _synthesize(self, request: TaskRequest, context: list[str], queues: Queues) -> str:
         self._set_status(TaskStatus.SYNTHESIZING, "writing the answer")

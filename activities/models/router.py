@@ -16,6 +16,8 @@ from keel.settings import Settings
 
 log = structlog.get_logger(__name__)
 
+# A plan the small planner got wrong is re-planned by the large model unless configured.
+ROLE_FALLBACK = {"escalation": "reasoner"}
 MIN_OUTPUT_TOKENS = 16
 PROMPT_MARGIN_TOKENS = 8  # chat-template tokens a count can miss
 
@@ -81,21 +83,21 @@ class ModelRouter:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ModelRouter:
+        specs = {
+            "planner": settings.planner_model,
+            "reasoner": settings.reasoner_model,
+            "escalation": settings.escalation_model or settings.reasoner_model,
+        }
         built: dict[str, ModelClient] = {}  # roles on the same backend share one model
-        for spec in {settings.planner_model, settings.reasoner_model}:
+        for spec in dict.fromkeys(specs.values()):
             built[spec] = build_model(spec, settings)
-        return cls(
-            {
-                "planner": built[settings.planner_model],
-                "reasoner": built[settings.reasoner_model],
-            }
-        )
+        return cls({role: built[spec] for role, spec in specs.items()})
 
     def model_for(self, role: str) -> ModelClient:
-        try:
-            return self._models[role]
-        except KeyError:
-            raise ValueError(f"no model for role {role!r}") from None
+        model = self._models.get(role) or self._models.get(ROLE_FALLBACK.get(role, ""))
+        if model is None:
+            raise ValueError(f"no model for role {role!r}")
+        return model
 
     def estimate_usd(self, role: str, input_tokens: int, output_tokens: int) -> float:
         return price_of(self.model_for(role).name).estimate(input_tokens, output_tokens)

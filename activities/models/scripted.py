@@ -1,7 +1,9 @@
 """A deterministic model for tests and demos (like pydantic-ai's TestModel/FunctionModel).
 
 By default it plans with simple rules read off the task (arithmetic -> calculator, file
-names -> read_file, otherwise ask_reasoner) and answers by quoting the step results. Tests
+names -> read_file, otherwise ask_reasoner, or free search_docs when the budget cannot pay
+for the large model), plans only what earlier plans left undone, plays the ReAct baseline
+one call per step, and answers by quoting the step results. Tests
 script exact responses per task with `script()`.
 """
 
@@ -21,27 +23,82 @@ _ARITHMETIC = re.compile(r"\(?\d+(?:\.\d+)?(?:\s*(?:\*\*|[-+*/%])\s*\(?\d+(?:\.\
 _FILE = re.compile(r"\b[\w-]+\.(?:md|txt|csv|json)\b")
 
 
-def rule_based_plan(task: str, tools: set[str]) -> dict[str, object]:
-    steps: list[dict[str, object]] = []
-
-    def add(tool: str, args: dict[str, object]) -> None:
-        if tool in tools:
-            steps.append({"id": f"s{len(steps) + 1}", "tool": tool, "args": args, "depends_on": []})
-
+def rule_based_calls(task: str, tools: set[str]) -> list[tuple[str, dict[str, object]]]:
+    """The tool calls a task needs, read off its text."""
+    calls: list[tuple[str, dict[str, object]]] = []
     for expression in _ARITHMETIC.findall(task):
-        add("calculator", {"expression": expression.strip()})
+        calls.append(("calculator", {"expression": expression.strip()}))
     for path in dict.fromkeys(_FILE.findall(task)):
-        add("read_file", {"path": path})
-    if not steps:
-        add("ask_reasoner", {"question": task})
+        calls.append(("read_file", {"path": path}))
+    if not calls:
+        calls.append(("ask_reasoner", {"question": task}))
+    return [c for c in calls if c[0] in tools]
+
+
+def rule_based_plan(
+    task: str,
+    tools: set[str],
+    costs: dict[str, float] | None = None,
+    remaining_usd: float = float("inf"),
+    synthesis_usd: float = 0.0,
+    done: list[dict[str, object]] | None = None,
+) -> dict[str, object]:
+    """A plan like a sensible planner's: the strongest tools the budget affords (the large
+    model when it fits, free keyword search when it does not), only the work not yet done."""
+    costs = costs or {}
+    calls = rule_based_calls(task, tools)
+    total = sum(costs.get(tool, 0.0) for tool, _ in calls) + synthesis_usd
+    if total > remaining_usd and "search_docs" in tools:
+        calls = [
+            ("search_docs", {"query": str(args["question"])})
+            if tool == "ask_reasoner"
+            else (tool, args)
+            for tool, args in calls
+        ]
+    done = done or []
+    finished = [(d["tool"], d["args"]) for d in done]
+    taken = {str(d["id"]) for d in done}
+    ids = (f"s{i}" for i in range(1, 100) if f"s{i}" not in taken)
+    steps = [
+        {"id": next(ids), "tool": tool, "args": args, "depends_on": []}
+        for tool, args in calls
+        if (tool, args) not in finished
+    ]
     return {"steps": steps}
+
+
+def react_decision(task: str, tools: set[str], done: list[dict[str, object]]) -> dict[str, object]:
+    """The next ReAct action: the first needed call not yet tried, then the answer."""
+    tried = [(d["tool"], d["args"]) for d in done]
+    for tool, args in rule_based_calls(task, tools):
+        if (tool, args) not in tried:
+            return {"thought": f"I need {tool}.", "tool": tool, "args": args}
+    results = "\n".join(f"{d['tool']}: {d.get('result', '')}" for d in done)
+    return {
+        "thought": "I can answer now.",
+        "tool": "finish",
+        "answer": f"Answer to: {task}\n{results}",
+    }
 
 
 def default_responder(request: ModelRequest) -> str:
     meta = request.meta
+    tools = set(filter(None, meta.get("tools", "").split(",")))
     if meta.get("purpose") == "plan":
-        tools = set(filter(None, meta.get("tools", "").split(",")))
-        return json.dumps(rule_based_plan(meta.get("task", ""), tools))
+        return json.dumps(
+            rule_based_plan(
+                meta.get("task", ""),
+                tools,
+                costs=json.loads(meta.get("costs", "{}")),
+                remaining_usd=float(meta.get("remaining_usd", "inf")),
+                synthesis_usd=float(meta.get("synthesis_usd", "0")),
+                done=json.loads(meta.get("done", "[]")),
+            )
+        )
+    if meta.get("purpose") == "react":
+        return json.dumps(
+            react_decision(meta.get("task", ""), tools, json.loads(meta.get("done", "[]")))
+        )
     if meta.get("purpose") == "synthesize":
         results = meta.get("results", "").strip()
         return f"Answer to: {meta.get('task', '')}\n{results}".strip()

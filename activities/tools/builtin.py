@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from activities.models.router import reasoner_price_estimate
-from activities.tools import files
+from activities.tools import files, search
 from activities.tools.calculator import CalculatorInput, CalculatorOutput, calculate
 from activities.tools.reasoner import AskReasonerInput, AskReasonerOutput, ask_reasoner
 from activities.tools.registry import Tool, ToolContext, ToolRegistry, define_tool
@@ -45,6 +45,17 @@ def builtin_tools(settings: Settings) -> list[Tool]:
             files.ListFilesInput,
             files.ListFilesOutput,
             avg_latency_ms=5,
+            timeout_s=10,
+            side_effects=SideEffects.READ,
+        ),
+        define_tool(
+            "search_docs",
+            "Find the lines of the task's documents that mention the query's words (free; "
+            "finds facts written in the documents, cannot reason).",
+            search.search_docs,
+            search.SearchDocsInput,
+            search.SearchDocsOutput,
+            avg_latency_ms=10,
             timeout_s=10,
             side_effects=SideEffects.READ,
         ),
