@@ -36,7 +36,26 @@ SCENARIOS = {
             ' "depends_on": []}]}',
         ],
     ),
+    # lookahead: one branch runs, the other is skipped by its condition
+    "lookahead_branches": (
+        "Find what the docs say about rollbacks",
+        [
+            '{"steps": [{"id": "s1", "tool": "search_docs", "args": {"query": "rollback"},'
+            ' "depends_on": []}, {"id": "s2", "tool": "read_file",'
+            ' "args": {"path": "{{s1}}"}, "depends_on": ["s1"],'
+            ' "when": "len(s1.matches) == 0"}, {"id": "s3", "tool": "calculator",'
+            ' "args": {"expression": "15*60"}, "depends_on": ["s1"],'
+            ' "when": "s1.matches[0].path == \'handbook.md\'"}]}',
+        ],
+    ),
 }
+REACT_SCENARIOS = {"react_loop": "Compute 12*12 and read report.md"}
+
+
+def _save(name: str, history_json: str) -> None:
+    path = HISTORIES / f"{name}.json"
+    path.write_text(json.dumps(json.loads(history_json), indent=1) + "\n")
+    print(f"recorded {path}")
 
 
 async def record() -> None:
@@ -57,9 +76,15 @@ async def record() -> None:
                 )
                 await handle.result()
                 history = await handle.fetch_history()
-                path = HISTORIES / f"{name}.json"
-                path.write_text(json.dumps(json.loads(history.to_json()), indent=1) + "\n")
-                print(f"recorded {path}")
+                _save(name, history.to_json())
+            for name, task in REACT_SCENARIOS.items():
+                handle = await start_task(
+                    env.client,
+                    TaskRequest(task=task, strategy="react"),
+                    workflow_id=f"history-{name}",
+                )
+                await handle.result()
+                _save(name, (await handle.fetch_history()).to_json())
         finally:
             stop.set()
             await runner
