@@ -1,0 +1,195 @@
+"""Provider SDK failures as Temporal `ApplicationError`s, so that Temporal does the retrying.
+
+The SDK clients run with `max_retries=0`; an activity that hits a provider error raises one
+of these instead. Retryable errors go through the activity's retry policy (visible in the
+history, bounded by its attempts and timeouts); a `Retry-After` from the provider becomes the
+next retry's delay. Errors that another attempt cannot fix (a bad key, a bad request) are
+non-retryable, with one line saying what to do.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import time
+from collections.abc import Mapping
+from datetime import timedelta
+
+from temporalio.exceptions import ApplicationError
+
+# ApplicationError.type names: they cross Temporal (retry policies, workflow code, the UI),
+# so they are durable constants like activity names.
+MODEL_AUTH_ERROR = "ModelAuthError"  # bad, missing or unauthorised key; no credit
+MODEL_QUOTA_EXCEEDED = "ModelQuotaExceeded"  # the account's quota is used up (not a rate limit)
+MODEL_RATE_LIMITED = "ModelRateLimited"  # 429: retry after the provider's delay
+MODEL_UNAVAILABLE = "ModelUnavailable"  # 5xx, overloaded, connection failure, timeout
+MODEL_BAD_REQUEST = "ModelBadRequest"  # the provider refused this request as it is
+MODEL_REFUSED = "ModelRefused"  # the model declined to answer
+
+# A provider asking for more than this is capped: the activity's own timeouts and attempts
+# bound the wait anyway, and a garbled header must not park a task for days.
+MAX_RETRY_DELAY_S = 600.0
+MAX_MESSAGE_CHARS = 300
+
+_OVERLOADED = (503, 529)  # 529: Anthropic's "overloaded"
+_RETRYABLE_CLIENT = (408, 409, 425)  # timeouts and conflicts a provider expects to be retried
+
+
+def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """The delay a response asks for: `retry-after-ms`, or `retry-after` as seconds or as an
+    HTTP date. None when absent or unreadable."""
+    value = headers.get("retry-after-ms")
+    if value is not None:
+        seconds = _number(value)
+        if seconds is not None:
+            return _clamp(seconds / 1000)
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    seconds = _number(value)
+    if seconds is not None:
+        return _clamp(seconds)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # HTTP dates are GMT; a naive parse means the zone was left out
+        return None
+    return _clamp(when.timestamp() - (time.time() if now is None else now))
+
+
+def _number(value: str) -> float | None:
+    try:
+        number = float(value.strip())
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _clamp(seconds: float) -> float:
+    return min(max(seconds, 0.0), MAX_RETRY_DELAY_S)
+
+
+def provider_message(body: object, fallback: str) -> str:
+    """The provider's own explanation, on one short line. Handles OpenAI's
+    `{"error": {"message"}}` (the SDK may already have unwrapped `error`), Anthropic's
+    `{"type": "error", "error": {"type", "message"}}` and FastAPI's `{"detail"}`."""
+    message: object = None
+    if isinstance(body, Mapping):
+        inner = body.get("error", body)
+        if isinstance(inner, Mapping):
+            message = inner.get("message")
+        elif isinstance(inner, str):
+            message = inner
+        if not message:
+            message = body.get("message") or body.get("detail")
+    elif isinstance(body, str):
+        message = body
+    text = str(message) if message else fallback
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 3] + "..."
+
+
+def _error_code(body: object) -> str | None:
+    if not isinstance(body, Mapping):
+        return None
+    inner = body.get("error", body)
+    if not isinstance(inner, Mapping):
+        return None
+    code = inner.get("code") or inner.get("type")
+    return str(code) if code else None
+
+
+def status_error(
+    *,
+    provider: str,
+    model: str,
+    key_env: str,
+    status: int,
+    headers: Mapping[str, str],
+    body: object,
+    fallback_message: str,
+    request_id: str | None = None,
+) -> ApplicationError:
+    """The `ApplicationError` for an HTTP error response of a provider's API.
+
+    `key_env` names the variable(s) that hold the key, for the auth error's advice.
+    """
+    message = provider_message(body, fallback_message)
+    where = f"{provider} model {model}"
+    details = {"status": status, "request_id": request_id}
+    delay = retry_after_seconds(headers)
+    next_delay = timedelta(seconds=delay) if delay is not None else None
+
+    if status == 401:
+        return ApplicationError(
+            f"{where}: the API key was rejected ({message}); set {key_env} to a valid key",
+            details,
+            type=MODEL_AUTH_ERROR,
+            non_retryable=True,
+        )
+    if status == 403:
+        return ApplicationError(
+            f"{where}: the key in {key_env} may not use this model ({message})",
+            details,
+            type=MODEL_AUTH_ERROR,
+            non_retryable=True,
+        )
+    if status == 402:
+        return ApplicationError(
+            f"{where}: the account behind {key_env} cannot pay for this call ({message})",
+            details,
+            type=MODEL_AUTH_ERROR,
+            non_retryable=True,
+        )
+    if status == 429:
+        # OpenAI answers 429 both for "slow down" and for "your quota is used up"; only the
+        # first goes away by waiting.
+        if _error_code(body) == "insufficient_quota":
+            return ApplicationError(
+                f"{where}: the quota of the account behind {key_env} is used up ({message})",
+                details,
+                type=MODEL_QUOTA_EXCEEDED,
+                non_retryable=True,
+            )
+        return ApplicationError(
+            f"{where} is rate limited ({message})",
+            details,
+            type=MODEL_RATE_LIMITED,
+            next_retry_delay=next_delay,
+        )
+    if status >= 500 or status in _RETRYABLE_CLIENT:
+        # Providers may say explicitly that a retry cannot help (`x-should-retry: false`).
+        give_up = headers.get("x-should-retry") == "false"
+        state = "overloaded" if status in _OVERLOADED else f"failing (HTTP {status})"
+        return ApplicationError(
+            f"{where} is {state} ({message})",
+            details,
+            type=MODEL_UNAVAILABLE,
+            non_retryable=give_up,
+            next_retry_delay=next_delay,
+        )
+    # 400, 404, 413, 422, ...: the same request would fail the same way.
+    return ApplicationError(
+        f"{where} refused the request (HTTP {status}: {message})",
+        details,
+        type=MODEL_BAD_REQUEST,
+        non_retryable=True,
+    )
+
+
+def connection_error(*, provider: str, model: str, err: Exception) -> ApplicationError:
+    """A request that got no response (refused, reset, timed out): retryable."""
+    what = "timed out" if "timeout" in type(err).__name__.lower() else "failed to connect"
+    return ApplicationError(
+        f"{provider} model {model}: request {what} ({provider_message(None, str(err))})",
+        type=MODEL_UNAVAILABLE,
+    )
+
+
+def missing_key_error(provider: str, key_env: str, base_url_env: str) -> ValueError:
+    """Raised when a client is built without a key for the provider's hosted API."""
+    return ValueError(
+        f"no API key for {provider}: set {key_env} (or set {base_url_env} to a compatible "
+        "server that needs none)"
+    )
