@@ -58,11 +58,10 @@ def _tokenize(source: str) -> list[_Tok]:
         match = _TOKEN.match(source, pos)
         if match is None or match.end() == pos:
             raise ConditionError(f"unexpected character {source[pos:].lstrip()[:1]!r} at {pos}")
-        kind = match.lastgroup or ""
-        text = match.group(kind)
-        if kind == "name" and text in _KEYWORDS:
-            kind = "keyword"
-        tokens.append(_Tok(kind, text, match.start(kind)))
+        group = match.lastgroup or ""
+        text = match.group(group)
+        kind = "keyword" if group == "name" and text in _KEYWORDS else group
+        tokens.append(_Tok(kind, text, match.start(group)))
         pos = match.end()
     tokens.append(_Tok("end", "", len(source)))
     return tokens

@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel, Field
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from activities.models.router import ModelRouter
 from activities.models.scripted import ScriptedModel
 from activities.tools.builtin import default_registry
+from activities.tools.registry import Tool, ToolContext, define_tool
 from keel import search_attributes
 from keel.converter import data_converter
 from keel.queues import Queues
@@ -44,14 +47,54 @@ class Stack:
 
 
 def scripted_components(settings: Settings, queues: Queues) -> tuple[Components, ScriptedModel]:
+    """Scripted workers; escalations go to the same scripts under a large model's price."""
     model = ScriptedModel()
+    registry = default_registry(settings)
+    for tool in unreliable_tools():
+        registry.add(tool)
     components = Components(
         settings=settings,
         queues=queues,
-        _router=ModelRouter({"planner": model, "reasoner": model}),
-        _registry=default_registry(settings),
+        _router=ModelRouter(
+            {"planner": model, "reasoner": model, "escalation": model.renamed("scripted-large")}
+        ),
+        _registry=registry,
     )
     return components, model
+
+
+class FlakyInput(BaseModel):
+    key: str = Field(description="calls with the same key share one failure count")
+    failures: int = Field(ge=0, description="fail this many times, then succeed")
+
+
+class FlakyOutput(BaseModel):
+    attempts: int
+    text: str
+
+
+FLAKY_ATTEMPTS: Counter[str] = Counter()
+
+
+async def _flaky(args: FlakyInput, ctx: ToolContext) -> FlakyOutput:
+    FLAKY_ATTEMPTS[args.key] += 1
+    if FLAKY_ATTEMPTS[args.key] <= args.failures:
+        raise RuntimeError(f"temporary outage (attempt {FLAKY_ATTEMPTS[args.key]})")
+    return FlakyOutput(attempts=FLAKY_ATTEMPTS[args.key], text="ok")
+
+
+def unreliable_tools() -> list[Tool]:
+    """A tool that fails transiently a given number of times (an unreliable API)."""
+    return [
+        define_tool(
+            "flaky",
+            "An unreliable service: fails `failures` times, then answers.",
+            _flaky,
+            FlakyInput,
+            FlakyOutput,
+            max_attempts=3,
+        )
+    ]
 
 
 @pytest.fixture(scope="session")

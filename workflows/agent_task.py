@@ -308,7 +308,7 @@ class AgentTask:
                         settled.add(step.id)
                         if gate.status == StepStatus.SKIPPED:
                             skipped.add(step.id)
-                        else:
+                        elif gate.status == StepStatus.FAILED:
                             failures.append(_failure(gate))
                             break
                         continue

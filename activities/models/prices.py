@@ -56,6 +56,7 @@ LOCAL_GPU = Price(usd_per_gpu_hour=2.50, prefill_tokens_per_s=4000, decode_token
 PRICES: dict[str, Price] = {
     "smollm2-135m-instruct": LOCAL_GPU,
     "scripted": Price(1.0, 2.0),
+    "scripted-large": Price(3.0, 15.0),  # the scripted model standing in for a large one
     "gpt-4o-mini": Price(0.15, 0.60),
     "gpt-4o": Price(2.50, 10.00),
     "gpt-4.1": Price(2.00, 8.00),

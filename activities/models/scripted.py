@@ -106,11 +106,17 @@ def default_responder(request: ModelRequest) -> str:
 
 
 class ScriptedModel(ModelClient):
-    name = "scripted"
-
-    def __init__(self, responder: Responder = default_responder) -> None:
+    def __init__(self, responder: Responder = default_responder, name: str = "scripted") -> None:
+        self.name = name
         self._responder = responder
         self._scripts: dict[tuple[str, str], deque[str]] = {}
+
+    def renamed(self, name: str) -> ScriptedModel:
+        """The same model (same scripts) under another priced name, e.g. to stand in for a
+        large model in routing tests."""
+        twin = ScriptedModel(self._responder, name)
+        twin._scripts = self._scripts
+        return twin
 
     def script(self, task_contains: str, purpose: str, *responses: str) -> None:
         """Answer calls with this purpose for tasks containing the text, in order; the last
