@@ -152,6 +152,7 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             user_id=args.user,
             budget=Budget(usd=args.budget, tokens=args.max_tokens),
             max_replans=args.max_replans,
+            strategy=args.strategy,
         )
     except ValidationError as err:
         raise UsageError(describe_validation_error(err, "task")) from None
@@ -259,6 +260,13 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--max-tokens", type=int, default=None, help="token cap (default none)")
     run.add_argument("--user", default="anonymous", help="user id the task runs for")
     run.add_argument("--max-replans", type=int, default=2, help="re-plans allowed (default 2)")
+    run.add_argument(
+        "--strategy",
+        choices=["plan", "react"],
+        default="plan",
+        help="plan: one model call plans the whole graph (default); "
+        "react: the naive one-call-per-step loop, for comparison",
+    )
     run.add_argument("--json", action="store_true", help="print the TaskResult as JSON")
     run.set_defaults(handler=cmd_run)
 

@@ -77,6 +77,23 @@ def test_plan_validation_finds_every_problem() -> None:
     assert "uses {{a}} but does not depend on a" in errors
 
 
+def test_conditions_and_replans_are_validated() -> None:
+    bad_condition = _step("a")
+    bad_condition.when = "a.value >"
+    reads_undeclared = _step("b")
+    reads_undeclared.when = "a.value > 1"
+    errors = " | ".join(validate_plan(Plan(steps=[bad_condition, reads_undeclared]), _tools()))  # type: ignore[arg-type]
+    assert "condition 'a.value >' is invalid" in errors
+    assert "condition reads a but does not depend on it" in errors
+
+    # A re-plan may build on completed steps, but not take over their ids.
+    replan = Plan(steps=[_step("s2", ["s1"], expression="{{s1}}+1"), _step("s1")])
+    errors = " | ".join(validate_plan(replan, _tools(), done={"s1"}))  # type: ignore[arg-type]
+    assert errors == "step ids already used by completed steps: s1"
+    ok = Plan(steps=[_step("s2", ["s1"], expression="{{s1}}+1")])
+    assert validate_plan(ok, _tools(), done={"s1"}) == []  # type: ignore[arg-type]
+
+
 def test_plan_budget() -> None:
     plan = Plan(steps=[_step("a"), _step("b")], synthesis_estimate_usd=0.005)
     assert budget_error(plan, 0.025) is None
