@@ -11,9 +11,10 @@ from temporalio.testing import ActivityEnvironment
 from activities.models.llamacpp import LlamaCppModel
 from activities.models.router import ModelRouter
 from activities.planning import PlanningActivities
+from activities.react import ReactActivities
 from activities.tools.builtin import default_registry
 from keel.client import start_task
-from keel.contracts import PlanRequest, TaskRequest, TaskStatus
+from keel.contracts import PlanRequest, ReactRequest, TaskRequest, TaskStatus
 from keel.queues import Queues
 from keel.settings import Settings
 from tests.conftest import Stack
@@ -48,6 +49,25 @@ async def test_llamacpp_planner_returns_a_schema_valid_plan(
     for step in response.plan.steps:
         jsonschema.validate(step.args, by_name[step.tool].input_schema)
         assert step.expected_cost_usd == by_name[step.tool].cost_per_call_usd
+
+
+async def test_llamacpp_react_step_returns_a_valid_action(
+    local_model: LlamaCppModel, settings: Settings
+) -> None:
+    specs = default_registry(settings).specs()
+    react = ReactActivities(ModelRouter({"planner": local_model, "reasoner": local_model}))
+    request = ReactRequest(
+        task="Compute 6*7.", tools=specs, remaining_usd=0.05, max_usd=0.05, steps_left=5
+    )
+    decision = await ActivityEnvironment().run(react.react_step, request)
+
+    assert decision.error is None, decision.error
+    if decision.tool is not None:  # an action: a known tool with arguments its schema accepts
+        by_name = {s.name: s for s in specs}
+        jsonschema.validate(decision.args, by_name[decision.tool].input_schema)
+    else:
+        assert decision.answer is not None
+    assert decision.usage.role == "planner" and decision.usage.output_tokens > 0
 
 
 async def test_whole_task_on_the_local_model(stack: Stack, local_model: LlamaCppModel) -> None:
