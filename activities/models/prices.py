@@ -48,9 +48,10 @@ class Price:
         return self.estimate(input_tokens, output_tokens)
 
 
-# SmolLM2-135M on one GPU worker: an H100 slice at $2.50/h; throughput as measured by
-# bench/triton.py (prefill is fast, decode dominates). On this repo's CPU-only machines the
-# same calls take longer and are billed for the time they really hold the worker.
+# SmolLM2-135M on one GPU worker: an H100 slice at $2.50/h. The throughputs are assumptions
+# (no GPU was available when this was written); replace them with the tokens/s that
+# `bench/triton.py` measures on the GPU workers. On CPU-only machines the same calls take
+# longer and are billed for the time they really hold the worker.
 LOCAL_GPU = Price(usd_per_gpu_hour=2.50, prefill_tokens_per_s=4000, decode_tokens_per_s=250)
 
 PRICES: dict[str, Price] = {

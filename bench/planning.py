@@ -1,0 +1,196 @@
+"""Plan-ahead against the ReAct baseline: model calls, tokens and success per task.
+
+Runs the task suite (bench/suite.py: tasks with known answers over offline tools) as real
+AgentTask workflows on a real Temporal dev server, once per strategy, first with the
+scripted model (deterministic orchestration) and then with the real local model
+(SmolLM2 through llama.cpp, planner and answer both local).
+
+    .venv/bin/python bench/planning.py [--quick] [--local-tasks N] [--no-local]
+
+Prints a table and writes bench/results/planning.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from temporalio.testing import WorkflowEnvironment
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from activities.models.base import ModelClient  # noqa: E402
+from activities.models.router import ModelRouter  # noqa: E402
+from activities.tools.builtin import default_registry  # noqa: E402
+from bench.suite import TASKS, SuiteTask  # noqa: E402
+from keel import search_attributes  # noqa: E402
+from keel.client import start_task  # noqa: E402
+from keel.contracts import Budget, Strategy, TaskRequest, TaskResult, TaskStatus  # noqa: E402
+from keel.converter import data_converter  # noqa: E402
+from keel.queues import Queues  # noqa: E402
+from keel.settings import Settings  # noqa: E402
+from temporal.devserver import temporal_cli  # noqa: E402
+from workers.components import Components  # noqa: E402
+from workers.process import build_all, run_workers  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TOOLS = ["calculator", "read_file", "list_files", "search_docs"]  # offline, known answers
+BUDGET = Budget(usd=1.0)
+STRATEGIES: tuple[Strategy, ...] = ("plan", "react")
+
+
+async def run_suite(
+    client: Any,
+    model: ModelClient,
+    settings: Settings,
+    tasks: list[SuiteTask],
+    prefix: str,
+    concurrency: int,
+) -> dict[str, list[dict[str, Any]]]:
+    """Every task under both strategies; one row per task run."""
+    queues = Queues(prefix)
+    components = Components(
+        settings=settings,
+        queues=queues,
+        _router=ModelRouter({"planner": model, "reasoner": model}),
+        _registry=default_registry(settings),
+    )
+    stop = asyncio.Event()
+    runner = asyncio.create_task(run_workers(build_all(client, components), stop))
+    rows: dict[str, list[dict[str, Any]]] = {s: [] for s in STRATEGIES}
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(strategy: Strategy, index: int, suite_task: SuiteTask) -> None:
+        async with gate:
+            began = time.perf_counter()
+            request = TaskRequest(
+                task=suite_task.task,
+                user_id=f"bench-{prefix}{strategy}-{index}",  # no memory shared between runs
+                budget=BUDGET,
+                allowed_tools=TOOLS,
+                strategy=strategy,
+            )
+            handle = await start_task(client, request, queues=queues)
+            result: TaskResult = await handle.result()
+            ok = result.status == TaskStatus.COMPLETED and suite_task.succeeded(result.answer)
+            rows[strategy].append(
+                {
+                    "task": suite_task.task,
+                    "status": result.status.value,
+                    "success": ok,
+                    "llm_calls": result.llm_calls,
+                    "tokens": result.ledger.total_tokens,
+                    "usd": result.ledger.total_usd,
+                    "tool_steps": sum(s.status == "succeeded" for s in result.steps),
+                    "seconds": round(time.perf_counter() - began, 2),
+                    "answer": result.answer[:300],
+                }
+            )
+            print(
+                f"  {strategy:5} {'ok  ' if ok else 'FAIL'} calls={result.llm_calls} "
+                f"tokens={result.ledger.total_tokens:5} {suite_task.task[:60]}",
+                flush=True,
+            )
+
+    try:
+        for strategy in STRATEGIES:
+            await asyncio.gather(*(one(strategy, i, t) for i, t in enumerate(tasks)))
+    finally:
+        stop.set()
+        await runner
+        components.episodes.close()
+    return rows
+
+
+def summarize(rows: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
+    def mean(strategy: str, key: str) -> float:
+        return round(statistics.fmean(float(r[key]) for r in rows[strategy]), 3)
+
+    summary = {
+        "plan_llm_calls_per_task": mean("plan", "llm_calls"),
+        "react_llm_calls_per_task": mean("react", "llm_calls"),
+        "plan_tokens_per_task": mean("plan", "tokens"),
+        "react_tokens_per_task": mean("react", "tokens"),
+        "plan_success_rate": mean("plan", "success"),
+        "react_success_rate": mean("react", "success"),
+        "tasks": len(rows["plan"]),
+    }
+    summary["calls_ratio"] = round(
+        summary["plan_llm_calls_per_task"] / summary["react_llm_calls_per_task"], 3
+    )
+    summary["tokens_ratio"] = round(
+        summary["plan_tokens_per_task"] / summary["react_tokens_per_task"], 3
+    )
+    return summary
+
+
+async def bench(local_tasks: int, with_local: bool) -> dict[str, Any]:
+    from activities.models.scripted import ScriptedModel
+
+    env = await WorkflowEnvironment.start_local(
+        data_converter=data_converter,
+        dev_server_existing_path=str(temporal_cli()),
+        search_attributes=list(search_attributes.ALL),
+    )
+    report: dict[str, Any] = {"machine": f"{platform.node()} ({platform.machine()}, CPU only)"}
+    try:
+        with tempfile.TemporaryDirectory() as home:
+            settings = Settings(
+                home=Path(home), planner_model="scripted", reasoner_model="scripted"
+            )
+            print(f"scripted model: {len(TASKS)} tasks x {len(STRATEGIES)} strategies")
+            scripted = await run_suite(env.client, ScriptedModel(), settings, TASKS, "s-", 8)
+            report["summary"] = summarize(scripted)
+            report["scripted_runs"] = scripted
+            if with_local:
+                from activities.models.llamacpp import LlamaCppModel
+
+                subset = TASKS[:local_tasks]
+                print(f"local model (SmolLM2 via llama.cpp): {len(subset)} tasks x 2 strategies")
+                local_settings = settings.model_copy(
+                    update={"planner_model": "llamacpp", "reasoner_model": "llamacpp"}
+                )
+                local = await run_suite(
+                    env.client, LlamaCppModel(), local_settings, subset, "l-", 2
+                )
+                report["summary"]["local_model"] = summarize(local)
+                report["local_runs"] = local
+    finally:
+        await env.shutdown()
+    return report
+
+
+def print_table(summary: dict[str, Any]) -> None:
+    columns = [("scripted", summary)]
+    if "local_model" in summary:
+        columns.append(("local model", summary["local_model"]))
+    keys = [k for k in summary if k != "local_model"]
+    print(f"\n{'metric':26}" + "".join(f"{name:>14}" for name, _ in columns))
+    for key in keys:
+        print(f"{key:26}" + "".join(f"{col.get(key, ''):>14}" for _, col in columns))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer local-model tasks (< 3 min)")
+    parser.add_argument("--local-tasks", type=int, default=None, help="tasks for the local model")
+    parser.add_argument("--no-local", action="store_true", help="skip the local-model run")
+    args = parser.parse_args()
+    local_tasks = args.local_tasks or (4 if args.quick else len(TASKS))
+    report = asyncio.run(bench(local_tasks, with_local=not args.no_local))
+    print_table(report["summary"])
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "planning.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {RESULTS / 'planning.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""What routing saves: the planner on the small local model and the answer on a large model,
+against every call on the large model. Same tasks, same price table, same tokens.
+
+No provider keys reach this machine, so the "large model" is the local SmolLM2 billed at a
+large model's token price (`--large`, default gpt-4o from activities/models/prices.py). Both
+configurations therefore make the same calls with the same prompts and outputs; only who
+bills them differs, which is exactly what the routing decision changes. The small model is
+billed by GPU time as the router books it: its measured seconds at the price table's GPU
+rate (on this CPU-only machine those seconds are CPU seconds, slower than a GPU's). The
+`gpu_estimate` figures bill the same calls at the GPU throughput the price table assumes.
+
+    .venv/bin/python bench/routing.py [--quick] [--tasks N] [--large MODEL]
+
+Prints a table and writes bench/results/routing.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from temporalio.testing import WorkflowEnvironment
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from activities.models.base import Completion, Message, ModelClient, ModelRequest  # noqa: E402
+from activities.models.llamacpp import LlamaCppModel  # noqa: E402
+from activities.models.prices import price_of  # noqa: E402
+from activities.models.router import ModelRouter  # noqa: E402
+from activities.tools.builtin import default_registry  # noqa: E402
+from bench.suite import TASKS  # noqa: E402
+from keel import search_attributes  # noqa: E402
+from keel.client import start_task  # noqa: E402
+from keel.contracts import Budget, LedgerEntry, TaskRequest, TaskResult  # noqa: E402
+from keel.converter import data_converter  # noqa: E402
+from keel.queues import Queues  # noqa: E402
+from keel.settings import Settings  # noqa: E402
+from temporal.devserver import temporal_cli  # noqa: E402
+from workers.components import Components  # noqa: E402
+from workers.process import build_all, run_workers  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TOOLS = ["calculator", "read_file", "list_files", "search_docs"]
+
+
+class BilledAs(ModelClient):
+    """A model whose calls are billed under another model's name in the price table."""
+
+    def __init__(self, model: ModelClient, name: str) -> None:
+        self._model, self.name = model, name
+
+    def count_tokens(self, messages: list[Message]) -> int:
+        return self._model.count_tokens(messages)
+
+    async def complete(self, request: ModelRequest) -> Completion:
+        return await self._model.complete(request)
+
+
+async def run_config(
+    client: Any, router: ModelRouter, settings: Settings, prefix: str, tasks: int
+) -> list[TaskResult]:
+    queues = Queues(prefix)
+    components = Components(
+        settings=settings, queues=queues, _router=router, _registry=default_registry(settings)
+    )
+    stop = asyncio.Event()
+    runner = asyncio.create_task(run_workers(build_all(client, components), stop))
+    results = []
+    try:
+        for i, suite_task in enumerate(TASKS[:tasks]):  # one at a time: one local model
+            request = TaskRequest(
+                task=suite_task.task,
+                user_id=f"routing-{prefix}{i}",
+                budget=Budget(usd=1.0),
+                allowed_tools=TOOLS,
+            )
+            result = await (await start_task(client, request, queues=queues)).result()
+            print(
+                f"  {prefix[:-1]:9} ${result.ledger.total_usd:.6f} {result.status.value:10} "
+                f"{suite_task.task[:60]}",
+                flush=True,
+            )
+            results.append(result)
+    finally:
+        stop.set()
+        await runner
+        components.episodes.close()
+    return results
+
+
+def gpu_estimate(entry: LedgerEntry) -> float:
+    """The entry billed at the price table's assumed throughput instead of measured time."""
+    if entry.kind != "model":
+        return entry.usd
+    return price_of(entry.name).estimate(entry.input_tokens, entry.output_tokens)
+
+
+def per_task(results: list[TaskResult], key: Any) -> float:
+    return statistics.fmean(sum(key(e) for e in r.ledger.entries) for r in results)
+
+
+async def bench(tasks: int, large: str) -> dict[str, Any]:
+    price_of(large)  # fail early on a model the table does not price
+    env = await WorkflowEnvironment.start_local(
+        data_converter=data_converter,
+        dev_server_existing_path=str(temporal_cli()),
+        search_attributes=list(search_attributes.ALL),
+    )
+    small = LlamaCppModel()
+    big = BilledAs(small, large)
+    try:
+        with tempfile.TemporaryDirectory() as home:
+            settings = Settings(home=Path(home), planner_model="llamacpp")
+            print(f"routed: planner {small.name} (GPU time), answer {large}")
+            routed = await run_config(
+                env.client,
+                ModelRouter({"planner": small, "reasoner": big}),
+                settings,
+                "routed-",
+                tasks,
+            )
+            print(f"all large: planner and answer on {large}")
+            all_large = await run_config(
+                env.client,
+                ModelRouter({"planner": big, "reasoner": big}),
+                settings,
+                "large-",
+                tasks,
+            )
+    finally:
+        await env.shutdown()
+
+    def booked(e: LedgerEntry) -> float:
+        return e.usd
+
+    def planner_share(results: list[TaskResult]) -> float:
+        return per_task(results, lambda e: e.usd if e.role == "planner" else 0.0)
+
+    routed_usd = per_task(routed, booked)
+    large_usd = per_task(all_large, booked)
+    routed_gpu = per_task(routed, gpu_estimate)
+    return {
+        "machine": f"{platform.node()} ({platform.machine()}, CPU only)",
+        "config": {"tasks": tasks, "small": small.name, "large": large},
+        "summary": {
+            "routed_usd_per_task": round(routed_usd, 7),
+            "all_large_usd_per_task": round(large_usd, 7),
+            "cost_ratio": round(large_usd / routed_usd, 3),
+            "routed_planner_usd_per_task": round(planner_share(routed), 7),
+            "all_large_planner_usd_per_task": round(planner_share(all_large), 7),
+            "gpu_estimate_routed_usd_per_task": round(routed_gpu, 7),
+            "gpu_estimate_cost_ratio": round(large_usd / routed_gpu, 3),
+            "planner_tokens_per_task": round(
+                per_task(
+                    routed,
+                    lambda e: e.input_tokens + e.output_tokens if e.role == "planner" else 0,
+                ),
+                1,
+            ),
+            "answer_tokens_per_task": round(
+                per_task(
+                    routed,
+                    lambda e: e.input_tokens + e.output_tokens if e.role == "reasoner" else 0,
+                ),
+                1,
+            ),
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="6 tasks (< 3 min)")
+    parser.add_argument("--tasks", type=int, default=None)
+    parser.add_argument("--large", default="gpt-4o", help="price-table name of the large model")
+    args = parser.parse_args()
+    tasks = args.tasks or (6 if args.quick else len(TASKS))
+    report = asyncio.run(bench(tasks, args.large))
+    print(f"\n{'metric':34} {'value':>12}")
+    for key, value in report["summary"].items():
+        print(f"{key:34} {value:>12}")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "routing.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {RESULTS / 'routing.json'}")
+
+
+if __name__ == "__main__":
+    main()
