@@ -29,8 +29,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-bench: $(STAMP)
-	$(BIN)/python bench/overhead.py
+bench: $(STAMP)  ## every benchmark, quick form; see bench/README.md
+	$(BIN)/python bench/overhead.py --quick
+	$(BIN)/python bench/planning.py --quick
+	$(BIN)/python bench/routing.py --quick
+	$(BIN)/python bench/triton.py --quick
 
 clean:
 	rm -rf .keel
