@@ -15,6 +15,7 @@ from keel.client import TemporalUnreachable, connect
 from keel.settings import SettingsError, get_settings
 from workers import agent, llm, memory, planner, tools
 from workers.components import Components
+from workers.triton.server import TritonError
 
 Builder = Callable[[Client, Components], Worker]
 
@@ -42,6 +43,9 @@ async def run_workers(workers: Sequence[Worker], stop: asyncio.Event) -> None:
     finally:
         stopped.cancel()
         await asyncio.gather(*(w.shutdown() for w in workers), return_exceptions=True)
+        # shutdown() returns once a worker has drained; run() returns after the worker's
+        # plugins have finished too (the planner stops its Triton server there).
+        await asyncio.gather(*running, return_exceptions=True)
         for task in running:  # surface a worker's crash instead of hiding it
             if task.done() and not task.cancelled() and task.exception():
                 raise task.exception()  # type: ignore[misc]
@@ -67,6 +71,6 @@ async def serve_async(builders: Sequence[Builder]) -> None:
 def serve(*builders: Builder) -> None:
     try:
         asyncio.run(serve_async(builders))
-    except (TemporalUnreachable, SettingsError) as err:
+    except (TemporalUnreachable, SettingsError, TritonError) as err:  # Triton: missing or failed
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

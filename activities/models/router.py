@@ -74,7 +74,7 @@ def build_model(spec: str, settings: Settings) -> ModelClient:
             "the triton backend needs KEEL_TRITON_URL (`keel worker planner` starts Triton "
             "itself and sets it)"
         )
-    return TritonModel(settings.triton_url, settings.triton_model)
+    return TritonModel(settings.triton_url, settings.triton_model, settings.llamacpp_model_path)
 
 
 class ModelRouter:

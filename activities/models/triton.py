@@ -1,0 +1,162 @@
+"""The planner model served by Triton Inference Server (KServe v2 protocol over HTTP).
+
+The model (`workers/triton/model_repository/planner`) takes one BYTES tensor holding a JSON
+request {messages, max_tokens, json_schema, temperature} and returns one holding
+{text, input_tokens, output_tokens, compute_ms}. It serves the same GGUF as `LlamaCppModel`,
+so the name and price are the same, and tokens are counted locally with that GGUF's own
+tokenizer and chat template (vocabulary only: no weights are loaded in this process).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+from temporalio.exceptions import ApplicationError
+from tritonclient.http import InferInput, InferRequestedOutput
+from tritonclient.http.aio import InferenceServerClient
+from tritonclient.utils import InferenceServerException
+
+from activities.models.base import Completion, Message, ModelClient, ModelRequest
+from activities.models.llamacpp import SMOLLM2_NAME, default_model_path
+from activities.models.provider_errors import MODEL_BAD_REQUEST, MODEL_UNAVAILABLE
+
+# Generous: on a busy CPU-only server a plan waits behind others; Temporal's activity
+# timeout is what really bounds the call.
+REQUEST_TIMEOUT_S = 600.0
+
+
+@contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence file descriptor 2 (C libraries write there directly, bypassing sys.stderr)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+class _Tokenizer:
+    """Counts a chat's prompt tokens exactly as llama.cpp will: the GGUF's chat template,
+    rendered and tokenized with the GGUF's vocabulary."""
+
+    def __init__(self, path: Path) -> None:
+        from llama_cpp import Llama
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        with _quiet_stderr():  # llama.cpp warns about the unused context of a vocab-only load
+            self._vocab = Llama(model_path=str(path), vocab_only=True, verbose=False)
+        template = self._vocab.metadata.get("tokenizer.chat_template")
+
+        def text(token: int) -> str:
+            return self._vocab.detokenize([token], special=True).decode(errors="replace")
+
+        self._format = (
+            Jinja2ChatFormatter(
+                template, text(self._vocab.token_eos()), text(self._vocab.token_bos())
+            )
+            if template
+            else None
+        )
+
+    def count(self, messages: list[Message]) -> int:
+        chat = [{"role": m.role, "content": m.content} for m in messages]
+        if self._format is not None:
+            prompt = self._format(messages=chat).prompt  # type: ignore[arg-type]
+        else:  # no template in the file: llama.cpp falls back to ChatML-like turns
+            prompt = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in chat)
+            prompt += "<|im_start|>assistant\n"
+        return len(self._vocab.tokenize(prompt.encode(), add_bos=False, special=True))
+
+
+@lru_cache(maxsize=4)
+def _tokenizer(path: str) -> _Tokenizer:
+    return _Tokenizer(Path(path))
+
+
+class TritonModel(ModelClient):
+    """`url` is host:port or http(s)://host:port; `model` the name in Triton's repository;
+    `model_path` the GGUF the server serves (for its name, price and token counts)."""
+
+    def __init__(self, url: str, model: str = "planner", model_path: Path | None = None) -> None:
+        self.ssl = url.startswith("https://")
+        self.url = url.removeprefix("https://").removeprefix("http://").rstrip("/")
+        self.model = model
+        self.path = model_path or default_model_path()
+        self.name = SMOLLM2_NAME if model_path is None else self.path.stem.lower()
+        self._tokens = _tokenizer(str(self.path))
+
+    def count_tokens(self, messages: list[Message]) -> int:
+        return self._tokens.count(messages)
+
+    async def complete(self, request: ModelRequest) -> Completion:
+        body = {
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "max_tokens": request.max_tokens,
+            "json_schema": request.json_schema,
+            "temperature": request.temperature,
+        }
+        tensor = InferInput("REQUEST", [1], "BYTES")
+        tensor.set_data_from_numpy(np.array([json.dumps(body).encode()], dtype=np.object_))
+        output = InferRequestedOutput("RESPONSE", binary_data=True)
+        started = time.perf_counter()
+        try:
+            # A client per call: an aiohttp session belongs to one event loop, and no idle
+            # keep-alive connection is left to hold up Triton's shutdown. Its cost (~1 ms)
+            # is nothing next to a completion's.
+            async with InferenceServerClient(
+                self.url, conn_timeout=REQUEST_TIMEOUT_S, ssl=self.ssl
+            ) as client:
+                result = await client.infer(self.model, [tensor], outputs=[output])
+        except InferenceServerException as err:
+            raise self._model_error(err) from None
+        except (TimeoutError, aiohttp.ClientError, OSError) as err:
+            raise ApplicationError(
+                f"Triton at {self.url} is unreachable ({type(err).__name__}: {err}): "
+                "is the planner worker's Triton server running? (KEEL_TRITON_URL)",
+                type=MODEL_UNAVAILABLE,
+            ) from None
+        round_trip_ms = (time.perf_counter() - started) * 1000
+        raw = result.as_numpy("RESPONSE")
+        if raw is None or raw.size != 1:
+            raise ApplicationError(
+                f"Triton model {self.model!r} returned no RESPONSE", type=MODEL_UNAVAILABLE
+            )
+        out: dict[str, Any] = json.loads(raw.reshape(-1)[0])
+        return Completion(
+            text=out["text"],
+            input_tokens=out["input_tokens"],
+            output_tokens=out["output_tokens"],
+            # The time a model instance worked on this call (what GPU time is billed by), as
+            # LlamaCppModel measures it; waiting in Triton's queue is not billed.
+            latency_ms=float(out.get("compute_ms", round_trip_ms)),
+        )
+
+    def _model_error(self, err: InferenceServerException) -> ApplicationError:
+        status = err.status() or ""
+        message = err.message() or str(err)
+        if status in ("400", "404"):  # a bad request or an unknown model: retrying won't help
+            hint = " (check KEEL_TRITON_MODEL)" if "unknown model" in message else ""
+            return ApplicationError(
+                f"Triton model {self.model!r} at {self.url} refused the request: {message}{hint}",
+                type=MODEL_BAD_REQUEST,
+                non_retryable=True,
+            )
+        # 5xx: the model raised, or its stub process died; Triton restarts it, so retry.
+        return ApplicationError(
+            f"Triton model {self.model!r} at {self.url} failed (HTTP {status}): {message}",
+            type=MODEL_UNAVAILABLE,
+        )
