@@ -26,6 +26,13 @@ from pathlib import Path
 from typing import Any
 
 READY_TIMEOUT_S = 120.0
+# `python -m llama_cpp.server`, asking Linux to stop it when the test process dies, so that a
+# killed test run leaves no server behind (prctl in the child: no preexec_fn in a threaded
+# parent). 1 = PR_SET_PDEATHSIG.
+_DIE_WITH_PARENT = (
+    "import ctypes, runpy, signal, sys; ctypes.CDLL(None).prctl(1, signal.SIGTERM); "
+    "sys.argv[0] = 'llama_cpp.server'; runpy.run_module('llama_cpp.server', run_name='__main__')"
+)
 
 
 def free_port() -> int:
@@ -36,10 +43,18 @@ def free_port() -> int:
 
 class LlamaCppServer:
     """`python -m llama_cpp.server` on a free local port, with an API key (so that auth
-    errors can be tested against it) and the model served under `alias`."""
+    errors can be tested against it) and the model served under `alias`.
 
-    def __init__(self, model_path: Path, alias: str, api_key: str, log_path: Path) -> None:
+    One thread by default: llama.cpp's threads spin-wait for each other, so with as many
+    threads as cores a busy machine (tests running beside it) slows it from seconds to
+    minutes; one thread is barely slower for a 135M model and degrades gracefully.
+    """
+
+    def __init__(
+        self, model_path: Path, alias: str, api_key: str, log_path: Path, threads: int = 1
+    ) -> None:
         self.alias, self.api_key, self.log_path = alias, api_key, log_path
+        self.threads = threads
         self.port = free_port()
         self._model_path = model_path
         self._proc: subprocess.Popen[bytes] | None = None
@@ -57,8 +72,7 @@ class LlamaCppServer:
         env = {k: v for k, v in os.environ.items() if k.upper() not in fields}
         command = [
             sys.executable,
-            "-m",
-            "llama_cpp.server",
+            *(["-c", _DIE_WITH_PARENT] if sys.platform == "linux" else ["-m", "llama_cpp.server"]),
             "--model",
             str(self._model_path),
             "--model_alias",
@@ -70,7 +84,9 @@ class LlamaCppServer:
             "--n_ctx",
             "4096",
             "--n_threads",
-            "2",
+            str(self.threads),
+            "--n_threads_batch",
+            str(self.threads),
             "--api_key",
             self.api_key,
             "--verbose",

@@ -99,6 +99,7 @@ class OpenAIModel(ModelClient):
             api_key = PLACEHOLDER_KEY
         self.name = model
         self.base_url = base_url
+        self._official = base_url is None or "api.openai.com" in base_url
         self.structured_output: StructuredOutput = structured_output
         # Temporal retries (activity retry policy, Retry-After honoured): never the SDK.
         self._client = openai.AsyncOpenAI(
@@ -129,7 +130,7 @@ class OpenAIModel(ModelClient):
         # OpenAI's own API replaced `max_tokens` (its reasoning models refuse it) with
         # `max_completion_tokens`; compatible servers still read `max_tokens` (llama-cpp-python
         # silently ignores the new name and would generate up to its context size).
-        kwargs["max_tokens" if self.base_url else "max_completion_tokens"] = request.max_tokens
+        kwargs["max_completion_tokens" if self._official else "max_tokens"] = request.max_tokens
         schema = request.json_schema
         if schema is not None:
             kwargs["response_format"] = self._response_format(schema)
@@ -174,7 +175,7 @@ class OpenAIModel(ModelClient):
     def _falls_back(self, err: openai.APIStatusError) -> bool:
         """In "auto" mode, switch to `json_object` + schema when the server says that is all it
         takes (llama-cpp-python answers with a validation error naming `json_object`)."""
-        if self.structured_output != "auto" or self.base_url is None:
+        if self.structured_output != "auto" or self._official:
             return False
         text = provider_message(err.body, err.message)
         if err.status_code not in (400, 422, 500) or not _JSON_OBJECT_ONLY.search(text):

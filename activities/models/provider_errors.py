@@ -180,9 +180,12 @@ def status_error(
 
 def connection_error(*, provider: str, model: str, err: Exception) -> ApplicationError:
     """A request that got no response (refused, reset, timed out): retryable."""
-    what = "timed out" if "timeout" in type(err).__name__.lower() else "failed to connect"
+    what = "timed out" if "timeout" in type(err).__name__.lower() else "failed"
+    request = getattr(err, "request", None)  # the SDKs' connection errors keep their request
+    url = getattr(request, "url", None)
+    target = f" to {url}" if url is not None else ""
     return ApplicationError(
-        f"{provider} model {model}: request {what} ({provider_message(None, str(err))})",
+        f"{provider} model {model}: request{target} {what} ({provider_message(None, str(err))})",
         type=MODEL_UNAVAILABLE,
     )
 
