@@ -14,7 +14,6 @@ this client to the llama-cpp-python form for good.
 from __future__ import annotations
 
 import math
-import re
 import time
 from typing import Any, Literal
 
@@ -78,9 +77,6 @@ def estimate_tokens(messages: list[Message]) -> int:
     for m in messages:
         total += math.ceil(len(m.content.encode()) / 3) + 5
     return total
-
-
-_JSON_OBJECT_ONLY = re.compile(r"json_object", re.IGNORECASE)
 
 
 class OpenAIModel(ModelClient):
@@ -177,8 +173,8 @@ class OpenAIModel(ModelClient):
         takes (llama-cpp-python answers with a validation error naming `json_object`)."""
         if self.structured_output != "auto" or self._official:
             return False
-        text = provider_message(err.body, err.message)
-        if err.status_code not in (400, 422, 500) or not _JSON_OBJECT_ONLY.search(text):
+        said = f"{err.message} {err.body}"  # untruncated: the hint may be deep in the message
+        if err.status_code not in (400, 422, 500) or "json_object" not in said:
             return False
         log.warning(
             "server does not take json_schema response formats; using json_object + schema",
