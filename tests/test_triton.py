@@ -23,6 +23,7 @@ from keel.client import start_task
 from keel.contracts import TaskRequest, TaskStatus
 from keel.queues import Queues
 from tests.conftest import Stack
+from workers import planner
 from workers.components import Components
 from workers.process import build_all, run_workers
 from workers.triton.server import MODEL_REPOSITORY, TritonError, TritonServer, free_port
@@ -83,6 +84,11 @@ async def test_errors_say_whether_a_retry_can_help(
         await triton_model.complete(bad_schema)
     assert refused.value.non_retryable
 
+    unattached = TritonModel(None)  # KEEL_TRITON_URL unset in a process that does not plan
+    with pytest.raises(ApplicationError, match="KEEL_TRITON_URL") as nowhere:
+        await unattached.complete(ModelRequest(ASK))
+    assert nowhere.value.non_retryable
+
     nobody = TritonModel(f"127.0.0.1:{free_port('127.0.0.1')}")
     with pytest.raises(ApplicationError, match="unreachable") as down:
         await nobody.complete(ModelRequest(ASK))
@@ -107,14 +113,18 @@ def test_a_model_that_does_not_load_is_one_clear_line(tmp_path: Path) -> None:
 
 
 async def test_whole_task_planned_by_a_triton_server_the_worker_starts(stack: Stack) -> None:
-    # As `keel worker planner` with KEEL_PLANNER_MODEL=triton and no KEEL_TRITON_URL: the
-    # planner's components start Triton, and the worker stops it when it stops.
+    # As `keel dev` or `keel worker planner` with KEEL_PLANNER_MODEL=triton and no
+    # KEEL_TRITON_URL: the planner worker starts Triton, and stops it when it stops.
     queues = Queues("triton-")  # the session's scripted workers must not take these tasks
     settings = stack.settings.model_copy(
         update={"planner_model": "triton", "reasoner_model": "llamacpp", "triton_url": None}
     )
     components = Components(settings=settings, queues=queues, _episodes=stack.components.episodes)
-    workers = build_all(stack.client, components)  # starts Triton
+    workers = build_all(stack.client, components, ["agent", "llm", "tools", "memory"])
+    assert components.triton is None  # workers that do not plan need no Triton server
+    # Built last on purpose: the router exists already, and its planner model is attached to
+    # the server the planner worker starts.
+    workers.append(planner.build(stack.client, components))
     triton = components.triton
     assert triton is not None and components.settings.triton_url == triton.url
     stop = asyncio.Event()

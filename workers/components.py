@@ -25,9 +25,8 @@ class Components:
     _router: ModelRouter | None = None
     _registry: ToolRegistry | None = None
     _episodes: EpisodeStore | None = None  # Qdrant local mode allows one client per folder
-    # The Triton server this process started because a model spec is `triton` and
-    # KEEL_TRITON_URL is unset; the planner worker stops it when it stops (workers/planner.py),
-    # and the server stops itself at process exit otherwise.
+    # The Triton server this process started for a planner on `triton` without
+    # KEEL_TRITON_URL (see start_triton); stopped with the planner worker.
     triton: TritonServer | None = None
 
     @classmethod
@@ -37,18 +36,30 @@ class Components:
     @property
     def router(self) -> ModelRouter:
         if self._router is None:
-            if self.settings.triton_url is None and _uses_triton(self.settings):
-                self._start_triton()
             self._router = ModelRouter.from_settings(self.settings)
         return self._router
 
-    def _start_triton(self) -> None:
+    def start_triton(self) -> None:
+        """For the planner worker: when its models are `triton` and KEEL_TRITON_URL is unset,
+        start a Triton server and point the `triton` models at it. Only the process that
+        plans starts one (a `keel worker llm` beside it needs none), in whatever order the
+        workers of this process are built."""
+        from activities.models.triton import TritonModel
         from workers.triton.server import TritonServer
 
+        if self.triton is not None or self.settings.triton_url is not None:
+            return
+        if not _plans_on_triton(self.settings):
+            return
         self.triton = TritonServer(
             self.settings.home, model_path=self.settings.llamacpp_model_path
         ).start()
         self.settings = self.settings.model_copy(update={"triton_url": self.triton.url})
+        if self._router is not None:  # built already by another worker of this process
+            for role in ("planner", "escalation", "reasoner"):
+                model = self._router.model_for(role)
+                if isinstance(model, TritonModel) and model.url is None:
+                    model.attach(self.triton.url)
 
     def stop_triton(self) -> None:
         if self.triton is not None:
@@ -68,6 +79,7 @@ class Components:
         return self._episodes
 
 
-def _uses_triton(settings: Settings) -> bool:
-    specs = (settings.planner_model, settings.reasoner_model, settings.escalation_model or "")
+def _plans_on_triton(settings: Settings) -> bool:
+    """Whether the plan activity calls a `triton` model (its planner or escalation role)."""
+    specs = (settings.planner_model, settings.escalation_model or settings.reasoner_model)
     return any(spec.partition(":")[0] == "triton" for spec in specs)

@@ -43,7 +43,7 @@ def _stops_triton(components: Components) -> SimplePlugin:
 
 
 def build(client: Client, components: Components) -> Worker:
-    # The router starts Triton first when the model is `triton` and KEEL_TRITON_URL is unset.
+    components.start_triton()  # if the model is `triton` and KEEL_TRITON_URL is unset
     planning = PlanningActivities(components.router, components.settings.docs_dir)
     react = ReactActivities(components.router)  # the ReAct baseline's per-step calls
     on_triton = parse_spec(components.settings.planner_model)[0] == "triton"

@@ -69,11 +69,8 @@ def build_model(spec: str, settings: Settings) -> ModelClient:
         )
     from activities.models.triton import TritonModel
 
-    if settings.triton_url is None:
-        raise ValueError(
-            "the triton backend needs KEEL_TRITON_URL (`keel worker planner` starts Triton "
-            "itself and sets it)"
-        )
+    # No KEEL_TRITON_URL: the planner worker starts a Triton server and attaches this model
+    # to it (workers/components.py); in a process that never plans it is never called.
     return TritonModel(settings.triton_url, settings.triton_model, settings.llamacpp_model_path)
 
 

@@ -89,20 +89,39 @@ def _tokenizer(path: str) -> _Tokenizer:
 
 class TritonModel(ModelClient):
     """`url` is host:port or http(s)://host:port; `model` the name in Triton's repository;
-    `model_path` the GGUF the server serves (for its name, price and token counts)."""
+    `model_path` the GGUF the server serves (for its name, price and token counts).
 
-    def __init__(self, url: str, model: str = "planner", model_path: Path | None = None) -> None:
-        self.ssl = url.startswith("https://")
-        self.url = url.removeprefix("https://").removeprefix("http://").rstrip("/")
+    Without a URL the model still has its name, price and token counts but cannot be called
+    until `attach`ed: a process that never plans (`keel worker llm`) needs no planner server,
+    and the planner worker attaches the server it starts."""
+
+    def __init__(
+        self, url: str | None, model: str = "planner", model_path: Path | None = None
+    ) -> None:
+        self.url: str | None = None
+        self.ssl = False
+        if url is not None:
+            self.attach(url)
         self.model = model
         self.path = model_path or default_model_path()
         self.name = SMOLLM2_NAME if model_path is None else self.path.stem.lower()
         self._tokens = _tokenizer(str(self.path))
 
+    def attach(self, url: str) -> None:
+        self.ssl = url.startswith("https://")
+        self.url = url.removeprefix("https://").removeprefix("http://").rstrip("/")
+
     def count_tokens(self, messages: list[Message]) -> int:
         return self._tokens.count(messages)
 
     async def complete(self, request: ModelRequest) -> Completion:
+        if self.url is None:
+            raise ApplicationError(
+                "no Triton server to call: set KEEL_TRITON_URL, or run the planner worker in "
+                "this process (it starts one)",
+                type=MODEL_UNAVAILABLE,
+                non_retryable=True,
+            )
         body = {
             "messages": [{"role": m.role, "content": m.content} for m in request.messages],
             "max_tokens": request.max_tokens,
