@@ -22,6 +22,7 @@ from keel import logging as keel_logging
 from keel.client import TemporalUnreachable, connect, start_task
 from keel.contracts import Budget, TaskProgress, TaskRequest, TaskResult, TaskStatus
 from keel.converter import describe_validation_error
+from keel.errors import ServiceStartError
 from keel.queues import Queues
 from keel.settings import Settings, SettingsError, get_settings
 
@@ -297,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = get_settings()
         return asyncio.run(args.handler(args, settings))
-    except (UsageError, SettingsError, TemporalUnreachable) as err:
+    except (UsageError, SettingsError, TemporalUnreachable, ServiceStartError) as err:
         print(f"keel: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from activities.models.base import Completion, Message, ModelClient, ModelRequest
+from activities.models.gguf_tokens import gguf_tokenizer
 
 SMOLLM2_NAME = "smollm2-135m-instruct"
 N_CTX = 4096
@@ -48,8 +49,7 @@ class LlamaCppModel(ModelClient):
         self._lock = threading.Lock()
 
     def count_tokens(self, messages: list[Message]) -> int:
-        text = "".join(f"<|im_start|>{m.role}\n{m.content}<|im_end|>\n" for m in messages)
-        return len(self._llm.tokenize(text.encode(), add_bos=False, special=True)) + 3
+        return gguf_tokenizer(str(self.path)).count(messages)
 
     async def complete(self, request: ModelRequest) -> Completion:
         return await asyncio.to_thread(self._complete, request)

@@ -10,12 +10,7 @@ tokenizer and chat template (vocabulary only: no weights are loaded in this proc
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -27,64 +22,13 @@ from tritonclient.http.aio import InferenceServerClient
 from tritonclient.utils import InferenceServerException
 
 from activities.models.base import Completion, Message, ModelClient, ModelRequest
+from activities.models.gguf_tokens import gguf_tokenizer
 from activities.models.llamacpp import SMOLLM2_NAME, default_model_path
 from activities.models.provider_errors import MODEL_BAD_REQUEST, MODEL_UNAVAILABLE
 
 # Generous: on a busy CPU-only server a plan waits behind others; Temporal's activity
 # timeout is what really bounds the call.
 REQUEST_TIMEOUT_S = 600.0
-
-
-@contextmanager
-def _quiet_stderr() -> Iterator[None]:
-    """Silence file descriptor 2 (C libraries write there directly, bypassing sys.stderr)."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-class _Tokenizer:
-    """Counts a chat's prompt tokens exactly as llama.cpp will: the GGUF's chat template,
-    rendered and tokenized with the GGUF's vocabulary."""
-
-    def __init__(self, path: Path) -> None:
-        from llama_cpp import Llama
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-        with _quiet_stderr():  # llama.cpp warns about the unused context of a vocab-only load
-            self._vocab = Llama(model_path=str(path), vocab_only=True, verbose=False)
-        template = self._vocab.metadata.get("tokenizer.chat_template")
-
-        def text(token: int) -> str:
-            return self._vocab.detokenize([token], special=True).decode(errors="replace")
-
-        self._format = (
-            Jinja2ChatFormatter(
-                template, text(self._vocab.token_eos()), text(self._vocab.token_bos())
-            )
-            if template
-            else None
-        )
-
-    def count(self, messages: list[Message]) -> int:
-        chat = [{"role": m.role, "content": m.content} for m in messages]
-        if self._format is not None:
-            prompt = self._format(messages=chat).prompt  # type: ignore[arg-type]
-        else:  # no template in the file: llama.cpp falls back to ChatML-like turns
-            prompt = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in chat)
-            prompt += "<|im_start|>assistant\n"
-        return len(self._vocab.tokenize(prompt.encode(), add_bos=False, special=True))
-
-
-@lru_cache(maxsize=4)
-def _tokenizer(path: str) -> _Tokenizer:
-    return _Tokenizer(Path(path))
 
 
 class TritonModel(ModelClient):
@@ -105,7 +49,7 @@ class TritonModel(ModelClient):
         self.model = model
         self.path = model_path or default_model_path()
         self.name = SMOLLM2_NAME if model_path is None else self.path.stem.lower()
-        self._tokens = _tokenizer(str(self.path))
+        self._tokens = gguf_tokenizer(str(self.path))
 
     def attach(self, url: str) -> None:
         self.ssl = url.startswith("https://")

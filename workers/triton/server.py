@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from keel.errors import ServiceStartError
+
 MODEL_REPOSITORY = Path(__file__).resolve().parent / "model_repository"
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 20.0
@@ -42,7 +44,7 @@ EXIT_TIMEOUT_S = 5
 PORT_ATTEMPTS = 3  # a free port can be taken between choosing it and Triton binding it
 
 
-class TritonError(RuntimeError):
+class TritonError(ServiceStartError):
     """Triton could not be found or started; the message says what to do."""
 
 
