@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -57,6 +58,9 @@ MODEL_TIMEOUT = timedelta(minutes=5)
 MEMORY_TIMEOUT = timedelta(seconds=60)
 RECALL_LIMIT = 3
 EVENTS_KEPT = 50
+
+
+_ModelResult = TypeVar("_ModelResult", PlanResponse, ReactDecision, Synthesis)
 
 
 class _BudgetExhausted(Exception):
@@ -253,34 +257,25 @@ class AgentTask:
     ) -> PlanResponse:
         self._set_status(TaskStatus.PLANNING, f"planning (v{version}, {role})")
         remaining = self._check_affordable("planning")
-        try:
-            response = await workflow.execute_activity(
-                "plan",
-                PlanRequest(
-                    task=request.task,
-                    role=role,
-                    context=context,
-                    tools=list(tools.values()),
-                    remaining_usd=remaining,
-                    max_usd=remaining,
-                    max_tokens=self._remaining_tokens(),
-                    completed=self._results,
-                    failures=failures,
-                    version=version,
-                ),
-                result_type=PlanResponse,
-                task_queue=queues.planner,
-                start_to_close_timeout=MODEL_TIMEOUT,
-                retry_policy=MODEL_RETRY,
-                summary=f"plan v{version} by the {role} (budget left ${remaining:.4f})",
-            )
-        except ActivityError as err:
-            cause = _cause(err)
-            if cause and cause.type == BUDGET_EXCEEDED:
-                raise _BudgetExhausted(
-                    f"planning does not fit the budget: {cause.message}"
-                ) from None
-            raise
+        response = await self._model_activity(
+            "plan",
+            PlanRequest(
+                task=request.task,
+                role=role,
+                context=context,
+                tools=list(tools.values()),
+                remaining_usd=remaining,
+                max_usd=remaining,
+                max_tokens=self._remaining_tokens(),
+                completed=self._results,
+                failures=failures,
+                version=version,
+            ),
+            PlanResponse,
+            queues.planner,
+            summary=f"plan v{version} by the {role} (budget left ${remaining:.4f})",
+            refusal="planning does not fit the budget",
+        )
         self._book_model(response.usage)
         return response
 
@@ -514,57 +509,70 @@ class AgentTask:
         remaining: float,
         queues: Queues,
     ) -> ReactDecision:
-        try:
-            return await workflow.execute_activity(
-                "react_step",
-                ReactRequest(
-                    task=request.task,
-                    context=context,
-                    tools=list(tools.values()),
-                    history=history,
-                    remaining_usd=remaining,
-                    max_usd=remaining,
-                    max_tokens=self._remaining_tokens(),
-                    steps_left=request.max_steps - len(history),
-                ),
-                result_type=ReactDecision,
-                task_queue=queues.planner,
-                start_to_close_timeout=MODEL_TIMEOUT,
-                retry_policy=MODEL_RETRY,
-                summary=f"react: next action after {len(history)} observations",
-            )
-        except ActivityError as err:
-            cause = _cause(err)
-            if cause and cause.type == BUDGET_EXCEEDED:
-                raise _BudgetExhausted(f"the next turn does not fit: {cause.message}") from None
-            raise
+        return await self._model_activity(
+            "react_step",
+            ReactRequest(
+                task=request.task,
+                context=context,
+                tools=list(tools.values()),
+                history=history,
+                remaining_usd=remaining,
+                max_usd=remaining,
+                max_tokens=self._remaining_tokens(),
+                steps_left=request.max_steps - len(history),
+            ),
+            ReactDecision,
+            queues.planner,
+            summary=f"react: next action after {len(history)} observations",
+            refusal="the next turn does not fit",
+        )
 
     async def _synthesize(self, request: TaskRequest, context: list[str], queues: Queues) -> str:
         self._set_status(TaskStatus.SYNTHESIZING, "writing the answer")
         remaining = self._check_affordable("writing the answer")
+        synthesis = await self._model_activity(
+            "synthesize",
+            SynthesisRequest(
+                task=request.task,
+                steps=self._results,
+                context=context,
+                max_usd=remaining,
+                max_tokens=self._remaining_tokens(),
+            ),
+            Synthesis,
+            queues.llm,
+            summary=f"synthesize: answer from {len(self._results)} step results",
+            refusal="the answer does not fit the budget",
+        )
+        self._book_model(synthesis.usage)
+        return synthesis.answer
+
+    async def _model_activity(
+        self,
+        name: str,
+        arg: object,
+        result_type: type[_ModelResult],
+        queue: str,
+        summary: str,
+        refusal: str,
+    ) -> _ModelResult:
+        """A model-backed activity; its refusal to exceed its allowance ends the task as
+        out of budget instead of failing it."""
         try:
-            synthesis = await workflow.execute_activity(
-                "synthesize",
-                SynthesisRequest(
-                    task=request.task,
-                    steps=self._results,
-                    context=context,
-                    max_usd=remaining,
-                    max_tokens=self._remaining_tokens(),
-                ),
-                result_type=Synthesis,
-                task_queue=queues.llm,
+            return await workflow.execute_activity(
+                name,
+                arg,
+                result_type=result_type,
+                task_queue=queue,
                 start_to_close_timeout=MODEL_TIMEOUT,
                 retry_policy=MODEL_RETRY,
-                summary=f"synthesize: answer from {len(self._results)} step results",
+                summary=summary,
             )
         except ActivityError as err:
             cause = _cause(err)
             if cause and cause.type == BUDGET_EXCEEDED:
-                raise _BudgetExhausted(cause.message) from None
+                raise _BudgetExhausted(f"{refusal}: {cause.message}") from None
             raise
-        self._book_model(synthesis.usage)
-        return synthesis.answer
 
     # --- budget and ledger ---------------------------------------------------------------
 
