@@ -19,9 +19,8 @@ from activities.models.base import Completion, Message, ModelClient, ModelReques
 from activities.models.openai_chat import estimate_tokens
 from activities.models.provider_errors import (
     MODEL_REFUSED,
-    connection_error,
     missing_key_error,
-    status_error,
+    sdk_error,
 )
 
 KEY_ENV = "KEEL_ANTHROPIC_API_KEY (or ANTHROPIC_API_KEY)"
@@ -92,19 +91,14 @@ class AnthropicModel(ModelClient):
         started = time.perf_counter()
         try:
             message = await self._client.messages.create(**kwargs)
-        except anthropic.APIStatusError as err:
-            raise status_error(
+        except anthropic.APIError as err:
+            raise sdk_error(
                 provider="anthropic",
                 model=self.name,
                 key_env=KEY_ENV,
-                status=err.status_code,
-                headers=err.response.headers,
-                body=err.body,
-                fallback_message=err.message,
-                request_id=err.request_id,
+                err=err,
+                connection_errors=anthropic.APIConnectionError,
             ) from err
-        except anthropic.APIConnectionError as err:
-            raise connection_error(provider="anthropic", model=self.name, err=err) from err
         latency = (time.perf_counter() - started) * 1000
 
         text = "".join(b.text for b in message.content if b.type == "text")

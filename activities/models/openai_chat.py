@@ -24,10 +24,9 @@ from temporalio.exceptions import ApplicationError
 from activities.models.base import Completion, Message, ModelClient, ModelRequest
 from activities.models.provider_errors import (
     MODEL_REFUSED,
-    connection_error,
     missing_key_error,
     provider_message,
-    status_error,
+    sdk_error,
 )
 
 log = structlog.get_logger(__name__)
@@ -185,20 +184,13 @@ class OpenAIModel(ModelClient):
         return True
 
     def _translate(self, err: openai.APIError) -> Exception:
-        if isinstance(err, openai.APIStatusError):
-            return status_error(
-                provider="openai",
-                model=self.name,
-                key_env=KEY_ENV,
-                status=err.status_code,
-                headers=err.response.headers,
-                body=err.body,
-                fallback_message=err.message,
-                request_id=err.request_id,
-            )
-        if isinstance(err, openai.APIConnectionError):
-            return connection_error(provider="openai", model=self.name, err=err)
-        return err  # e.g. a response the SDK could not read: not a provider outage
+        return sdk_error(
+            provider="openai",
+            model=self.name,
+            key_env=KEY_ENV,
+            err=err,
+            connection_errors=openai.APIConnectionError,
+        )
 
     async def aclose(self) -> None:
         await self._client.close()

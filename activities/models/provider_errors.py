@@ -178,6 +178,36 @@ def status_error(
     )
 
 
+def sdk_error(
+    *,
+    provider: str,
+    model: str,
+    key_env: str,
+    err: Exception,
+    connection_errors: type[Exception],
+) -> Exception:
+    """Translate an error raised by a provider SDK. openai and anthropic share the shape:
+    status errors carry `status_code`, `response`, `body`, `message`, `request_id`; their
+    `connection_errors` class covers refused, reset and timed-out requests. Anything else is
+    returned as it is."""
+    status = getattr(err, "status_code", None)
+    response = getattr(err, "response", None)
+    if isinstance(status, int) and response is not None:
+        return status_error(
+            provider=provider,
+            model=model,
+            key_env=key_env,
+            status=status,
+            headers=response.headers,
+            body=getattr(err, "body", None),
+            fallback_message=getattr(err, "message", str(err)),
+            request_id=getattr(err, "request_id", None),
+        )
+    if isinstance(err, connection_errors):
+        return connection_error(provider=provider, model=model, err=err)
+    return err  # e.g. a response the SDK could not read: not a provider outage
+
+
 def connection_error(*, provider: str, model: str, err: Exception) -> ApplicationError:
     """A request that got no response (refused, reset, timed out): retryable."""
     what = "timed out" if "timeout" in type(err).__name__.lower() else "failed"
