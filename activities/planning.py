@@ -8,6 +8,7 @@ tools and arguments; prices and latencies come from the catalog, not from the mo
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,7 @@ class _Draft(BaseModel):
     steps: list[_DraftStep]
 
 
-def step_ids(done: set[str]) -> list[str]:
+def step_ids(done: Collection[str]) -> list[str]:
     """Ids a new plan may use: `s1`, `s2`, ... skipping those completed steps already hold."""
     free = (f"s{i}" for i in range(1, MAX_PLAN_STEPS + len(done) + 1) if f"s{i}" not in done)
     return list(free)[:MAX_PLAN_STEPS]
@@ -62,7 +63,7 @@ def step_ids(done: set[str]) -> list[str]:
 def plan_output_schema(
     tools: list[ToolSpec],
     files: list[str],
-    done: set[str] = frozenset(),  # type: ignore[assignment]
+    done: Collection[str] = (),
 ) -> dict[str, Any]:
     """The grammar the model decodes under: one branch per tool with that tool's arguments."""
     ids = step_ids(done)
