@@ -35,7 +35,7 @@ from keel.queues import Queues  # noqa: E402
 from keel.settings import Settings  # noqa: E402
 from temporal.devserver import temporal_cli  # noqa: E402
 from tests.conftest import scripted_components  # noqa: E402
-from workers.process import build_all, run_workers  # noqa: E402
+from workers.process import build_all, workers_running  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # recall, list_tools, plan, synthesize, remember: what AgentTask runs besides its steps
@@ -103,7 +103,6 @@ async def bench(steps: int, tasks: int, concurrency: int) -> dict[str, object]:
             ]
         }
         model.script("bench-task", "plan", json.dumps(plan))
-        stop = asyncio.Event()
         workers = [
             *build_all(client, components),
             Worker(
@@ -113,32 +112,30 @@ async def bench(steps: int, tasks: int, concurrency: int) -> dict[str, object]:
                 activities=[bare_noop],
             ),
         ]
-        runner = asyncio.create_task(run_workers(workers, stop))
         try:
-            bare_activities = steps + KEEL_FIXED_ACTIVITIES
+            async with workers_running(workers):
+                bare_activities = steps + KEEL_FIXED_ACTIVITIES
 
-            async def keel_task(i: int) -> None:
-                handle = await start_task(
-                    client, TaskRequest(task=f"bench-task {i}", budget=Budget(usd=10))
-                )
-                result = await handle.result()
-                assert result.status == TaskStatus.COMPLETED, result.error
+                async def keel_task(i: int) -> None:
+                    handle = await start_task(
+                        client, TaskRequest(task=f"bench-task {i}", budget=Budget(usd=10))
+                    )
+                    result = await handle.result()
+                    assert result.status == TaskStatus.COMPLETED, result.error
 
-            async def bare_task(i: int) -> None:
-                await client.execute_workflow(
-                    BareWorkflow.run,
-                    bare_activities,
-                    id=f"bare-{i}-{time.time_ns()}",
-                    task_queue=BARE_QUEUE,
-                )
+                async def bare_task(i: int) -> None:
+                    await client.execute_workflow(
+                        BareWorkflow.run,
+                        bare_activities,
+                        id=f"bare-{i}-{time.time_ns()}",
+                        task_queue=BARE_QUEUE,
+                    )
 
-            await _drive(keel_task, min(5, tasks), concurrency)  # warm up both paths
-            await _drive(bare_task, min(5, tasks), concurrency)
-            keel_rate, keel_lat = await _drive(keel_task, tasks, concurrency)
-            bare_rate, bare_lat = await _drive(bare_task, tasks, concurrency)
+                await _drive(keel_task, min(5, tasks), concurrency)  # warm up both paths
+                await _drive(bare_task, min(5, tasks), concurrency)
+                keel_rate, keel_lat = await _drive(keel_task, tasks, concurrency)
+                bare_rate, bare_lat = await _drive(bare_task, tasks, concurrency)
         finally:
-            stop.set()
-            await runner
             components.episodes.close()
             await env.shutdown()
     return {

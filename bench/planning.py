@@ -39,7 +39,7 @@ from keel.queues import Queues  # noqa: E402
 from keel.settings import Settings  # noqa: E402
 from temporal.devserver import temporal_cli  # noqa: E402
 from workers.components import Components  # noqa: E402
-from workers.process import build_all, run_workers  # noqa: E402
+from workers.process import build_all, workers_running  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TOOLS = ["calculator", "read_file", "list_files", "search_docs"]  # offline, known answers
@@ -63,8 +63,6 @@ async def run_suite(
         _router=ModelRouter({"planner": model, "reasoner": model}),
         _registry=default_registry(settings),
     )
-    stop = asyncio.Event()
-    runner = asyncio.create_task(run_workers(build_all(client, components), stop))
     rows: dict[str, list[dict[str, Any]]] = {s: [] for s in STRATEGIES}
     gate = asyncio.Semaphore(concurrency)
 
@@ -101,11 +99,10 @@ async def run_suite(
             )
 
     try:
-        for strategy in STRATEGIES:
-            await asyncio.gather(*(one(strategy, i, t) for i, t in enumerate(tasks)))
+        async with workers_running(build_all(client, components)):
+            for strategy in STRATEGIES:
+                await asyncio.gather(*(one(strategy, i, t) for i, t in enumerate(tasks)))
     finally:
-        stop.set()
-        await runner
         components.episodes.close()
     return rows
 

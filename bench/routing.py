@@ -44,7 +44,7 @@ from keel.queues import Queues  # noqa: E402
 from keel.settings import Settings  # noqa: E402
 from temporal.devserver import temporal_cli  # noqa: E402
 from workers.components import Components  # noqa: E402
-from workers.process import build_all, run_workers  # noqa: E402
+from workers.process import build_all, workers_running  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TOOLS = ["calculator", "read_file", "list_files", "search_docs"]
@@ -70,27 +70,24 @@ async def run_config(
     components = Components(
         settings=settings, queues=queues, _router=router, _registry=default_registry(settings)
     )
-    stop = asyncio.Event()
-    runner = asyncio.create_task(run_workers(build_all(client, components), stop))
     results = []
     try:
-        for i, suite_task in enumerate(TASKS[:tasks]):  # one at a time: one local model
-            request = TaskRequest(
-                task=suite_task.task,
-                user_id=f"routing-{prefix}{i}",
-                budget=Budget(usd=1.0),
-                allowed_tools=TOOLS,
-            )
-            result = await (await start_task(client, request, queues=queues)).result()
-            print(
-                f"  {prefix[:-1]:9} ${result.ledger.total_usd:.6f} {result.status.value:10} "
-                f"{suite_task.task[:60]}",
-                flush=True,
-            )
-            results.append(result)
+        async with workers_running(build_all(client, components)):
+            for i, suite_task in enumerate(TASKS[:tasks]):  # one at a time: one local model
+                request = TaskRequest(
+                    task=suite_task.task,
+                    user_id=f"routing-{prefix}{i}",
+                    budget=Budget(usd=1.0),
+                    allowed_tools=TOOLS,
+                )
+                result = await (await start_task(client, request, queues=queues)).result()
+                print(
+                    f"  {prefix[:-1]:9} ${result.ledger.total_usd:.6f} {result.status.value:10} "
+                    f"{suite_task.task[:60]}",
+                    flush=True,
+                )
+                results.append(result)
     finally:
-        stop.set()
-        await runner
         components.episodes.close()
     return results
 

@@ -6,7 +6,6 @@ Qdrant local mode; tests share them and keep apart by unique task texts and work
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -28,7 +27,7 @@ from keel.queues import Queues
 from keel.settings import Settings
 from temporal.devserver import temporal_cli
 from workers.components import Components
-from workers.process import build_all, run_workers
+from workers.process import build_all, workers_running
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -119,13 +118,10 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 @pytest.fixture(scope="session")
 async def stack(temporal_env: WorkflowEnvironment, settings: Settings) -> AsyncIterator[Stack]:
     components, model = scripted_components(settings, Queues())
-    stop = asyncio.Event()
-    runner = asyncio.create_task(run_workers(build_all(temporal_env.client, components), stop))
     try:
-        yield Stack(temporal_env, temporal_env.client, settings, model, components)
+        async with workers_running(build_all(temporal_env.client, components)):
+            yield Stack(temporal_env, temporal_env.client, settings, model, components)
     finally:
-        stop.set()
-        await runner
         components.episodes.close()
 
 

@@ -21,7 +21,7 @@ from keel.queues import Queues
 from keel.settings import Settings
 from temporal.devserver import temporal_cli
 from tests.conftest import scripted_components
-from workers.process import build_all, run_workers
+from workers.process import build_all, workers_running
 
 HISTORIES = Path(__file__).parent / "histories"
 SCENARIOS = {
@@ -66,28 +66,25 @@ async def record() -> None:
     )
     with tempfile.TemporaryDirectory() as home:
         components, model = scripted_components(Settings(home=Path(home)), Queues())
-        stop = asyncio.Event()
-        runner = asyncio.create_task(run_workers(build_all(env.client, components), stop))
         try:
-            for name, (task, plans) in SCENARIOS.items():
-                model.script(task, "plan", *plans)
-                handle = await start_task(
-                    env.client, TaskRequest(task=task), workflow_id=f"history-{name}"
-                )
-                await handle.result()
-                history = await handle.fetch_history()
-                _save(name, history.to_json())
-            for name, task in REACT_SCENARIOS.items():
-                handle = await start_task(
-                    env.client,
-                    TaskRequest(task=task, strategy="react"),
-                    workflow_id=f"history-{name}",
-                )
-                await handle.result()
-                _save(name, (await handle.fetch_history()).to_json())
+            async with workers_running(build_all(env.client, components)):
+                for name, (task, plans) in SCENARIOS.items():
+                    model.script(task, "plan", *plans)
+                    handle = await start_task(
+                        env.client, TaskRequest(task=task), workflow_id=f"history-{name}"
+                    )
+                    await handle.result()
+                    history = await handle.fetch_history()
+                    _save(name, history.to_json())
+                for name, task in REACT_SCENARIOS.items():
+                    handle = await start_task(
+                        env.client,
+                        TaskRequest(task=task, strategy="react"),
+                        workflow_id=f"history-{name}",
+                    )
+                    await handle.result()
+                    _save(name, (await handle.fetch_history()).to_json())
         finally:
-            stop.set()
-            await runner
             components.episodes.close()
             await env.shutdown()
 

@@ -19,7 +19,7 @@ from keel.queues import Queues
 from keel.settings import Settings
 from tests.conftest import Stack
 from workers.components import Components
-from workers.process import build_all, run_workers
+from workers.process import build_all, workers_running
 
 
 @pytest.fixture(scope="module")
@@ -78,16 +78,11 @@ async def test_whole_task_on_the_local_model(stack: Stack, local_model: LlamaCpp
         _router=ModelRouter({"planner": local_model, "reasoner": local_model}),
         _episodes=stack.components.episodes,
     )
-    stop = asyncio.Event()
-    runner = asyncio.create_task(run_workers(build_all(stack.client, components), stop))
-    try:
+    async with workers_running(build_all(stack.client, components)):
         handle = await start_task(
             stack.client, TaskRequest(task="Compute 6*7 and read handbook.md"), queues=queues
         )
         result = await asyncio.wait_for(handle.result(), timeout=240)
-    finally:
-        stop.set()
-        await runner
 
     # Greedy decoding on a fixed model and prompt is deterministic, so this plan is stable.
     assert result.status == TaskStatus.COMPLETED, result.error

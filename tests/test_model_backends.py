@@ -56,7 +56,7 @@ from tests.servers import (
     free_port,
 )
 from workers.components import Components
-from workers.process import build_all, run_workers
+from workers.process import build_all, workers_running
 
 API_KEY = "test-key-" + uuid.uuid4().hex[:8]
 CLAUDE = "claude-haiku-4-5"  # priced in activities/models/prices.py
@@ -299,16 +299,11 @@ async def test_whole_task_with_the_planner_on_the_openai_backend(
         _registry=default_registry(settings),
         _episodes=stack.components.episodes,  # Qdrant local mode: one client per folder
     )
-    stop = asyncio.Event()
-    runner = asyncio.create_task(run_workers(build_all(stack.client, components), stop))
-    try:
+    async with workers_running(build_all(stack.client, components)):
         handle = await start_task(
             stack.client, TaskRequest(task="Compute 6*7 and read handbook.md"), queues=queues
         )
         result = await asyncio.wait_for(handle.result(), timeout=240)
-    finally:
-        stop.set()
-        await runner
 
     assert result.status == TaskStatus.COMPLETED, result.error
     assert result.answer.strip()

@@ -25,7 +25,7 @@ from keel.queues import Queues
 from tests.conftest import Stack
 from workers import planner
 from workers.components import Components
-from workers.process import build_all, run_workers
+from workers.process import build_all, workers_running
 from workers.triton.server import MODEL_REPOSITORY, TritonError, TritonServer, free_port
 
 PERSON = {
@@ -127,9 +127,7 @@ async def test_whole_task_planned_by_a_triton_server_the_worker_starts(stack: St
     workers.append(planner.build(stack.client, components))
     triton = components.triton
     assert triton is not None and components.settings.triton_url == triton.url
-    stop = asyncio.Event()
-    runner = asyncio.create_task(run_workers(workers, stop))
-    try:
+    async with workers_running(workers):
         handle = await start_task(
             stack.client, TaskRequest(task="Compute 6*7 and read handbook.md"), queues=queues
         )
@@ -137,9 +135,6 @@ async def test_whole_task_planned_by_a_triton_server_the_worker_starts(stack: St
         stats = triton_http.InferenceServerClient(triton.url.removeprefix("http://"))
         planned = stats.get_inference_statistics("planner")["model_stats"][0]["inference_count"]
         stats.close()
-    finally:
-        stop.set()
-        await runner
 
     assert result.status == TaskStatus.COMPLETED, result.error
     assert result.answer.strip()

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -49,6 +50,19 @@ async def run_workers(workers: Sequence[Worker], stop: asyncio.Event) -> None:
         for task in running:  # surface a worker's crash instead of hiding it
             if task.done() and not task.cancelled() and task.exception():
                 raise task.exception()  # type: ignore[misc]
+
+
+@contextlib.asynccontextmanager
+async def workers_running(workers: Sequence[Worker]) -> AsyncIterator[None]:
+    """The workers run in the background for the duration of the block; leaving it shuts
+    them down gracefully (and raises a worker's crash)."""
+    stop = asyncio.Event()
+    runner = asyncio.create_task(run_workers(workers, stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await runner
 
 
 def stop_on_signals() -> asyncio.Event:
