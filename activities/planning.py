@@ -245,4 +245,5 @@ def planning_meta(request: PlanRequest, synthesis_usd: float) -> dict[str, str]:
         "remaining_usd": repr(request.remaining_usd),
         "synthesis_usd": repr(synthesis_usd),
         "done": json.dumps(done),
+        "context": json.dumps(request.context),
     }

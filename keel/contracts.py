@@ -6,6 +6,7 @@ so fields are only ever added with defaults, never renamed or removed.
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -152,6 +153,7 @@ class LedgerEntry(BaseModel):
     usd: float = 0.0
     latency_ms: float = 0.0
     ok: bool = True
+    cached: bool = Field(default=False, description="answered from the cache, at no model cost")
 
 
 class Ledger(BaseModel):
@@ -168,6 +170,11 @@ class Ledger(BaseModel):
     @property
     def total_tokens(self) -> int:
         return sum(e.input_tokens + e.output_tokens for e in self.entries)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def cache_hits(self) -> int:
+        return sum(e.cached for e in self.entries)
 
 
 class TaskStatus(StrEnum):
@@ -222,14 +229,64 @@ class Episode(BaseModel):
     score: float | None = None
 
 
+class Triple(BaseModel):
+    """One (subject, relation, object) statement, as the extraction model writes it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    subject: str = Field(min_length=1, max_length=200)
+    relation: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")
+    object: str = Field(min_length=1, max_length=500)
+
+
+class Fact(Triple):
+    """A stored triple with its validity interval: valid from `valid_from` until a
+    contradicting fact closes it (`valid_to`); closed facts are kept for history."""
+
+    id: str
+    valid_from: datetime
+    valid_to: datetime | None = None
+    source: str = Field(default="", description="the workflow (and step) that learned it")
+
+    def valid_at(self, when: datetime) -> bool:
+        return self.valid_from <= when and (self.valid_to is None or when < self.valid_to)
+
+
+class CacheHit(BaseModel):
+    key: str
+    value: dict[str, Any]
+    score: float = Field(description="1.0 for an exact hit, the cosine similarity otherwise")
+    exact: bool
+
+
 class RecallRequest(BaseModel):
     user_id: str
     query: str
-    limit: int = 3
+    limit: int = Field(default=3, description="at most this many episodes")
+    max_tokens: int = Field(default=400, ge=0, description="the context's token budget")
 
 
 class Recall(BaseModel):
     episodes: list[Episode] = Field(default_factory=list)
+    facts: list[Fact] = Field(default_factory=list)
+    cached: list[CacheHit] = Field(default_factory=list)
+    context: list[str] = Field(
+        default_factory=list, description="what fits the token budget, for the planner"
+    )
+    context_tokens: int = 0
+
+
+class ExtractionRequest(BaseModel):
+    task: str
+    answer: str
+    max_usd: float
+    max_tokens: int | None = None
+
+
+class Extraction(BaseModel):
+    triples: list[Triple] = Field(default_factory=list)
+    usage: ModelUsage | None = None
+    error: str | None = None
 
 
 class RememberRequest(BaseModel):
@@ -238,6 +295,31 @@ class RememberRequest(BaseModel):
     task: str
     answer: str
     status: str
+    triples: list[Triple] = Field(default_factory=list)
+    learned_at: datetime | None = Field(
+        default=None, description="when the facts became known (workflow time)"
+    )
+
+
+class Remembered(BaseModel):
+    episode_id: str
+    facts: list[Fact] = Field(default_factory=list)
+
+
+class CacheLookup(BaseModel):
+    kind: str = Field(description="what is cached, e.g. tool.ask_reasoner or synthesize")
+    key: str = Field(description="the canonical request text")
+    user_id: str | None = Field(default=None, description="None: shared by every user")
+    semantic: bool = True
+
+
+class CacheStore(BaseModel):
+    kind: str
+    key: str
+    user_id: str | None = None
+    value: dict[str, Any]
+    ttl_s: float | None = None
+    entry_id: str = Field(description="deterministic, from workflow id and step")
 
 
 class PlanRequest(BaseModel):

@@ -49,12 +49,26 @@ class Settings(BaseModel):
     llamacpp_model_path: Path | None = None
     llamacpp_threads: int = Field(default=2, ge=1)
     qdrant_path: Path | None = None
+    qdrant_url: str | None = None  # a Qdrant server instead of the embedded local mode
+    qdrant_api_key: str | None = None
+    embedding_model: str = "minilm"  # minilm (offline, 384-d) or openai[:model]
+    neo4j_url: str | None = None  # a Neo4j server instead of the embedded graph
+    neo4j_user: str = "neo4j"
+    neo4j_password: str | None = None
+    neo4j_database: str = "neo4j"
+    cache_threshold: float = Field(default=0.92, gt=0, le=1)
+    cache_ttl_s: float = Field(default=7 * 24 * 3600, gt=0)
+    recall_tokens: int = Field(default=400, ge=0)
     docs_dir: Path = REPO_ROOT / "samples" / "docs"
     log_level: str = "INFO"
 
     @property
     def qdrant_dir(self) -> Path:
         return self.qdrant_path or self.home / "qdrant"
+
+    @property
+    def graph_path(self) -> Path:
+        return self.home / "graph.sqlite"
 
     @property
     def workspaces_dir(self) -> Path:
@@ -97,6 +111,16 @@ _ENV = {
     "KEEL_LLAMACPP_MODEL_PATH": "llamacpp_model_path",
     "KEEL_LLAMACPP_THREADS": "llamacpp_threads",
     "KEEL_QDRANT_PATH": "qdrant_path",
+    "KEEL_QDRANT_URL": "qdrant_url",
+    "KEEL_QDRANT_API_KEY": "qdrant_api_key",
+    "KEEL_EMBEDDING_MODEL": "embedding_model",
+    "KEEL_NEO4J_URL": "neo4j_url",
+    "KEEL_NEO4J_USER": "neo4j_user",
+    "KEEL_NEO4J_PASSWORD": "neo4j_password",
+    "KEEL_NEO4J_DATABASE": "neo4j_database",
+    "KEEL_CACHE_THRESHOLD": "cache_threshold",
+    "KEEL_CACHE_TTL_S": "cache_ttl_s",
+    "KEEL_RECALL_TOKENS": "recall_tokens",
     "KEEL_DOCS_DIR": "docs_dir",
     "KEEL_LOG_LEVEL": "log_level",
 }

@@ -3,8 +3,9 @@
 By default it plans with simple rules read off the task (arithmetic -> calculator, file
 names -> read_file, otherwise ask_reasoner, or free search_docs when the budget cannot pay
 for the large model), plans only what earlier plans left undone, plays the ReAct baseline
-one call per step, and answers by quoting the step results. Tests
-script exact responses per task with `script()`.
+one call per step, answers by quoting the step results, extracts "my X is Y" statements as
+facts and reads "my X" in a task from the facts in its memory context. Tests script exact
+responses per task with `script()`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,28 @@ Responder = Callable[[ModelRequest], str]
 
 _ARITHMETIC = re.compile(r"\(?\d+(?:\.\d+)?(?:\s*(?:\*\*|[-+*/%])\s*\(?\d+(?:\.\d+)?\)?)+")
 _FILE = re.compile(r"\b[\w-]+\.(?:md|txt|csv|json)\b")
+_MY_X_IS_Y = re.compile(r"\bmy ((?:[a-z]+ ){0,2}[a-z]+) is ([\w+#.-]*\w)", re.IGNORECASE)
+_FACT_LINE = re.compile(r"^fact: user ([a-z0-9_]+) = (.+?) \(since ")
+
+
+def rule_based_facts(task: str) -> dict[str, object]:
+    """Facts the user stated about themselves: "my preferred language is Python"."""
+    facts = [
+        {"subject": "user", "relation": "_".join(what.lower().split()), "object": value}
+        for what, value in _MY_X_IS_Y.findall(task)
+    ]
+    return {"facts": facts}
+
+
+def resolve_from_memory(task: str, context: list[str]) -> str:
+    """Replace "my preferred language" with what the memory says about the user."""
+    for line in context:
+        match = _FACT_LINE.match(line)
+        if match:
+            relation, value = match.groups()
+            phrase = re.compile(rf"\bmy {re.escape(relation.replace('_', ' '))}\b", re.IGNORECASE)
+            task = phrase.sub(value, task)
+    return task
 
 
 def rule_based_calls(task: str, tools: set[str]) -> list[tuple[str, dict[str, object]]]:
@@ -42,11 +65,12 @@ def rule_based_plan(
     remaining_usd: float = float("inf"),
     synthesis_usd: float = 0.0,
     done: list[dict[str, object]] | None = None,
+    context: list[str] | None = None,
 ) -> dict[str, object]:
     """A plan like a sensible planner's: the strongest tools the budget affords (the large
     model when it fits, free keyword search when it does not), only the work not yet done."""
     costs = costs or {}
-    calls = rule_based_calls(task, tools)
+    calls = rule_based_calls(resolve_from_memory(task, context or []), tools)
     total = sum(costs.get(tool, 0.0) for tool, _ in calls) + synthesis_usd
     if total > remaining_usd and "search_docs" in tools:
         calls = [
@@ -93,8 +117,11 @@ def default_responder(request: ModelRequest) -> str:
                 remaining_usd=float(meta.get("remaining_usd", "inf")),
                 synthesis_usd=float(meta.get("synthesis_usd", "0")),
                 done=json.loads(meta.get("done", "[]")),
+                context=json.loads(meta.get("context", "[]")),
             )
         )
+    if meta.get("purpose") == "extract":
+        return json.dumps(rule_based_facts(meta.get("task", "")))
     if meta.get("purpose") == "react":
         return json.dumps(
             react_decision(meta.get("task", ""), tools, json.loads(meta.get("done", "[]")))

@@ -1,0 +1,96 @@
+"""The `extract_facts` activity: the small model turns a finished task into triples.
+
+It runs on the planner queue, where the small model lives, and writes JSON constrained by a
+schema; `remember` then stores the triples in the graph. Facts about the person asking use
+the subject "user" so that recall can find them for the next task.
+"""
+
+from __future__ import annotations
+
+import json
+
+from pydantic import ValidationError
+from temporalio import activity
+
+from activities.models.base import Message, ModelRequest
+from activities.models.router import ModelRouter
+from keel.contracts import Extraction, ExtractionRequest, Triple
+from keel.logging import activity_logger
+from keel.converter import describe_validation_error
+
+MAX_FACTS = 8
+EXTRACT_MAX_TOKENS = 256
+TEXT_CHARS = 2000
+
+SYSTEM = (
+    "You extract durable facts from a conversation as JSON: "
+    '{"facts": [{"subject": ..., "relation": ..., "object": ...}]}. '
+    'Use the subject "user" for the person asking. Relations are snake_case, e.g. '
+    "preferred_language, lives_in, works_at. Only facts worth remembering for later tasks; "
+    'an empty list when there are none.'
+)
+EXAMPLE_USER = "Task: I live in Porto. What is 2+2?\nAnswer: 4"
+EXAMPLE_FACTS = '{"facts": [{"subject": "user", "relation": "lives_in", "object": "Porto"}]}'
+
+
+def extraction_schema() -> dict[str, object]:
+    return {
+        "type": "object",
+        "properties": {
+            "facts": {
+                "type": "array",
+                "maxItems": MAX_FACTS,
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "subject": {"type": "string", "minLength": 1, "maxLength": 80},
+                        "relation": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,40}$"},
+                        "object": {"type": "string", "minLength": 1, "maxLength": 120},
+                    },
+                    "required": ["subject", "relation", "object"],
+                    "additionalProperties": False,
+                },
+            }
+        },
+        "required": ["facts"],
+        "additionalProperties": False,
+    }
+
+
+def parse_triples(text: str) -> list[Triple]:
+    data = json.loads(text)
+    facts = data.get("facts", []) if isinstance(data, dict) else []
+    return [Triple.model_validate(f) for f in facts[:MAX_FACTS]]
+
+
+class ExtractionActivities:
+    def __init__(self, router: ModelRouter) -> None:
+        self.router = router
+
+    @activity.defn(name="extract_facts")
+    async def extract_facts(self, request: ExtractionRequest) -> Extraction:
+        user = f"Task: {request.task[:TEXT_CHARS]}\nAnswer: {request.answer[:TEXT_CHARS]}"
+        routed = await self.router.complete(
+            "planner",
+            ModelRequest(
+                messages=[
+                    Message("system", SYSTEM),
+                    Message("user", EXAMPLE_USER),
+                    Message("assistant", EXAMPLE_FACTS),
+                    Message("user", user),
+                ],
+                max_tokens=EXTRACT_MAX_TOKENS,
+                json_schema=extraction_schema(),
+                meta={"purpose": "extract", "task": request.task, "answer": request.answer},
+            ),
+            max_usd=request.max_usd,
+            max_tokens=request.max_tokens,
+        )
+        try:
+            triples = parse_triples(routed.text)
+        except json.JSONDecodeError as err:
+            return Extraction(usage=routed.usage, error=f"facts are not JSON: {err}")
+        except ValidationError as err:
+            return Extraction(usage=routed.usage, error=describe_validation_error(err, "fact"))
+        activity_logger().info("facts extracted", facts=len(triples))
+        return Extraction(triples=triples, usage=routed.usage)

@@ -1,0 +1,70 @@
+"""The structured memory: facts about a user as a graph of (subject, relation, object).
+
+Two backends share one contract (tests/memory/test_graph_contract.py runs against both):
+`SqliteGraphStore` (embedded default, a file under KEEL_HOME) and `Neo4jGraphStore` (Bolt,
+when KEEL_NEO4J_URL is set).
+
+Semantics both keep:
+- A relation is single-valued: a subject has one current object per relation. Asserting
+  (user, preferred_language, Go) after (user, preferred_language, Python) closes the old
+  fact (`valid_to` = the new fact's `valid_from`) instead of deleting it, so
+  `facts(user, at=D)` answers "what did we know on date D".
+- Re-asserting what is already current changes nothing. Names compare case-insensitively.
+- A fact's id is derived from the user, the source (workflow id and step) and the triple,
+  so a retried `remember` writes nothing twice.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Protocol
+
+from keel.contracts import Fact, Triple
+
+_NAMESPACE = uuid.UUID("3b0f7d4e-2a61-4f0e-8c55-61d0a9e4b7c2")
+FACTS_LIMIT = 50
+
+
+def fact_id(user_id: str, source: str, triple: Triple) -> str:
+    parts = (user_id, source, key(triple.subject), triple.relation, key(triple.object))
+    return str(uuid.uuid5(_NAMESPACE, "\x1f".join(parts)))
+
+
+def key(name: str) -> str:
+    """How entity names compare: trimmed, inner whitespace collapsed, case-folded."""
+    return " ".join(name.split()).casefold()
+
+
+def utc(when: datetime) -> datetime:
+    if when.tzinfo is None:
+        raise ValueError("fact times must be timezone-aware")
+    return when.astimezone(UTC)
+
+
+class GraphStore(Protocol):
+    backend: str
+
+    def assert_facts(
+        self, user_id: str, triples: Sequence[Triple], at: datetime, source: str
+    ) -> list[Fact]:
+        """Store the triples as facts valid from `at`; returns the current fact for each
+        (the existing one when it was already known)."""
+        ...
+
+    def facts(
+        self,
+        user_id: str,
+        at: datetime | None = None,
+        subject: str | None = None,
+        limit: int = FACTS_LIMIT,
+    ) -> list[Fact]:
+        """Facts valid at `at` (now: the current ones), newest first."""
+        ...
+
+    def history(self, user_id: str, subject: str, relation: str) -> list[Fact]:
+        """Every fact ever held for this subject and relation, oldest first."""
+        ...
+
+    def close(self) -> None: ...
