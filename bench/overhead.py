@@ -136,7 +136,7 @@ async def bench(steps: int, tasks: int, concurrency: int) -> dict[str, object]:
                 keel_rate, keel_lat = await _drive(keel_task, tasks, concurrency)
                 bare_rate, bare_lat = await _drive(bare_task, tasks, concurrency)
         finally:
-            components.episodes.close()
+            components.close_memory()
             await env.shutdown()
     return {
         "config": {

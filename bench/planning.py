@@ -103,7 +103,7 @@ async def run_suite(
             for strategy in STRATEGIES:
                 await asyncio.gather(*(one(strategy, i, t) for i, t in enumerate(tasks)))
     finally:
-        components.episodes.close()
+        components.close_memory()
     return rows
 
 

@@ -88,7 +88,7 @@ async def run_config(
                 )
                 results.append(result)
     finally:
-        components.episodes.close()
+        components.close_memory()
     return results
 
 

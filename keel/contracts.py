@@ -55,6 +55,14 @@ class SideEffects(StrEnum):
     EXTERNAL = "external"  # calls a third party (may cost money, may not be undoable)
 
 
+class CachePolicy(BaseModel):
+    """How results of an expensive tool are reused (activities/memory/cache.py)."""
+
+    semantic: bool = Field(default=True, description="also reuse answers to similar requests")
+    per_user: bool = Field(default=True, description="the result is personal to its user")
+    ttl_s: float | None = Field(default=None, gt=0, description="default: KEEL_CACHE_TTL_S")
+
+
 class ToolSpec(BaseModel):
     """A tool as the planner and the executor see it: schema plus operational metadata."""
 
@@ -70,6 +78,7 @@ class ToolSpec(BaseModel):
     requires_approval: bool = False
     queue: str = "keel-tools"
     max_attempts: int = Field(default=3, ge=1, description="attempts when the tool is idempotent")
+    cache: CachePolicy | None = Field(default=None, description="None: never cached")
 
 
 class PlanStep(BaseModel):
@@ -132,6 +141,7 @@ class StepResult(BaseModel):
     error: str | None = None
     cost_usd: float = 0.0
     latency_ms: float = 0.0
+    cached: bool = Field(default=False, description="the output came from the cache")
 
 
 class ModelUsage(BaseModel):
@@ -263,7 +273,9 @@ class RecallRequest(BaseModel):
     user_id: str
     query: str
     limit: int = Field(default=3, description="at most this many episodes")
-    max_tokens: int = Field(default=400, ge=0, description="the context's token budget")
+    max_tokens: int | None = Field(
+        default=None, ge=0, description="the context's token budget (KEEL_RECALL_TOKENS)"
+    )
 
 
 class Recall(BaseModel):
@@ -318,8 +330,13 @@ class CacheStore(BaseModel):
     key: str
     user_id: str | None = None
     value: dict[str, Any]
+    semantic: bool = True
     ttl_s: float | None = None
-    entry_id: str = Field(description="deterministic, from workflow id and step")
+    source: str = Field(default="", description="the workflow and step that paid for it")
+
+
+class CacheAnswer(BaseModel):
+    hit: CacheHit | None = None
 
 
 class PlanRequest(BaseModel):

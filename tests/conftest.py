@@ -122,7 +122,7 @@ async def stack(temporal_env: WorkflowEnvironment, settings: Settings) -> AsyncI
         async with workers_running(build_all(temporal_env.client, components)):
             yield Stack(temporal_env, temporal_env.client, settings, model, components)
     finally:
-        components.episodes.close()
+        components.close_memory()
 
 
 def unique(text: str) -> str:

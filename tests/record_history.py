@@ -85,7 +85,7 @@ async def record() -> None:
                     await handle.result()
                     _save(name, (await handle.fetch_history()).to_json())
         finally:
-            components.episodes.close()
+            components.close_memory()
             await env.shutdown()
 
 

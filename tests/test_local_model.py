@@ -76,7 +76,7 @@ async def test_whole_task_on_the_local_model(stack: Stack, local_model: LlamaCpp
         settings=stack.settings.model_copy(update={"planner_model": "llamacpp"}),
         queues=queues,
         _router=ModelRouter({"planner": local_model, "reasoner": local_model}),
-        _episodes=stack.components.episodes,
+        _vectors=stack.components.vectors,
     )
     async with workers_running(build_all(stack.client, components)):
         handle = await start_task(

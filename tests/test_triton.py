@@ -119,7 +119,7 @@ async def test_whole_task_planned_by_a_triton_server_the_worker_starts(stack: St
     settings = stack.settings.model_copy(
         update={"planner_model": "triton", "reasoner_model": "llamacpp", "triton_url": None}
     )
-    components = Components(settings=settings, queues=queues, _episodes=stack.components.episodes)
+    components = Components(settings=settings, queues=queues, _vectors=stack.components.vectors)
     workers = build_all(stack.client, components, ["agent", "llm", "tools", "memory"])
     assert components.triton is None  # workers that do not plan need no Triton server
     # Built last on purpose: the router exists already, and its planner model is attached to

@@ -70,7 +70,7 @@ async def test_replaced_workers_finish_the_task_without_repeating_work(
 
     stop_first.set()  # the whole first set goes away mid-step
     await first_run
-    first.episodes.close()
+    first.close_memory()
     first_set_running = False
 
     second, second_model = worker_set()
@@ -82,7 +82,7 @@ async def test_replaced_workers_finish_the_task_without_repeating_work(
     finally:
         stop_second.set()
         await second_run
-        second.episodes.close()
+        second.close_memory()
 
     assert result.status == TaskStatus.COMPLETED
     assert [s.status for s in result.steps] == [StepStatus.SUCCEEDED] * 2

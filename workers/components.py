@@ -5,7 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from activities.memory.episodes import EpisodeStore
+from activities.memory.embedding import build_embedder
+from activities.memory.graph import GraphStore
+from activities.memory.graph_neo4j import Neo4jGraphStore
+from activities.memory.graph_sqlite import SqliteGraphStore
+from activities.memory.vectors import VectorStore
 from activities.models.router import ModelRouter
 from activities.tools.builtin import default_registry
 from activities.tools.registry import ToolRegistry
@@ -24,7 +28,8 @@ class Components:
     queues: Queues = field(default_factory=Queues)
     _router: ModelRouter | None = None
     _registry: ToolRegistry | None = None
-    _episodes: EpisodeStore | None = None  # Qdrant local mode allows one client per folder
+    _vectors: VectorStore | None = None  # Qdrant local mode allows one client per folder
+    _graph: GraphStore | None = None
     # The Triton server this process started for a planner on `triton` without
     # KEEL_TRITON_URL (see start_triton); stopped with the planner worker.
     triton: TritonServer | None = None
@@ -73,10 +78,31 @@ class Components:
         return self._registry
 
     @property
-    def episodes(self) -> EpisodeStore:
-        if self._episodes is None:
-            self._episodes = EpisodeStore(self.settings.qdrant_dir)
-        return self._episodes
+    def vectors(self) -> VectorStore:
+        if self._vectors is None:
+            s = self.settings
+            embedder = build_embedder(s.embedding_model, s)
+            self._vectors = VectorStore.open(embedder, s.qdrant_dir, s.qdrant_url, s.qdrant_api_key)
+        return self._vectors
+
+    @property
+    def graph(self) -> GraphStore:
+        if self._graph is None:
+            s = self.settings
+            self._graph = (
+                Neo4jGraphStore(s.neo4j_url, s.neo4j_user, s.neo4j_password, s.neo4j_database)
+                if s.neo4j_url
+                else SqliteGraphStore(s.graph_path)
+            )
+        return self._graph
+
+    def close_memory(self) -> None:
+        if self._vectors is not None:
+            self._vectors.close()
+            self._vectors = None
+        if self._graph is not None:
+            self._graph.close()
+            self._graph = None
 
 
 def _plans_on_triton(settings: Settings) -> bool:

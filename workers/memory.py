@@ -1,4 +1,5 @@
-"""Memory worker: recall and remember on `keel-memory` against Qdrant."""
+"""Memory worker: recall, remember and the cache on `keel-memory`, against Qdrant and the
+graph store."""
 
 from __future__ import annotations
 
@@ -6,15 +7,23 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.memory.activity import MemoryActivities
+from activities.memory.cache import Cache
+from activities.memory.episodes import EpisodeStore
 from workers.components import Components
 
 
 def build(client: Client, components: Components) -> Worker:
-    memory = MemoryActivities(components.episodes)
+    settings = components.settings
+    memory = MemoryActivities(
+        EpisodeStore(components.vectors),
+        components.graph,
+        Cache(components.vectors, settings.cache_threshold, settings.cache_ttl_s),
+        settings.recall_tokens,
+    )
     return Worker(
         client,
         task_queue=components.queues.memory,
-        activities=[memory.recall, memory.remember],
+        activities=[memory.recall, memory.remember, memory.cache_lookup, memory.cache_store],
     )
 
 

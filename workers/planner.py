@@ -1,4 +1,5 @@
-"""Planner worker: the `plan` activity on `keel-planner`, backed by the small local model.
+"""Planner worker: `plan`, `react_step` and `extract_facts` on `keel-planner`, backed by the
+small local model.
 
 With KEEL_PLANNER_MODEL=triton the model is served by Triton Inference Server: the server at
 KEEL_TRITON_URL, or, when that is unset, one this process starts (workers/triton/server.py)
@@ -15,6 +16,7 @@ from temporalio.client import Client
 from temporalio.plugin import SimplePlugin
 from temporalio.worker import Worker
 
+from activities.memory.extraction import ExtractionActivities
 from activities.models.router import parse_spec
 from activities.planning import PlanningActivities
 from activities.react import ReactActivities
@@ -46,11 +48,12 @@ def build(client: Client, components: Components) -> Worker:
     components.start_triton()  # if the model is `triton` and KEEL_TRITON_URL is unset
     planning = PlanningActivities(components.router, components.settings.docs_dir)
     react = ReactActivities(components.router)  # the ReAct baseline's per-step calls
+    extraction = ExtractionActivities(components.router)  # facts for memory, small model
     on_triton = parse_spec(components.settings.planner_model)[0] == "triton"
     return Worker(
         client,
         task_queue=components.queues.planner,
-        activities=[planning.plan, react.react_step],
+        activities=[planning.plan, react.react_step, extraction.extract_facts],
         max_concurrent_activities=MAX_CONCURRENT_TRITON_PLANS
         if on_triton
         else MAX_CONCURRENT_PLANS,

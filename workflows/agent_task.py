@@ -7,8 +7,9 @@ queue, and the budget is checked in here before each model or tool call.
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import timedelta
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -18,6 +19,12 @@ with workflow.unsafe.imports_passed_through():
     from keel import search_attributes as sa
     from keel.conditions import ConditionError, parse_condition
     from keel.contracts import (
+        CacheAnswer,
+        CacheHit,
+        CacheLookup,
+        CacheStore,
+        Extraction,
+        ExtractionRequest,
         Ledger,
         LedgerEntry,
         ModelUsage,
@@ -29,6 +36,7 @@ with workflow.unsafe.imports_passed_through():
         ReactRequest,
         Recall,
         RecallRequest,
+        Remembered,
         RememberRequest,
         SideEffects,
         StepResult,
@@ -42,6 +50,7 @@ with workflow.unsafe.imports_passed_through():
         ToolCall,
         ToolOutput,
         ToolSpec,
+        Triple,
     )
     from keel.errors import BUDGET_EXCEEDED, INVALID_INPUT, INVALID_OUTPUT, TOOL_ERROR
     from keel.plans import budget_error, ready_steps, resolve_args, validate_plan
@@ -55,12 +64,13 @@ MODEL_RETRY = RetryPolicy(
 MEMORY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=5)
 NON_RETRYABLE_TOOL_ERRORS = [TOOL_ERROR, INVALID_OUTPUT, BUDGET_EXCEEDED, INVALID_INPUT]
 MODEL_TIMEOUT = timedelta(minutes=5)
-MEMORY_TIMEOUT = timedelta(seconds=60)
+MEMORY_TIMEOUT = timedelta(seconds=15)
+CACHE_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_attempts=2)
 RECALL_LIMIT = 3
 EVENTS_KEPT = 50
 
 
-_ModelResult = TypeVar("_ModelResult", PlanResponse, ReactDecision, Synthesis)
+_ModelResult = TypeVar("_ModelResult", PlanResponse, ReactDecision, Synthesis, Extraction)
 
 
 class _BudgetExhausted(Exception):
@@ -74,6 +84,14 @@ def _cause(err: ActivityError) -> ApplicationError | None:
 
 def _failure(result: StepResult) -> str:
     return f"step {result.step_id} ({result.tool}) failed: {result.error}"
+
+
+def _cache_key(args: dict[str, object]) -> str:
+    """What a cached call is looked up by: its one text argument, or all of them as JSON."""
+    values = list(args.values())
+    if len(values) == 1 and isinstance(values[0], str):
+        return values[0]
+    return json.dumps(args, sort_keys=True, default=str)
 
 
 def _short(args: dict[str, object], limit: int = 60) -> str:
@@ -92,6 +110,7 @@ class AgentTask:
         self._results: list[StepResult] = []
         self._outputs: dict[str, StepResult] = {}  # succeeded steps by id, across plan versions
         self._replans = 0
+        self._user_id = ""
 
     # --- queries -------------------------------------------------------------------------
 
@@ -119,6 +138,7 @@ class AgentTask:
     @workflow.run
     async def run(self, request: TaskRequest) -> TaskResult:
         queues = Queues.for_agent_queue(workflow.info().task_queue)
+        self._user_id = request.user_id
         self._ledger = Ledger(budget_usd=request.budget.usd, budget_tokens=request.budget.tokens)
         workflow.upsert_search_attributes([sa.USER.value_set(request.user_id)])
 
@@ -130,9 +150,9 @@ class AgentTask:
             task_queue=queues.memory,
             start_to_close_timeout=MEMORY_TIMEOUT,
             retry_policy=MEMORY_RETRY,
-            summary=f"recall: episodes of user {request.user_id}",
+            summary=f"recall: memory of user {request.user_id}",
         )
-        context = [f"earlier task: {e.task} -> {e.answer[:200]}" for e in recall.episodes]
+        context = recall.context
         catalog = await workflow.execute_activity(
             "list_tools",
             result_type=list[ToolSpec],
@@ -157,6 +177,7 @@ class AgentTask:
                     answer = f"The budget ran out before the answer could be written: {err}"
 
         self._set_status(TaskStatus.REMEMBERING, "remembering the episode")
+        triples = await self._extract_facts(request, answer, queues)
         await workflow.execute_activity(
             "remember",
             RememberRequest(
@@ -165,11 +186,14 @@ class AgentTask:
                 task=request.task,
                 answer=answer,
                 status=status.value,
+                triples=triples,
+                learned_at=workflow.now(),
             ),
+            result_type=Remembered,
             task_queue=queues.memory,
             start_to_close_timeout=MEMORY_TIMEOUT,
             retry_policy=MEMORY_RETRY,
-            summary=f"remember: episode ({status.value})",
+            summary=f"remember: episode ({status.value}) and {len(triples)} facts",
         )
         self._set_status(status, f"finished: {status.value}")
         return TaskResult(
@@ -178,7 +202,10 @@ class AgentTask:
             answer=answer,
             steps=self._results,
             ledger=self._ledger,
-            llm_calls=sum(e.kind == "model" for e in self._ledger.entries),
+            llm_calls=sum(
+                e.kind == "model" and e.role != "memory" and not e.cached
+                for e in self._ledger.entries
+            ),
             replans=self._replans,
             plan=self._plan,
             error=error,
@@ -389,6 +416,23 @@ class AgentTask:
         args = resolve_args(step.args, self._outputs)
         self._event(f"{step.id}: {spec.name}({_short(args)})")
         started = workflow.time()
+        cache_kind = f"tool.{spec.name}"
+        if spec.cache is not None:
+            hit = await self._cache_lookup(
+                cache_kind, _cache_key(args), spec.cache.per_user, spec.cache.semantic, queues
+            )
+            if hit is not None:
+                self._book_cached("tool", spec.name, step.id)
+                return StepResult(
+                    step_id=step.id,
+                    plan_version=version,
+                    tool=spec.name,
+                    args=args,
+                    status=StepStatus.SUCCEEDED,
+                    output=hit.value,
+                    latency_ms=(workflow.time() - started) * 1000,
+                    cached=True,
+                )
         try:
             out = await workflow.execute_activity(
                 f"tool.{spec.name}",
@@ -433,6 +477,19 @@ class AgentTask:
         latency_ms = (workflow.time() - started) * 1000
         self._book_tool(spec, step.id, tool_usd, latency_ms / 1000, ok=True)
         self._event(f"{step.id}: done")
+        if spec.cache is not None:
+            await self._cache_store(
+                CacheStore(
+                    kind=cache_kind,
+                    key=_cache_key(args),
+                    user_id=self._user_id if spec.cache.per_user else None,
+                    value=out.output,
+                    semantic=spec.cache.semantic,
+                    ttl_s=spec.cache.ttl_s,
+                    source=f"{workflow.info().workflow_id}/v{version}.{step.id}",
+                ),
+                queues,
+            )
         return StepResult(
             step_id=step.id,
             plan_version=version,
@@ -529,6 +586,21 @@ class AgentTask:
 
     async def _synthesize(self, request: TaskRequest, context: list[str], queues: Queues) -> str:
         self._set_status(TaskStatus.SYNTHESIZING, "writing the answer")
+        # The same task over the same results has the same answer: exact, per user.
+        key = json.dumps(
+            [request.task]
+            + [
+                [r.tool, r.args, r.output]
+                for r in self._results
+                if r.status == StepStatus.SUCCEEDED
+            ],
+            sort_keys=True,
+            default=str,
+        )
+        hit = await self._cache_lookup("synthesize", key, True, False, queues)
+        if hit is not None and isinstance(hit.value.get("answer"), str):
+            self._book_cached("model", "synthesize")
+            return str(hit.value["answer"])
         remaining = self._check_affordable("writing the answer")
         synthesis = await self._model_activity(
             "synthesize",
@@ -545,7 +617,91 @@ class AgentTask:
             refusal="the answer does not fit the budget",
         )
         self._book_model(synthesis.usage)
+        await self._cache_store(
+            CacheStore(
+                kind="synthesize",
+                key=key,
+                user_id=self._user_id,
+                value={"answer": synthesis.answer},
+                semantic=False,
+                source=f"{workflow.info().workflow_id}/synthesize",
+            ),
+            queues,
+        )
         return synthesis.answer
+
+    # --- memory --------------------------------------------------------------------------
+
+    async def _cache_lookup(
+        self, kind: str, key: str, per_user: bool, semantic: bool, queues: Queues
+    ) -> CacheHit | None:
+        """A cache miss when the memory worker cannot answer: the cache only saves money."""
+        try:
+            answer = await workflow.execute_activity(
+                "cache_lookup",
+                CacheLookup(
+                    kind=kind,
+                    key=key,
+                    user_id=self._user_id if per_user else None,
+                    semantic=semantic,
+                ),
+                result_type=CacheAnswer,
+                task_queue=queues.memory,
+                start_to_close_timeout=MEMORY_TIMEOUT,
+                retry_policy=CACHE_RETRY,
+                summary=f"cache lookup: {kind}",
+            )
+        except ActivityError as err:
+            self._event(f"cache lookup failed, calling instead: {err.cause or err}")
+            return None
+        if answer.hit is not None:
+            how = "exact" if answer.hit.exact else f"{answer.hit.score:.2f} similar"
+            self._event(f"{kind}: answered from the cache ({how})")
+        return answer.hit
+
+    async def _cache_store(self, entry: CacheStore, queues: Queues) -> None:
+        try:
+            await workflow.execute_activity(
+                "cache_store",
+                entry,
+                task_queue=queues.memory,
+                start_to_close_timeout=MEMORY_TIMEOUT,
+                retry_policy=CACHE_RETRY,
+                summary=f"cache store: {entry.kind}",
+            )
+        except ActivityError as err:
+            self._event(f"cache store failed (the result stands): {err.cause or err}")
+
+    async def _extract_facts(
+        self, request: TaskRequest, answer: str, queues: Queues
+    ) -> list[Triple]:
+        """Facts worth keeping, by the small model; none when the budget is spent or the
+        model fails: the task's result never depends on its memory upkeep."""
+        remaining = self._remaining_usd()
+        if remaining <= 0 or self._remaining_tokens() == 0:
+            return []
+        try:
+            extraction = await self._model_activity(
+                "extract_facts",
+                ExtractionRequest(
+                    task=request.task,
+                    answer=answer,
+                    max_usd=remaining,
+                    max_tokens=self._remaining_tokens(),
+                ),
+                Extraction,
+                queues.planner,
+                summary="extract facts for memory",
+                refusal="no budget left to extract facts",
+            )
+        except (_BudgetExhausted, ActivityError) as err:
+            self._event(f"no facts extracted: {err}")
+            return []
+        if extraction.usage is not None:
+            self._book_model(extraction.usage)
+        if extraction.error is not None:
+            self._event(f"no facts extracted: {extraction.error}")
+        return extraction.triples
 
     async def _model_activity(
         self,
@@ -603,6 +759,13 @@ class AgentTask:
                 usd=usage.usd,
                 latency_ms=usage.latency_ms,
             )
+        )
+
+    def _book_cached(
+        self, kind: Literal["model", "tool"], name: str, step_id: str | None = None
+    ) -> None:
+        self._ledger.entries.append(
+            LedgerEntry(kind=kind, name=name, step_id=step_id, usd=0.0, cached=True)
         )
 
     def _book_tool(

@@ -1,30 +1,63 @@
-"""Memory activities on `keel-memory`: recall before planning, remember after answering."""
+"""Memory activities on `keel-memory`: recall before planning, remember after answering, and
+the cache of expensive calls in between."""
 
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 from temporalio import activity
 
+from activities.memory.cache import Cache
+from activities.memory.context import build_context
 from activities.memory.episodes import EpisodeStore
-from keel.contracts import Episode, Recall, RecallRequest, RememberRequest
+from activities.memory.graph import GraphStore
+from keel.contracts import (
+    CacheAnswer,
+    CacheLookup,
+    CacheStore,
+    Episode,
+    Recall,
+    RecallRequest,
+    Remembered,
+    RememberRequest,
+)
 from keel.logging import activity_logger
+
+CACHED_IN_CONTEXT = 2
 
 
 class MemoryActivities:
-    def __init__(self, episodes: EpisodeStore) -> None:
-        self.episodes = episodes
+    def __init__(
+        self, episodes: EpisodeStore, graph: GraphStore, cache: Cache, recall_tokens: int
+    ) -> None:
+        self.episodes, self.graph, self.cache = episodes, graph, cache
+        self.recall_tokens = recall_tokens
+
+    def _recall(self, request: RecallRequest) -> Recall:
+        [vector] = self.episodes.vectors.embedder.embed([request.query])
+        episodes = self.episodes.recall(request.user_id, vector, request.limit)
+        facts = self.graph.facts(request.user_id)
+        cached = self.cache.similar(request.user_id, vector, CACHED_IN_CONTEXT)
+        budget = self.recall_tokens if request.max_tokens is None else request.max_tokens
+        context, used = build_context(facts, cached, episodes, budget)
+        return Recall(
+            episodes=episodes, facts=facts, cached=cached, context=context, context_tokens=used
+        )
 
     @activity.defn(name="recall")
     async def recall(self, request: RecallRequest) -> Recall:
-        found = await asyncio.to_thread(
-            self.episodes.recall, request.user_id, request.query, request.limit
+        found = await asyncio.to_thread(self._recall, request)
+        activity_logger().info(
+            "recalled",
+            episodes=len(found.episodes),
+            facts=len(found.facts),
+            cached=len(found.cached),
+            context_tokens=found.context_tokens,
         )
-        activity_logger().info("recalled", episodes=len(found))
-        return Recall(episodes=found)
+        return found
 
-    @activity.defn(name="remember")
-    async def remember(self, request: RememberRequest) -> str:
+    def _remember(self, request: RememberRequest) -> Remembered:
         episode = Episode(
             id=request.workflow_id,
             user_id=request.user_id,
@@ -32,6 +65,29 @@ class MemoryActivities:
             answer=request.answer,
             status=request.status,
         )
-        point = await asyncio.to_thread(self.episodes.remember, request.workflow_id, episode)
-        activity_logger().info("remembered", point=point)
-        return point
+        point = self.episodes.remember(request.workflow_id, episode)
+        facts = self.graph.assert_facts(
+            request.user_id,
+            request.triples,
+            request.learned_at or datetime.now(UTC),
+            source=f"{request.workflow_id}/remember",
+        )
+        return Remembered(episode_id=point, facts=facts)
+
+    @activity.defn(name="remember")
+    async def remember(self, request: RememberRequest) -> Remembered:
+        done = await asyncio.to_thread(self._remember, request)
+        activity_logger().info("remembered", point=done.episode_id, facts=len(done.facts))
+        return done
+
+    @activity.defn(name="cache_lookup")
+    async def cache_lookup(self, request: CacheLookup) -> CacheAnswer:
+        hit = await asyncio.to_thread(self.cache.lookup, request)
+        activity_logger().info(
+            "cache lookup", kind=request.kind, hit=hit is not None, exact=bool(hit and hit.exact)
+        )
+        return CacheAnswer(hit=hit)
+
+    @activity.defn(name="cache_store")
+    async def cache_store(self, request: CacheStore) -> str:
+        return await asyncio.to_thread(self.cache.store, request)

@@ -1,8 +1,8 @@
 """The `extract_facts` activity: the small model turns a finished task into triples.
 
-It runs on the planner queue, where the small model lives, and writes JSON constrained by a
-schema; `remember` then stores the triples in the graph. Facts about the person asking use
-the subject "user" so that recall can find them for the next task.
+It runs on the planner queue under the router's `memory` role (the planner's small model)
+and writes JSON constrained by a schema; `remember` then stores the triples in the graph.
+Facts about the person asking use the subject "user", so recall finds them for later tasks.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from temporalio import activity
 from activities.models.base import Message, ModelRequest
 from activities.models.router import ModelRouter
 from keel.contracts import Extraction, ExtractionRequest, Triple
-from keel.logging import activity_logger
 from keel.converter import describe_validation_error
+from keel.logging import activity_logger
 
 MAX_FACTS = 8
 EXTRACT_MAX_TOKENS = 256
@@ -27,7 +27,7 @@ SYSTEM = (
     '{"facts": [{"subject": ..., "relation": ..., "object": ...}]}. '
     'Use the subject "user" for the person asking. Relations are snake_case, e.g. '
     "preferred_language, lives_in, works_at. Only facts worth remembering for later tasks; "
-    'an empty list when there are none.'
+    "an empty list when there are none."
 )
 EXAMPLE_USER = "Task: I live in Porto. What is 2+2?\nAnswer: 4"
 EXAMPLE_FACTS = '{"facts": [{"subject": "user", "relation": "lives_in", "object": "Porto"}]}'
@@ -71,7 +71,7 @@ class ExtractionActivities:
     async def extract_facts(self, request: ExtractionRequest) -> Extraction:
         user = f"Task: {request.task[:TEXT_CHARS]}\nAnswer: {request.answer[:TEXT_CHARS]}"
         routed = await self.router.complete(
-            "planner",
+            "memory",
             ModelRequest(
                 messages=[
                     Message("system", SYSTEM),

@@ -17,7 +17,7 @@ from keel.settings import Settings
 log = structlog.get_logger(__name__)
 
 # A plan the small planner got wrong is re-planned by the large model unless configured.
-ROLE_FALLBACK = {"escalation": "reasoner"}
+ROLE_FALLBACK = {"escalation": "reasoner", "memory": "planner"}  # memory: fact extraction
 MIN_OUTPUT_TOKENS = 16
 PROMPT_MARGIN_TOKENS = 8  # chat-template tokens a count can miss
 

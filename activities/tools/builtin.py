@@ -7,7 +7,7 @@ from activities.tools import files, search
 from activities.tools.calculator import CalculatorInput, CalculatorOutput, calculate
 from activities.tools.reasoner import AskReasonerInput, AskReasonerOutput, ask_reasoner
 from activities.tools.registry import Tool, ToolContext, ToolRegistry, define_tool
-from keel.contracts import SideEffects
+from keel.contracts import CachePolicy, SideEffects
 from keel.queues import LLM
 from keel.settings import Settings
 
@@ -71,6 +71,8 @@ def builtin_tools(settings: Settings) -> list[Tool]:
             side_effects=SideEffects.EXTERNAL,
             queue=LLM,
             max_attempts=3,
+            # the same question is not paid for twice; questions can be personal
+            cache=CachePolicy(semantic=True, per_user=True),
         ),
     ]
 

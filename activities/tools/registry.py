@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from activities.models.router import ModelRouter
-from keel.contracts import ModelUsage, SideEffects, ToolSpec
+from keel.contracts import CachePolicy, ModelUsage, SideEffects, ToolSpec
 from keel.queues import TOOLS
 from sandbox.workspace import TaskWorkspace
 
@@ -60,6 +60,7 @@ def define_tool(
     requires_approval: bool = False,
     queue: str = TOOLS,
     max_attempts: int = 3,
+    cache: CachePolicy | None = None,
 ) -> Tool:
     spec = ToolSpec(
         name=name,
@@ -74,6 +75,7 @@ def define_tool(
         requires_approval=requires_approval,
         queue=queue,
         max_attempts=max_attempts,
+        cache=cache,
     )
     return Tool(spec, input_model, output_model, fn)
 
