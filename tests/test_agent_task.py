@@ -139,29 +139,6 @@ async def test_token_budget_is_respected(stack: Stack) -> None:
     assert result.status in (TaskStatus.COMPLETED, TaskStatus.BUDGET_EXHAUSTED)
 
 
-async def test_recall_is_partitioned_by_user(stack: Stack) -> None:
-    secret = unique("What is 1234*2 for the secret project?")
-    await (await start_task(stack.client, TaskRequest(task=secret, user_id="bob"))).result()
-
-    mallory = await start_task(stack.client, TaskRequest(task=secret, user_id="mallory"))
-    await mallory.result()
-    bob = await start_task(stack.client, TaskRequest(task=secret, user_id="bob"))
-    await bob.result()
-
-    async def recalled(handle: object) -> list[str]:
-        history = await handle.fetch_history()  # type: ignore[attr-defined]
-        for event in history.events:
-            if event.HasField("activity_task_completed_event_attributes"):
-                data = event.activity_task_completed_event_attributes.result.payloads[0].data
-                payload = json.loads(data)
-                if isinstance(payload, dict) and "episodes" in payload:
-                    return [e["user_id"] for e in payload["episodes"]]
-        raise AssertionError("no recall in history")
-
-    assert await recalled(mallory) == []
-    assert "bob" in await recalled(bob)
-
-
 async def test_workflow_id_is_returned(stack: Stack) -> None:
     workflow_id = new_workflow_id()
     handle = await start_task(
