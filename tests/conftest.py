@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,9 +27,11 @@ from keel.queues import Queues
 from keel.settings import Settings
 from temporal.devserver import temporal_cli
 from workers.components import Components
+from workers.neo4j.server import Neo4jServer
 from workers.process import build_all, workers_running
 
 REPO = Path(__file__).resolve().parent.parent
+NEO4J_PASSWORD = "keel-test-password"
 
 
 @dataclass
@@ -123,6 +125,21 @@ async def stack(temporal_env: WorkflowEnvironment, settings: Settings) -> AsyncI
             yield Stack(temporal_env, temporal_env.client, settings, model, components)
     finally:
         components.close_memory()
+
+
+@dataclass(frozen=True)
+class Neo4jAccess:
+    uri: str
+    user: str
+    password: str
+
+
+@pytest.fixture(scope="session")
+def neo4j() -> Iterator[Neo4jAccess]:
+    """A real Neo4j 5.26 from Maven Central jars (fetched once into the repo's .keel/), with
+    password auth, one per test run; tests keep apart by unique user ids."""
+    with Neo4jServer(REPO / ".keel", password=NEO4J_PASSWORD) as server:
+        yield Neo4jAccess(server.uri, "neo4j", NEO4J_PASSWORD)
 
 
 def unique(text: str) -> str:

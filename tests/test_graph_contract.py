@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -13,6 +12,8 @@ from activities.memory.graph import GraphStore
 from activities.memory.graph_neo4j import Neo4jGraphStore
 from activities.memory.graph_sqlite import SqliteGraphStore
 from keel.contracts import Triple
+from keel.errors import ServiceStartError
+from tests.conftest import Neo4jAccess
 
 DAY1 = datetime(2026, 1, 1, 9, 0, tzinfo=UTC)
 DAY2 = DAY1 + timedelta(days=1)
@@ -20,12 +21,15 @@ DAY3 = DAY1 + timedelta(days=2)
 
 
 @pytest.fixture(params=["embedded", "neo4j"], scope="module")
-def graph(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GraphStore]:
+def graph(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GraphStore]:
     store: GraphStore
     if request.param == "embedded":
         store = SqliteGraphStore(tmp_path_factory.mktemp("graph") / "graph.sqlite")
     else:
-        store = Neo4jGraphStore(request.getfixturevalue("neo4j_uri"))
+        neo4j = request.getfixturevalue("neo4j")
+        store = Neo4jGraphStore(neo4j.uri, neo4j.user, neo4j.password)
     yield store
     store.close()
 
@@ -41,7 +45,10 @@ def t(subject: str, relation: str, obj: str) -> Triple:
 def test_asserted_facts_are_current(graph: GraphStore) -> None:
     u = user()
     stored = graph.assert_facts(
-        u, [t("user", "preferred_language", "Python"), t("user", "lives_in", "Lisbon")], DAY1, "wf-1"
+        u,
+        [t("user", "preferred_language", "Python"), t("user", "lives_in", "Lisbon")],
+        DAY1,
+        "wf-1",
     )
     assert [(f.relation, f.object, f.valid_from, f.valid_to) for f in stored] == [
         ("preferred_language", "Python", DAY1, None),
@@ -120,3 +127,10 @@ def test_hostile_text_is_data_not_query(graph: GraphStore) -> None:
 def test_times_must_carry_a_zone(graph: GraphStore) -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         graph.assert_facts(user(), [t("user", "x", "y")], datetime(2026, 1, 1), "wf-1")
+
+
+def test_neo4j_store_refuses_a_wrong_password_in_one_line(neo4j: Neo4jAccess) -> None:
+    with pytest.raises(
+        ServiceStartError, match=r"cannot use Neo4j at bolt://.*KEEL_NEO4J_PASSWORD"
+    ):
+        Neo4jGraphStore(neo4j.uri, neo4j.user, "not-the-password")

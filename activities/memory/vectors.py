@@ -84,16 +84,14 @@ class VectorStore:
         return f"{kind}_{zlib.crc32(user_id.encode()) % self.shards:03d}"
 
     def _ensure(self, name: str) -> None:
-        if name in self._ready:
-            return
-        meta = {"embedder": self.embedder.name, "dimensions": self.embedder.dimensions}
-        if not self.client.collection_exists(name):
+        """Before a write: the collection exists, made for this embedder."""
+        if not self._readable(name):
             self.client.create_collection(
                 name,
                 vectors_config=models.VectorParams(
                     size=self.embedder.dimensions, distance=models.Distance.COSINE
                 ),
-                metadata=meta,
+                metadata={"embedder": self.embedder.name, "dimensions": self.embedder.dimensions},
             )
             with warnings.catch_warnings():  # local mode ignores indexes and says so
                 warnings.simplefilter("ignore", UserWarning)
@@ -102,22 +100,28 @@ class VectorStore:
                     "user_id",
                     models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True),
                 )
-        else:
-            config = self.client.get_collection(name).config
-            vectors = config.params.vectors
-            size = vectors.size if isinstance(vectors, models.VectorParams) else None
-            recorded = dict(config.metadata or {})
-            if (
-                size != self.embedder.dimensions
-                or recorded.get("embedder", meta["embedder"]) != (meta["embedder"])
-            ):
-                raise VectorStoreError(
-                    f"Qdrant collection {name!r} at {self.where} holds {size}-d vectors of "
-                    f"{recorded.get('embedder', 'an unrecorded model')}, but the embedder is "
-                    f"{meta['embedder']} ({meta['dimensions']}-d): set KEEL_EMBEDDING_MODEL "
-                    "back, or use another KEEL_QDRANT_PATH / Qdrant server for the new model"
-                )
+            self._ready.add(name)
+
+    def _readable(self, name: str) -> bool:
+        """Before a read: whether the collection exists (a missing one is empty and is not
+        created by reading); an existing one must hold this embedder's vectors."""
+        if name in self._ready:
+            return True
+        if not self.client.collection_exists(name):
+            return False
+        config = self.client.get_collection(name).config
+        vectors = config.params.vectors
+        size = vectors.size if isinstance(vectors, models.VectorParams) else None
+        recorded = (config.metadata or {}).get("embedder")
+        if size != self.embedder.dimensions or recorded not in (None, self.embedder.name):
+            raise VectorStoreError(
+                f"Qdrant collection {name!r} at {self.where} holds {size}-d vectors of "
+                f"{recorded or 'an unrecorded model'}, but the embedder is {self.embedder.name} "
+                f"({self.embedder.dimensions}-d): set KEEL_EMBEDDING_MODEL back, or use another "
+                "KEEL_QDRANT_PATH / Qdrant server for the new model"
+            )
         self._ready.add(name)
+        return True
 
     # --- points --------------------------------------------------------------------------
 
@@ -158,7 +162,8 @@ class VectorStore:
     ) -> list[models.ScoredPoint]:
         name = self.collection(kind, user_id)
         with self._lock:
-            self._ensure(name)
+            if not self._readable(name):
+                return []
             return self.client.query_points(
                 name,
                 query=vector,
@@ -170,7 +175,8 @@ class VectorStore:
     def get(self, kind: str, user_id: str, point_id: str) -> models.Record | None:
         name = self.collection(kind, user_id)
         with self._lock:
-            self._ensure(name)
+            if not self._readable(name):
+                return None
             found = self.client.retrieve(name, [point_id], with_payload=True)
         if not found or (found[0].payload or {}).get("user_id") != user_id:
             return None
@@ -179,7 +185,8 @@ class VectorStore:
     def count(self, kind: str, user_id: str) -> int:
         name = self.collection(kind, user_id)
         with self._lock:
-            self._ensure(name)
+            if not self._readable(name):
+                return 0
             return self.client.count(
                 name, count_filter=models.Filter(must=[_only("user_id", user_id)]), exact=True
             ).count
