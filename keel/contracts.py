@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
+from keel.short_term import ShortTermMemory
+
 STEP_ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,31}$"
 
 Strategy = Literal["plan", "react"]
@@ -45,6 +47,9 @@ class TaskRequest(BaseModel):
     )
     max_steps: int = Field(
         default=12, ge=1, le=100, description="react: at most this many tool calls"
+    )
+    carried: CarriedState | None = Field(
+        default=None, description="set by the workflow when it continues as new; not for callers"
     )
 
 
@@ -225,6 +230,19 @@ class TaskResult(BaseModel):
     human_interventions: int = 0
     plan: Plan | None = None
     error: str | None = None
+
+
+class CarriedState(BaseModel):
+    """What a task carries into its next run when it continues as new: compact, not the
+    whole transcript."""
+
+    short_term: ShortTermMemory
+    ledger: Ledger
+    results: list[StepResult] = Field(default_factory=list)
+    failures: list[str] = Field(default_factory=list)
+    replans: int = 0
+    plan_version: int = 0
+    runs: int = Field(default=1, description="how many runs this task has had before")
 
 
 # --- activity payloads ---------------------------------------------------------------------

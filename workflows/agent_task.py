@@ -23,6 +23,7 @@ with workflow.unsafe.imports_passed_through():
         CacheHit,
         CacheLookup,
         CacheStore,
+        CarriedState,
         Extraction,
         ExtractionRequest,
         Ledger,
@@ -53,8 +54,9 @@ with workflow.unsafe.imports_passed_through():
         Triple,
     )
     from keel.errors import BUDGET_EXCEEDED, INVALID_INPUT, INVALID_OUTPUT, TOOL_ERROR
-    from keel.plans import budget_error, ready_steps, resolve_args, validate_plan
+    from keel.plans import budget_error, output_text, ready_steps, resolve_args, validate_plan
     from keel.queues import Queues
+    from keel.short_term import ShortTermMemory
 
 MODEL_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -111,6 +113,10 @@ class AgentTask:
         self._outputs: dict[str, StepResult] = {}  # succeeded steps by id, across plan versions
         self._replans = 0
         self._user_id = ""
+        self._short_term = ShortTermMemory()
+        self._carried_failures: list[str] = []
+        self._first_version = 1
+        self._runs = 1
 
     # --- queries -------------------------------------------------------------------------
 
@@ -140,6 +146,10 @@ class AgentTask:
         queues = Queues.for_agent_queue(workflow.info().task_queue)
         self._user_id = request.user_id
         self._ledger = Ledger(budget_usd=request.budget.usd, budget_tokens=request.budget.tokens)
+        if request.carried is not None:
+            self._resume(request.carried)
+        else:
+            self._short_term.add(f"user asked: {request.task}")
         workflow.upsert_search_attributes([sa.USER.value_set(request.user_id)])
 
         self._set_status(TaskStatus.RECALLING, f"recalling memory of user {request.user_id}")
@@ -152,7 +162,7 @@ class AgentTask:
             retry_policy=MEMORY_RETRY,
             summary=f"recall: memory of user {request.user_id}",
         )
-        context = recall.context
+        context = recall.context + self._short_term.recap()
         catalog = await workflow.execute_activity(
             "list_tools",
             result_type=list[ToolSpec],
@@ -218,11 +228,13 @@ class AgentTask:
         tools: dict[str, ToolSpec],
         queues: Queues,
     ) -> tuple[TaskStatus, str | None]:
-        failures: list[str] = []
-        version = 0
+        failures = list(self._carried_failures)
+        version = self._first_version - 1
         role = "planner"
         while True:
             version += 1
+            if version > self._first_version and workflow.info().is_continue_as_new_suggested():
+                self._continue_as_new(request, failures, version - 1)
             if version > 1:
                 self._replans += 1
             try:
@@ -246,6 +258,7 @@ class AgentTask:
                 problem = f"plan v{version} is invalid: " + "; ".join(errors) if errors else ""
             if problem:
                 failures.append(problem)
+                self._short_term.add(problem)
                 self._event(problem)
                 if version > request.max_replans:
                     final = TaskStatus.BUDGET_EXHAUSTED if over_budget else TaskStatus.FAILED
@@ -407,6 +420,11 @@ class AgentTask:
 
     def _record(self, result: StepResult) -> None:
         self._results.append(result)
+        outcome = (
+            output_text(result)[:200] if result.status == StepStatus.SUCCEEDED else result.error
+        )
+        call = f"{result.step_id} {result.tool}({_short(result.args)})"
+        self._short_term.add(f"{call} {result.status.value}: {outcome}")
         if result.status == StepStatus.SUCCEEDED:
             self._outputs[result.step_id] = result
 
@@ -629,6 +647,35 @@ class AgentTask:
             queues,
         )
         return synthesis.answer
+
+    def _resume(self, carried: CarriedState) -> None:
+        """Pick up where the previous run stopped when it continued as new."""
+        self._short_term = carried.short_term
+        self._ledger = carried.ledger
+        for result in carried.results:
+            self._results.append(result)
+            if result.status == StepStatus.SUCCEEDED:
+                self._outputs[result.step_id] = result
+        self._carried_failures = carried.failures
+        self._replans = carried.replans
+        self._first_version = carried.plan_version + 1
+        self._runs = carried.runs + 1
+        self._event(f"continued as new (run {self._runs}), {len(carried.results)} results carried")
+
+    def _continue_as_new(self, request: TaskRequest, failures: list[str], version: int) -> None:
+        """History is getting long: start a fresh run with the compact state (Temporal
+        suggests this well before its limits)."""
+        self._event(f"continuing as new after plan v{version}")
+        carried = CarriedState(
+            short_term=self._short_term.carried(),
+            ledger=self._ledger,
+            results=self._results,
+            failures=failures,
+            replans=self._replans,
+            plan_version=version,
+            runs=self._runs,
+        )
+        workflow.continue_as_new(request.model_copy(update={"carried": carried}))
 
     # --- memory --------------------------------------------------------------------------
 

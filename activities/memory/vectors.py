@@ -5,9 +5,11 @@ One code path for both deployments, through `qdrant-client`:
   marked `is_tenant`, so the server lays each user's points out together and a filtered
   search touches only that user's segment;
 - embedded local mode (default, `$KEEL_HOME/qdrant`): local mode ignores payload indexes and
-  scans every point of a collection on each filtered search (about 1 s at 100K points), so
-  each kind is split into `LOCAL_SHARDS` collections by a hash of the user id, which does
-  the tenant index's job: a search scans only one shard.
+  checks the filter against every point of a collection in Python (about 1 s per search at
+  100K points), so each kind is split into up to `LOCAL_SHARDS` collections by a hash of the
+  user id, which does the tenant index's job: a search scans one shard, which holds about
+  one user's points while users are fewer than shards (bench/memory.py). Shards are created
+  on first write; each is one open SQLite file in local mode.
 Every search is filtered by user either way: partitioning is for speed, the filter is what
 keeps users apart. Each collection records the embedding model and its vector size in its
 metadata; opening it with another model is an error, never a silent mix of vector spaces.
@@ -27,7 +29,7 @@ from qdrant_client import QdrantClient, models
 from activities.memory.embedding import Embedder
 
 KINDS = ("episodes", "documents", "cache")
-LOCAL_SHARDS = 256
+LOCAL_SHARDS = 4096
 SHARED = "*"  # the user id of entries every user may read (e.g. a shared cache)
 
 
@@ -81,7 +83,7 @@ class VectorStore:
             raise ValueError(f"unknown memory kind {kind!r}: expected one of {KINDS}")
         if self.shards == 1:
             return kind
-        return f"{kind}_{zlib.crc32(user_id.encode()) % self.shards:03d}"
+        return f"{kind}_{zlib.crc32(user_id.encode()) % self.shards:04d}"
 
     def _ensure(self, name: str) -> None:
         """Before a write: the collection exists, made for this embedder."""

@@ -1,0 +1,77 @@
+"""Short-term memory: bounded in the workflow, folded into a summary, carried across
+continue-as-new."""
+
+from __future__ import annotations
+
+import json
+
+from keel.client import start_task
+from keel.contracts import CarriedState, Ledger, LedgerEntry, StepResult, StepStatus, TaskRequest
+from keel.short_term import SUMMARY_CHARS, WINDOW_CHARS, WINDOW_ENTRIES, ShortTermMemory
+from tests.conftest import Stack, unique
+
+
+def test_the_window_stays_bounded_and_folds_into_the_summary() -> None:
+    memory = ShortTermMemory()
+    for i in range(200):
+        memory.add(f"observation {i}: " + "x" * (i % 50) + "\nsecond line never summarised")
+    assert len(memory.window) <= WINDOW_ENTRIES
+    assert sum(len(e) for e in memory.window) <= WINDOW_CHARS
+    assert memory.window[-1].startswith("observation 199")
+    assert memory.folded == 200 - len(memory.window)
+    assert len(memory.summary) <= SUMMARY_CHARS
+    assert "observation 179" in memory.summary and "second line" not in memory.summary
+
+    carried = memory.carried()
+    assert carried.window == [] and carried.folded == 200
+    assert carried.summary.endswith(memory.window[-1].splitlines()[0])
+    assert memory.window  # carrying copies; the live window is untouched
+    [recap] = carried.recap()
+    assert recap.startswith("earlier in this task (200 events): ")
+
+
+def test_a_long_entry_cannot_flush_the_window() -> None:
+    memory = ShortTermMemory()
+    memory.add("short")
+    memory.add("y" * 100_000)
+    assert memory.window[-1] == "y" * 500 and memory.window[0] == "short"
+
+
+async def test_a_continued_task_resumes_from_its_carried_state(stack: Stack) -> None:
+    """What continue-as-new hands the next run: the summary reaches the planner, finished
+    results are not redone, the ledger keeps counting."""
+    task = unique("What is 6*7 and 5*5?")
+    short_term = ShortTermMemory()
+    short_term.add(f"user asked: {task}")
+    short_term.add("s1 calculator(6*7) succeeded: 42")
+    done = StepResult(
+        step_id="s1",
+        plan_version=1,
+        tool="calculator",
+        args={"expression": "6*7"},
+        status=StepStatus.SUCCEEDED,
+        output={"value": 42, "text": "42"},
+    )
+    ledger = Ledger(budget_usd=0.05)
+    ledger.entries.append(LedgerEntry(kind="model", name="scripted", role="planner", usd=0.001))
+    carried = CarriedState(
+        short_term=short_term.carried(), ledger=ledger, results=[done], plan_version=1
+    )
+    handle = await start_task(stack.client, TaskRequest(task=task, carried=carried))
+    result = await handle.result()
+
+    assert result.status == "completed"
+    assert [(s.step_id, s.tool) for s in result.steps] == [
+        ("s1", "calculator"),
+        ("s2", "calculator"),
+    ]
+    assert result.steps[1].args == {"expression": "5*5"}  # only what was left
+    assert result.ledger.entries[0].usd == 0.001 and result.ledger.total_usd > 0.001
+    plan_requests = [
+        json.loads(e.activity_task_scheduled_event_attributes.input.payloads[0].data)
+        for e in (await handle.fetch_history()).events
+        if e.HasField("activity_task_scheduled_event_attributes")
+        and e.activity_task_scheduled_event_attributes.activity_type.name == "plan"
+    ]
+    assert plan_requests[0]["version"] == 2
+    assert any(c.startswith("earlier in this task (2 events)") for c in plan_requests[0]["context"])
