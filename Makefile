@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: install run dev test lint bench clean
+.PHONY: install system-deps run dev test lint bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -15,13 +15,20 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Java 17 (a JDK: the Neo4j launcher is compiled) and Maven, which fetches Neo4j's jars from
+# Maven Central for the graph tests; installed from Debian only when missing.
+system-deps:
+	@command -v javac >/dev/null && command -v mvn >/dev/null || { \
+		echo "Installing a Java 17 JDK and Maven (Debian packages)"; \
+		apt-get update -q && apt-get install -y -q openjdk-17-jdk-headless maven; }
+
 run: $(STAMP)  ## run one default task end to end on the embedded stack
 	$(BIN)/keel run
 
 dev: $(STAMP)  ## Temporal dev server (UI on :8233) + every worker, until Ctrl-C
 	$(BIN)/keel dev
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
@@ -34,6 +41,7 @@ bench: $(STAMP)  ## every benchmark, quick form; see bench/README.md
 	$(BIN)/python bench/planning.py --quick
 	$(BIN)/python bench/routing.py --quick
 	$(BIN)/python bench/triton.py --quick
+	$(BIN)/python bench/memory.py --quick
 
 clean:
 	rm -rf .keel

@@ -79,10 +79,11 @@ OBJECTS = ["for team {n}", "of service {n}", "in region {n}", "for quarter {n}",
 
 
 def texts(count: int, rng: random.Random) -> list[str]:
-    return [
-        f"{rng.choice(ACTIONS)} {rng.choice(TOPICS)} {rng.choice(OBJECTS).format(n=rng.randrange(50))}"
-        for _ in range(count)
-    ]
+    made = []
+    for _ in range(count):
+        where = rng.choice(OBJECTS).format(n=rng.randrange(50))
+        made.append(f"{rng.choice(ACTIONS)} {rng.choice(TOPICS)} {where}")
+    return made
 
 
 def percentile(values: list[float], q: float) -> float:

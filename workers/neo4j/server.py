@@ -22,6 +22,7 @@ import os
 import re
 import select
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -371,3 +372,32 @@ class Neo4jServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def main() -> None:
+    """A Neo4j for development, data kept under $KEEL_HOME/neo4j/data, until Ctrl-C."""
+    from keel.settings import get_settings
+
+    settings = get_settings()
+    server = Neo4jServer(
+        settings.home,
+        data_dir=settings.home / "neo4j" / "data",
+        password=settings.neo4j_password,
+        port=7687 if not _port_open(7687) else None,
+    )
+    try:
+        server.start()
+    except Neo4jError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(f"Neo4j is up: export KEEL_NEO4J_URL={server.uri}   (Ctrl-C stops it)", flush=True)
+    stop = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+    try:
+        signal.sigwait(stop)
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
