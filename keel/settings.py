@@ -40,6 +40,7 @@ class Settings(BaseModel):
     escalation_model: str | None = (
         None  # when unset, a failed small-model plan goes to the reasoner's model
     )
+    memory_model: str | None = None  # fact extraction for memory; unset: the planner's model
     openai_api_key: str | None = None
     openai_base_url: str | None = None
     anthropic_api_key: str | None = None
@@ -102,6 +103,7 @@ _ENV = {
     "KEEL_PLANNER_MODEL": "planner_model",
     "KEEL_REASONER_MODEL": "reasoner_model",
     "KEEL_ESCALATION_MODEL": "escalation_model",
+    "KEEL_MEMORY_MODEL": "memory_model",
     "KEEL_OPENAI_API_KEY": "openai_api_key",
     "KEEL_OPENAI_BASE_URL": "openai_base_url",
     "KEEL_ANTHROPIC_API_KEY": "anthropic_api_key",

@@ -8,13 +8,14 @@ import jsonschema
 import pytest
 from temporalio.testing import ActivityEnvironment
 
+from activities.memory.extraction import ExtractionActivities
 from activities.models.llamacpp import LlamaCppModel
 from activities.models.router import ModelRouter
 from activities.planning import PlanningActivities
 from activities.react import ReactActivities
 from activities.tools.builtin import default_registry
 from keel.client import start_task
-from keel.contracts import PlanRequest, ReactRequest, TaskRequest, TaskStatus
+from keel.contracts import ExtractionRequest, PlanRequest, ReactRequest, TaskRequest, TaskStatus
 from keel.queues import Queues
 from keel.settings import Settings
 from tests.conftest import Stack
@@ -49,6 +50,23 @@ async def test_llamacpp_planner_returns_a_schema_valid_plan(
     for step in response.plan.steps:
         jsonschema.validate(step.args, by_name[step.tool].input_schema)
         assert step.expected_cost_usd == by_name[step.tool].cost_per_call_usd
+
+
+async def test_llamacpp_extracts_facts_as_schema_valid_triples(local_model: LlamaCppModel) -> None:
+    extraction = ExtractionActivities(ModelRouter({"planner": local_model}))
+    request = ExtractionRequest(
+        task="My preferred language is Python. Write a hello world program.",
+        answer="print('hello world')",
+        max_usd=0.05,
+    )
+    result = await ActivityEnvironment().run(extraction.extract_facts, request)
+
+    assert result.error is None, result.error  # grammar-constrained: always parses
+    assert result.usage is not None and result.usage.role == "memory"
+    assert result.usage.model == "smollm2-135m-instruct" and result.usage.output_tokens > 0
+    mentioned = " ".join(f"{t.subject} {t.relation} {t.object}" for t in result.triples)
+    print("SmolLM2 extracted:", result.triples)
+    assert "python" in mentioned.lower()
 
 
 async def test_llamacpp_react_step_returns_a_valid_action(

@@ -61,7 +61,7 @@ class Components:
         ).start()
         self.settings = self.settings.model_copy(update={"triton_url": self.triton.url})
         if self._router is not None:  # built already by another worker of this process
-            for role in ("planner", "escalation", "reasoner"):
+            for role in ("planner", "escalation", "reasoner", "memory"):
                 model = self._router.model_for(role)
                 if isinstance(model, TritonModel) and model.url is None:
                     model.attach(self.triton.url)
@@ -106,6 +106,11 @@ class Components:
 
 
 def _plans_on_triton(settings: Settings) -> bool:
-    """Whether the plan activity calls a `triton` model (its planner or escalation role)."""
-    specs = (settings.planner_model, settings.escalation_model or settings.reasoner_model)
+    """Whether the planner worker's activities call a `triton` model (the planner,
+    escalation or memory role)."""
+    specs = (
+        settings.planner_model,
+        settings.escalation_model or settings.reasoner_model,
+        settings.memory_model or settings.planner_model,
+    )
     return any(spec.partition(":")[0] == "triton" for spec in specs)

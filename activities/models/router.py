@@ -84,6 +84,7 @@ class ModelRouter:
             "planner": settings.planner_model,
             "reasoner": settings.reasoner_model,
             "escalation": settings.escalation_model or settings.reasoner_model,
+            "memory": settings.memory_model or settings.planner_model,
         }
         built: dict[str, ModelClient] = {}  # roles on the same backend share one model
         for spec in dict.fromkeys(specs.values()):
