@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from activities.memory.activity import MemoryActivities  # noqa: E402
 from activities.memory.cache import Cache  # noqa: E402
+from activities.memory.documents import DocumentStore  # noqa: E402
 from activities.memory.embedding import MiniLMEmbedder  # noqa: E402
 from activities.memory.episodes import KIND, EpisodeStore, episode_id  # noqa: E402
 from activities.memory.graph_sqlite import SqliteGraphStore  # noqa: E402
@@ -172,11 +173,13 @@ def main() -> None:
             now,
             f"bench-{i}",
         )
-    memory = MemoryActivities(EpisodeStore(vectors), graph, Cache(vectors, 0.92, 3600), 400)
+    memory = MemoryActivities(
+        EpisodeStore(vectors), DocumentStore(vectors), graph, Cache(vectors, 0.92, 3600), 400
+    )
 
     baseline = VectorStore(QdrantClient(":memory:"), embedder, shards=1, where=":memory:")
     baseline_memory = MemoryActivities(
-        EpisodeStore(baseline), graph, Cache(vectors, 0.92, 3600), 400
+        EpisodeStore(baseline), DocumentStore(baseline), graph, Cache(vectors, 0.92, 3600), 400
     )
 
     # the baseline's one big collection is the case local mode warns about; that is the point

@@ -19,8 +19,16 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 
 from keel import logging as keel_logging
-from keel.client import TemporalUnreachable, connect, start_task
-from keel.contracts import Budget, TaskProgress, TaskRequest, TaskResult, TaskStatus
+from keel.client import TemporalUnreachable, connect, memorize, start_task
+from keel.contracts import (
+    Budget,
+    Document,
+    MemorizeRequest,
+    TaskProgress,
+    TaskRequest,
+    TaskResult,
+    TaskStatus,
+)
 from keel.converter import describe_validation_error
 from keel.errors import ServiceStartError
 from keel.queues import Queues
@@ -177,6 +185,43 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if result.status == TaskStatus.COMPLETED else 3
 
 
+# --- keel memorize ------------------------------------------------------------------------
+
+
+MAX_DOCUMENT_BYTES = 1_000_000
+
+
+def _read_document(path: str) -> Document:
+    try:
+        data = open(path, "rb").read(MAX_DOCUMENT_BYTES + 1)  # noqa: SIM115
+    except OSError as err:
+        raise UsageError(f"cannot read {path}: {err.strerror}; give a readable text file") from None
+    if len(data) > MAX_DOCUMENT_BYTES:
+        raise UsageError(f"{path} is over {MAX_DOCUMENT_BYTES:,} bytes: split it into parts")
+    try:
+        return Document(source=path, text=data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise UsageError(f"{path} is not UTF-8 text: memorize text files only") from None
+
+
+async def cmd_memorize(args: argparse.Namespace, settings: Settings) -> int:
+    documents = [_read_document(path) for path in args.files]  # all read before any is sent
+    try:
+        request = MemorizeRequest(user_id=args.user, documents=documents)
+    except ValidationError as err:
+        raise UsageError(describe_validation_error(err, "memorize request")) from None
+    async with _stack(settings, quiet=False) as client:
+        handle = await memorize(client, request, queues=Queues(settings.queue_prefix))
+        _out(f"Memorizing {len(documents)} document(s) for user {args.user} ({handle.id})")
+        try:
+            done = await handle.result()
+        except WorkflowFailureError as err:
+            raise UsageError(f"memorizing failed: {err.cause or err}") from None
+    for source, count in done.chunks.items():
+        _out(f"  {source}: {count} passages")
+    return 0
+
+
 # --- keel status -------------------------------------------------------------------------
 
 
@@ -270,6 +315,11 @@ def parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--json", action="store_true", help="print the TaskResult as JSON")
     run.set_defaults(handler=cmd_run)
+
+    mem = sub.add_parser("memorize", help="put text files into a user's long-term memory")
+    mem.add_argument("files", nargs="+", help="UTF-8 text files (up to 1 MB each)")
+    mem.add_argument("--user", default="anonymous", help="whose memory (default anonymous)")
+    mem.set_defaults(handler=cmd_memorize)
 
     status = sub.add_parser("status", help="show a task's status, events and result")
     status.add_argument("workflow_id")

@@ -1,4 +1,5 @@
-"""Client helpers: connect to Temporal with Keel's converter and start agent tasks."""
+"""Client helpers: connect to Temporal with Keel's converter, start agent tasks, memorize
+documents."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ import uuid
 from temporalio.client import Client, TLSConfig, WorkflowHandle
 
 from keel import search_attributes
-from keel.contracts import TaskRequest, TaskResult
+from keel.contracts import Memorized, MemorizeRequest, TaskRequest, TaskResult
 from keel.converter import data_converter
 from keel.queues import Queues
 from keel.settings import Settings, get_settings
 
 WORKFLOW_TYPE = "AgentTask"
+MEMORIZE_WORKFLOW_TYPE = "MemorizeDocuments"
 
 
 class TemporalUnreachable(ConnectionError):
@@ -73,4 +75,20 @@ async def start_task(
         static_summary=(
             f"{request.task[:120]} (budget ${request.budget.usd:g}, user {request.user_id})"
         ),
+    )
+
+
+async def memorize(
+    client: Client, request: MemorizeRequest, *, queues: Queues | None = None
+) -> WorkflowHandle[object, Memorized]:
+    """Put documents into a user's long-term memory (the MemorizeDocuments workflow)."""
+    queues = queues or Queues(get_settings().queue_prefix)
+    sources = ", ".join(d.source for d in request.documents)
+    return await client.start_workflow(
+        MEMORIZE_WORKFLOW_TYPE,
+        request,
+        id=f"keel-memorize-{uuid.uuid4().hex[:12]}",
+        task_queue=queues.agent,
+        result_type=Memorized,
+        static_summary=f"memorize {sources[:120]} for user {request.user_id}",
     )

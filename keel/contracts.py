@@ -287,6 +287,35 @@ class CacheHit(BaseModel):
     exact: bool
 
 
+class Document(BaseModel):
+    source: str = Field(min_length=1, max_length=500, description="where it came from, e.g. a path")
+    text: str = Field(max_length=1_000_000)
+
+
+class DocumentChunk(BaseModel):
+    source: str
+    text: str
+    score: float
+
+
+class MemorizeRequest(BaseModel):
+    """Input of the MemorizeDocuments workflow: documents to keep in a user's memory."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: str = Field(min_length=1, max_length=200)
+    documents: list[Document] = Field(min_length=1, max_length=100)
+
+
+class RememberDocument(BaseModel):
+    user_id: str
+    document: Document
+
+
+class Memorized(BaseModel):
+    chunks: dict[str, int] = Field(default_factory=dict, description="chunks stored per source")
+
+
 class RecallRequest(BaseModel):
     user_id: str
     query: str
@@ -300,6 +329,7 @@ class Recall(BaseModel):
     episodes: list[Episode] = Field(default_factory=list)
     facts: list[Fact] = Field(default_factory=list)
     cached: list[CacheHit] = Field(default_factory=list)
+    documents: list[DocumentChunk] = Field(default_factory=list)
     context: list[str] = Field(
         default_factory=list, description="what fits the token budget, for the planner"
     )

@@ -20,13 +20,16 @@ from activities.memory.context import build_context, tokens
 from activities.memory.episodes import EpisodeStore
 from activities.memory.graph_sqlite import SqliteGraphStore
 from activities.memory.vectors import LOCAL_SHARDS, VectorStore, VectorStoreError
-from keel.client import start_task
+from keel.client import memorize, start_task
 from keel.contracts import (
     CacheHit,
     CacheLookup,
     CacheStore,
+    Document,
+    DocumentChunk,
     Episode,
     Fact,
+    MemorizeRequest,
     TaskRequest,
     TaskResult,
     TaskStatus,
@@ -199,12 +202,14 @@ def test_recall_context_fits_its_token_budget() -> None:
         Episode(id=f"e{i}", user_id="u", task=f"task {i} " * 20, answer="x" * 300, status="ok")
         for i in range(5)
     ]
-    lines, used = build_context(facts, hits, episodes, max_tokens=120)
-    assert used <= 120 and used == sum(tokens(line) for line in lines)
+    passages = [DocumentChunk(source="notes.md", text="Go  was\nmade at Google", score=0.8)]
+    lines, used = build_context(facts, passages, hits, episodes, max_tokens=140)
+    assert used <= 140 and used == sum(tokens(line) for line in lines)
     assert lines[0].startswith("fact: user preferred_language = Go")  # facts come first
-    assert lines[1].startswith("answered before")
+    assert lines[1] == "from notes.md: Go was made at Google"
+    assert lines[2].startswith("answered before")
     assert 0 < sum(line.startswith("earlier task") for line in lines) < 5  # the rest was cut
-    assert build_context(facts, hits, episodes, max_tokens=0) == ([], 0)
+    assert build_context(facts, passages, hits, episodes, max_tokens=0) == ([], 0)
 
 
 class _TinyEmbedder:
@@ -288,3 +293,47 @@ async def test_remember_killed_mid_write_never_duplicates(stack: Stack, tmp_path
     finally:
         vectors.close()
         graph.close()
+
+
+async def test_memorized_documents_are_recalled_for_their_user_only(stack: Stack) -> None:
+    owner, other = new_user("fay"), new_user("gus")
+    notes = (
+        "Team handbook.\n\nOur on-call rotation changes every Wednesday at 10:00 and the "
+        "pager password is kept in the vault.\n\nLunch is at noon."
+    )
+    handle = await memorize(
+        stack.client,
+        MemorizeRequest(user_id=owner, documents=[Document(source="oncall.md", text=notes)]),
+    )
+    assert (await handle.result()).chunks == {"oncall.md": 1}
+    # memorizing a new version of the same source replaces it
+    notes_v2 = notes.replace("Wednesday", "Thursday")
+    again = await memorize(
+        stack.client,
+        MemorizeRequest(user_id=owner, documents=[Document(source="oncall.md", text=notes_v2)]),
+    )
+    await again.result()
+
+    _, mine = await run(stack, unique("When does the on-call rotation change?"), owner)
+    _, theirs = await run(stack, unique("When does the on-call rotation change?"), other)
+    recall = await recalled(mine)
+    assert [d["source"] for d in recall["documents"]] == ["oncall.md"]
+    assert "Thursday" in recall["documents"][0]["text"]
+    assert any(line.startswith("from oncall.md:") for line in recall["context"])
+    assert (await recalled(theirs))["documents"] == []
+
+
+def test_memorize_refuses_an_unreadable_file_in_one_line(tmp_path: Path) -> None:
+    binary = tmp_path / "image.bin"
+    binary.write_bytes(b"\xff\xfe\x00\x81")
+    for path, why in ((tmp_path / "missing.md", "cannot read"), (binary, "not UTF-8 text")):
+        done = subprocess.run(
+            [sys.executable, "-m", "keel.cli", "memorize", str(path), "--user", "u"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        err = done.stderr.strip()
+        assert done.returncode == 2 and err.startswith("keel: error: ") and why in err
+        assert "\n" not in err

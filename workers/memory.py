@@ -8,6 +8,7 @@ from temporalio.worker import Worker
 
 from activities.memory.activity import MemoryActivities
 from activities.memory.cache import Cache
+from activities.memory.documents import DocumentStore
 from activities.memory.episodes import EpisodeStore
 from workers.components import Components
 
@@ -16,6 +17,7 @@ def build(client: Client, components: Components) -> Worker:
     settings = components.settings
     memory = MemoryActivities(
         EpisodeStore(components.vectors),
+        DocumentStore(components.vectors),
         components.graph,
         Cache(components.vectors, settings.cache_threshold, settings.cache_ttl_s),
         settings.recall_tokens,
@@ -23,7 +25,13 @@ def build(client: Client, components: Components) -> Worker:
     return Worker(
         client,
         task_queue=components.queues.memory,
-        activities=[memory.recall, memory.remember, memory.cache_lookup, memory.cache_store],
+        activities=[
+            memory.recall,
+            memory.remember,
+            memory.remember_document,
+            memory.cache_lookup,
+            memory.cache_store,
+        ],
     )
 
 

@@ -10,6 +10,7 @@ from temporalio import activity
 
 from activities.memory.cache import Cache
 from activities.memory.context import build_context
+from activities.memory.documents import DocumentStore
 from activities.memory.episodes import EpisodeStore
 from activities.memory.graph import GraphStore
 from keel.contracts import (
@@ -17,32 +18,49 @@ from keel.contracts import (
     CacheLookup,
     CacheStore,
     Episode,
+    Memorized,
     Recall,
     RecallRequest,
+    RememberDocument,
     Remembered,
     RememberRequest,
 )
 from keel.logging import activity_logger
 
 CACHED_IN_CONTEXT = 2
+DOCUMENTS_IN_CONTEXT = 2
+DOCUMENT_MIN_SCORE = 0.3  # below this a passage is about something else
 
 
 class MemoryActivities:
     def __init__(
-        self, episodes: EpisodeStore, graph: GraphStore, cache: Cache, recall_tokens: int
+        self,
+        episodes: EpisodeStore,
+        documents: DocumentStore,
+        graph: GraphStore,
+        cache: Cache,
+        recall_tokens: int,
     ) -> None:
-        self.episodes, self.graph, self.cache = episodes, graph, cache
+        self.episodes, self.documents, self.graph, self.cache = episodes, documents, graph, cache
         self.recall_tokens = recall_tokens
 
     def _recall(self, request: RecallRequest) -> Recall:
         [vector] = self.episodes.vectors.embedder.embed([request.query])
         episodes = self.episodes.recall(request.user_id, vector, request.limit)
         facts = self.graph.facts(request.user_id)
+        documents = self.documents.recall(
+            request.user_id, vector, DOCUMENTS_IN_CONTEXT, DOCUMENT_MIN_SCORE
+        )
         cached = self.cache.similar(request.user_id, vector, CACHED_IN_CONTEXT)
         budget = self.recall_tokens if request.max_tokens is None else request.max_tokens
-        context, used = build_context(facts, cached, episodes, budget)
+        context, used = build_context(facts, documents, cached, episodes, budget)
         return Recall(
-            episodes=episodes, facts=facts, cached=cached, context=context, context_tokens=used
+            episodes=episodes,
+            facts=facts,
+            cached=cached,
+            documents=documents,
+            context=context,
+            context_tokens=used,
         )
 
     @activity.defn(name="recall")
@@ -52,6 +70,7 @@ class MemoryActivities:
             "recalled",
             episodes=len(found.episodes),
             facts=len(found.facts),
+            documents=len(found.documents),
             cached=len(found.cached),
             context_tokens=found.context_tokens,
         )
@@ -79,6 +98,12 @@ class MemoryActivities:
         done = await asyncio.to_thread(self._remember, request)
         activity_logger().info("remembered", point=done.episode_id, facts=len(done.facts))
         return done
+
+    @activity.defn(name="remember_document")
+    async def remember_document(self, request: RememberDocument) -> Memorized:
+        count = await asyncio.to_thread(self.documents.remember, request.user_id, request.document)
+        activity_logger().info("document remembered", source=request.document.source, chunks=count)
+        return Memorized(chunks={request.document.source: count})
 
     @activity.defn(name="cache_lookup")
     async def cache_lookup(self, request: CacheLookup) -> CacheAnswer:

@@ -1,7 +1,8 @@
 """What recall hands the planner: facts, cache hits and episodes within a token budget.
 
-Facts come first (short and usually what matters: the user's preferences), then cached
-answers to similar requests, then earlier episodes by relevance. A line that does not fit
+Facts come first (short and usually what matters: the user's preferences), then passages
+of the user's documents, then cached answers to similar requests, then earlier episodes by
+relevance. A line that does not fit
 is left out whole rather than cut mid-sentence. Tokens are estimated at 4 characters each:
 the memory worker does not know which model's tokenizer will read the context.
 """
@@ -10,10 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from keel.contracts import CacheHit, Episode, Fact
+from keel.contracts import CacheHit, DocumentChunk, Episode, Fact
 
 CHARS_PER_TOKEN = 4
 ANSWER_CHARS = 200
+DOCUMENT_CHARS = 400
 
 
 def tokens(text: str) -> int:
@@ -32,12 +34,17 @@ def cache_line(hit: CacheHit) -> str:
     return f"answered before ({hit.score:.2f} similar): {hit.key} -> {answer[:ANSWER_CHARS]}"
 
 
+def document_line(chunk: DocumentChunk) -> str:
+    return f"from {chunk.source}: {' '.join(chunk.text.split())[:DOCUMENT_CHARS]}"
+
+
 def episode_line(episode: Episode) -> str:
     return f"earlier task: {episode.task} -> {episode.answer[:ANSWER_CHARS]}"
 
 
 def build_context(
     facts: Sequence[Fact],
+    documents: Sequence[DocumentChunk],
     cached: Sequence[CacheHit],
     episodes: Sequence[Episode],
     max_tokens: int,
@@ -46,6 +53,7 @@ def build_context(
     used = 0
     candidates = (
         [fact_line(f) for f in facts]
+        + [document_line(c) for c in documents]
         + [cache_line(h) for h in cached]
         + [episode_line(e) for e in episodes]
     )

@@ -28,7 +28,7 @@ from qdrant_client import QdrantClient, models
 
 from activities.memory.embedding import Embedder
 
-KINDS = ("episodes", "cache")  # documents: not yet (see the memory issue note)
+KINDS = ("episodes", "documents", "cache")
 LOCAL_SHARDS = 4096
 SHARED = "*"  # the user id of entries every user may read (e.g. a shared cache)
 
@@ -192,3 +192,16 @@ class VectorStore:
             return self.client.count(
                 name, count_filter=models.Filter(must=[_only("user_id", user_id)]), exact=True
             ).count
+
+    def delete(self, kind: str, user_id: str, must: Sequence[models.Condition]) -> None:
+        """Delete this user's points that also match `must`."""
+        name = self.collection(kind, user_id)
+        with self._lock:
+            if not self._readable(name):
+                return
+            self.client.delete(
+                name,
+                points_selector=models.FilterSelector(
+                    filter=models.Filter(must=[_only("user_id", user_id), *must])
+                ),
+            )

@@ -1,0 +1,39 @@
+"""The MemorizeDocuments workflow: put documents into a user's long-term memory.
+
+One `remember_document` activity per document on `keel-memory`; started by
+`keel memorize FILE... --user U` or any Temporal client. Recall then offers the passages
+most relevant to each later task of that user.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+
+with workflow.unsafe.imports_passed_through():
+    from keel.contracts import Memorized, MemorizeRequest, RememberDocument
+    from keel.queues import Queues
+
+DOCUMENT_TIMEOUT = timedelta(minutes=2)  # embedding a long document takes a while on a CPU
+
+
+@workflow.defn(name="MemorizeDocuments")
+class MemorizeDocuments:
+    @workflow.run
+    async def run(self, request: MemorizeRequest) -> Memorized:
+        queues = Queues.for_agent_queue(workflow.info().task_queue)
+        done = Memorized()
+        for document in request.documents:
+            stored = await workflow.execute_activity(
+                "remember_document",
+                RememberDocument(user_id=request.user_id, document=document),
+                result_type=Memorized,
+                task_queue=queues.memory,
+                start_to_close_timeout=DOCUMENT_TIMEOUT,
+                retry_policy=RetryPolicy(maximum_attempts=5),
+                summary=f"remember document {document.source} for {request.user_id}",
+            )
+            done.chunks.update(stored.chunks)
+        return done
