@@ -31,7 +31,7 @@ async def test_task_completes_and_ledger_matches_bookings(stack: Stack) -> None:
 
     # Every model call is priced from the price table by its own token counts ...
     models = [e for e in result.ledger.entries if e.kind == "model"]
-    assert [e.role for e in models] == ["planner", "reasoner", "memory"]  # memory: facts
+    assert [e.role for e in models] == ["planner", "reasoner"]  # nothing personal to extract
     for entry in models:
         expected = price_of(entry.name).estimate(entry.input_tokens, entry.output_tokens)
         assert math.isclose(entry.usd, expected, rel_tol=1e-9)

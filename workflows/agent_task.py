@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from datetime import timedelta
 from typing import Literal, TypeVar
 
@@ -94,6 +95,9 @@ def _cache_key(args: dict[str, object]) -> str:
     if len(values) == 1 and isinstance(values[0], str):
         return values[0]
     return json.dumps(args, sort_keys=True, default=str)
+
+
+_FIRST_PERSON = re.compile(r"\b(i|i'm|i've|me|my|mine|we|our|us)\b", re.IGNORECASE)
 
 
 def _short(args: dict[str, object], limit: int = 60) -> str:
@@ -723,9 +727,13 @@ class AgentTask:
         self, request: TaskRequest, answer: str, queues: Queues
     ) -> list[Triple]:
         """Facts worth keeping, by the small model; none when the budget is spent or the
-        model fails: the task's result never depends on its memory upkeep."""
+        model fails: the task's result never depends on its memory upkeep. A task that says
+        nothing about its user ("I", "my", "we", ...) is not sent: the call would cost
+        money to find nothing personal."""
         remaining = self._remaining_usd()
         if remaining <= 0 or self._remaining_tokens() == 0:
+            return []
+        if not _FIRST_PERSON.search(request.task):
             return []
         try:
             extraction = await self._model_activity(
