@@ -25,7 +25,7 @@ from workers.process import build_all, workers_running
 
 HISTORIES = Path(__file__).parent / "histories"
 SCENARIOS = {
-    # a plan with parallel steps, one failing, a re-plan, synthesis and memory
+    # a plan with parallel steps, one failing, a re-plan, synthesis and recall
     "replan_after_tool_failure": (
         "Read missing.md and compute 6*7",
         [
@@ -47,6 +47,11 @@ SCENARIOS = {
             ' "args": {"expression": "15*60"}, "depends_on": ["s1"],'
             ' "when": "s1.matches[0].path == \'handbook.md\'"}]}',
         ],
+    ),
+    # memory: a cached reasoner call, facts extracted and remembered
+    "memory_facts_and_cache": (
+        "My preferred language is Go. Explain closures in my preferred language",
+        [],
     ),
 }
 REACT_SCENARIOS = {"react_loop": "Compute 12*12 and read report.md"}
