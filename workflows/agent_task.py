@@ -10,7 +10,7 @@ import asyncio
 import json
 import re
 from datetime import timedelta
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -438,6 +438,12 @@ class AgentTask:
         args = resolve_args(step.args, self._outputs)
         self._event(f"{step.id}: {spec.name}({_short(args)})")
         started = workflow.time()
+        call: dict[str, Any] = {
+            "step_id": step.id,
+            "plan_version": version,
+            "tool": spec.name,
+            "args": args,
+        }
         cache_kind = f"tool.{spec.name}"
         if spec.cache is not None:
             hit = await self._cache_lookup(
@@ -446,10 +452,7 @@ class AgentTask:
             if hit is not None:
                 self._book_cached("tool", spec.name, step.id)
                 return StepResult(
-                    step_id=step.id,
-                    plan_version=version,
-                    tool=spec.name,
-                    args=args,
+                    **call,
                     status=StepStatus.SUCCEEDED,
                     output=hit.value,
                     latency_ms=(workflow.time() - started) * 1000,
@@ -485,10 +488,7 @@ class AgentTask:
             )
             self._event(f"{step.id}: failed: {message}")
             return StepResult(
-                step_id=step.id,
-                plan_version=version,
-                tool=spec.name,
-                args=args,
+                **call,
                 status=StepStatus.FAILED,
                 error=message,
                 cost_usd=spec.cost_per_call_usd,
@@ -513,10 +513,7 @@ class AgentTask:
                 queues,
             )
         return StepResult(
-            step_id=step.id,
-            plan_version=version,
-            tool=spec.name,
-            args=args,
+            **call,
             status=StepStatus.SUCCEEDED,
             output=out.output,
             cost_usd=out.cost_usd,
