@@ -276,9 +276,6 @@ class Fact(Triple):
     valid_to: datetime | None = None
     source: str = Field(default="", description="the workflow (and step) that learned it")
 
-    def valid_at(self, when: datetime) -> bool:
-        return self.valid_from <= when and (self.valid_to is None or when < self.valid_to)
-
 
 class CacheHit(BaseModel):
     key: str

@@ -33,9 +33,7 @@ def norm(v: list[float]) -> float:
 
 @pytest.fixture(scope="module")
 def minilm() -> MiniLMEmbedder:
-    embedder = MiniLMEmbedder()
-    embedder.load()
-    return embedder
+    return MiniLMEmbedder()
 
 
 def test_minilm_dimensions_and_normalised(minilm: MiniLMEmbedder) -> None:

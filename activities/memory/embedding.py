@@ -106,7 +106,7 @@ def _packaged_tokenizer() -> Path:
 class MiniLMEmbedder:
     """all-MiniLM-L6-v2 sentence embeddings (384-d), local, on onnxruntime.
 
-    The tokenizer and the inference session load once, on the first `embed` (or `load`),
+    The tokenizer and the inference session load once, on the first `embed`,
     under a lock; after that `embed` takes no lock (onnxruntime sessions and tokenizers are
     safe to use from several threads at once). Texts are embedded in padded batches of up to
     `batch_size`, sorted by length so that similar lengths share a batch; results come back
@@ -137,10 +137,6 @@ class MiniLMEmbedder:
         self._tokenizer_path = Path(tokenizer_path) if tokenizer_path is not None else None
         self._lock = threading.Lock()
         self._loaded: tuple[tokenizers.Tokenizer, onnxruntime.InferenceSession, bool] | None = None
-
-    def load(self) -> None:
-        """Load the tokenizer and the model now rather than on the first `embed`."""
-        self._load()
 
     def _load(self) -> tuple[tokenizers.Tokenizer, onnxruntime.InferenceSession, bool]:
         loaded = self._loaded
