@@ -115,7 +115,7 @@ def bulk_load(
                 "workflow_id": f"wf-{i}",
                 "stored_at": time.time(),
             }
-            batch.append(((episode_id(f"wf-{i}"), text, payload), vector))
+            batch.append(((episode_id(user, f"wf-{i}"), text, payload), vector))
         vectors.upsert(KIND, [p for p, _ in batch], [v for _, v in batch])
     return (stop - start) / (time.perf_counter() - began)
 

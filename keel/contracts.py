@@ -10,11 +10,19 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field
+from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator
 
 from keel.short_term import ShortTermMemory
 
 STEP_ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,31}$"
+SHARED_SCOPE = "*"  # the memory scope every user reads (a shared cache); no user may be it
+
+
+def _not_shared(user_id: str) -> str:
+    if user_id == SHARED_SCOPE:
+        raise ValueError(f"{SHARED_SCOPE!r} is reserved for memory shared by every user")
+    return user_id
+
 
 Strategy = Literal["plan", "react"]
 
@@ -48,6 +56,7 @@ class TaskRequest(BaseModel):
     max_steps: int = Field(
         default=12, ge=1, le=100, description="react: at most this many tool calls"
     )
+    _user_not_shared = field_validator("user_id")(_not_shared)
     carried: CarriedState | None = Field(
         default=None, description="set by the workflow when it continues as new; not for callers"
     )
@@ -284,9 +293,12 @@ class CacheHit(BaseModel):
     exact: bool
 
 
+MEMORIZE_MAX_BYTES = 1_500_000
+
+
 class Document(BaseModel):
     source: str = Field(min_length=1, max_length=500, description="where it came from, e.g. a path")
-    text: str = Field(max_length=1_000_000)
+    text: str
 
 
 class DocumentChunk(BaseModel):
@@ -302,6 +314,18 @@ class MemorizeRequest(BaseModel):
 
     user_id: str = Field(min_length=1, max_length=200)
     documents: list[Document] = Field(min_length=1, max_length=100)
+    _user_not_shared = field_validator("user_id")(_not_shared)
+
+    @field_validator("documents")
+    @classmethod
+    def _fits_one_payload(cls, documents: list[Document]) -> list[Document]:
+        total = sum(len(d.text.encode()) for d in documents)
+        if total > MEMORIZE_MAX_BYTES:
+            raise ValueError(
+                f"{total:,} bytes of text in one request; at most {MEMORIZE_MAX_BYTES:,} "
+                "(a Temporal payload holds 2 MB): memorize the files in several runs"
+            )
+        return documents
 
 
 class RememberDocument(BaseModel):
@@ -317,9 +341,6 @@ class RecallRequest(BaseModel):
     user_id: str
     query: str
     limit: int = Field(default=3, description="at most this many episodes")
-    max_tokens: int | None = Field(
-        default=None, ge=0, description="the context's token budget (KEEL_RECALL_TOKENS)"
-    )
 
 
 class Recall(BaseModel):

@@ -95,6 +95,24 @@ def test_a_retried_write_is_not_duplicated(graph: GraphStore) -> None:
     assert len(graph.facts(u)) == 2
 
 
+def test_a_late_fact_goes_into_history_without_replacing_the_newer_one(
+    graph: GraphStore,
+) -> None:
+    u = user()
+    graph.assert_facts(u, [t("user", "lives_in", "Oslo")], DAY1, "wf-1")
+    graph.assert_facts(u, [t("user", "lives_in", "Rome")], DAY3, "wf-3")
+    [late] = graph.assert_facts(u, [t("user", "lives_in", "Paris")], DAY2, "wf-2")
+
+    assert (late.valid_from, late.valid_to) == (DAY2, DAY3)
+    assert [f.object for f in graph.facts(u)] == ["Rome"]
+    assert [(f.object, f.valid_from, f.valid_to) for f in graph.history(u, "user", "lives_in")] == [
+        ("Oslo", DAY1, DAY2),
+        ("Paris", DAY2, DAY3),
+        ("Rome", DAY3, None),
+    ]
+    assert [f.object for f in graph.facts(u, at=DAY2 + timedelta(hours=1))] == ["Paris"]
+
+
 def test_users_never_see_each_others_facts(graph: GraphStore) -> None:
     alice, bob = user(), user()
     graph.assert_facts(alice, [t("user", "preferred_language", "Rust")], DAY1, "wf-a")

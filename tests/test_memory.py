@@ -22,6 +22,7 @@ from activities.memory.graph_sqlite import SqliteGraphStore
 from activities.memory.vectors import LOCAL_SHARDS, VectorStore, VectorStoreError
 from keel.client import memorize, start_task
 from keel.contracts import (
+    SHARED_SCOPE,
     CacheHit,
     CacheLookup,
     CacheStore,
@@ -100,18 +101,32 @@ async def test_one_users_memories_never_reach_another_users_recall(stack: Stack)
     bob, mallory = new_user("bob"), new_user("mallory")
     secret = unique("my project codename is Falcon. What is 1234*2 for the secret project?")
     await run(stack, secret, bob)
-    bob_again = unique("Explain the risks of the secret project codename")
-    await run(stack, bob_again, bob)
+    question = unique("Explain the risks of the secret project codename")  # ask_reasoner
+    bobs, _ = await run(stack, question, bob)
+    assert [s.tool for s in bobs.steps] == ["ask_reasoner"]
 
-    _, mallory_handle = await run(stack, secret, mallory)
+    # mallory asks bob's very words: no episode, fact or cache entry of bob's reaches her
+    theirs_result, mallory_handle = await run(stack, question, mallory)
     _, bob_handle = await run(stack, unique("What about my project codename?"), bob)
 
+    assert theirs_result.ledger.cache_hits == 0 and not theirs_result.steps[0].cached
     theirs = await recalled(mallory_handle)
     assert theirs["episodes"] == [] and theirs["facts"] == [] and theirs["cached"] == []
     assert not any("Falcon" in line for line in theirs["context"])
     mine = await recalled(bob_handle)
     assert {e["user_id"] for e in mine["episodes"]} == {bob}
     assert [f["object"] for f in mine["facts"]] == ["Falcon"]
+
+
+def test_no_user_may_take_the_shared_memory_scope() -> None:
+    with pytest.raises(ValueError, match="reserved for memory shared by every user"):
+        TaskRequest(task="hello", user_id=SHARED_SCOPE)
+    with pytest.raises(ValueError, match="reserved"):
+        MemorizeRequest(user_id=SHARED_SCOPE, documents=[Document(source="a", text="b")])
+    with pytest.raises(ValueError, match="memorize the files in several runs"):
+        MemorizeRequest(
+            user_id="u", documents=[Document(source=f"f{i}", text="x" * 800_000) for i in (1, 2)]
+        )
 
 
 def test_the_user_filter_isolates_users_who_share_a_partition(stack: Stack) -> None:

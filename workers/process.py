@@ -79,7 +79,10 @@ async def serve_async(builders: Sequence[Builder]) -> None:
     client = await connect(settings)
     components = Components.from_settings(settings)
     workers = [build(client, components) for build in builders]
-    await run_workers(workers, stop_on_signals())
+    try:
+        await run_workers(workers, stop_on_signals())
+    finally:
+        components.close_memory()
 
 
 def serve(*builders: Builder) -> None:

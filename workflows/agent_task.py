@@ -7,6 +7,7 @@ queue, and the budget is checked in here before each model or tool call.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import re
 from datetime import timedelta
@@ -69,6 +70,8 @@ NON_RETRYABLE_TOOL_ERRORS = [TOOL_ERROR, INVALID_OUTPUT, BUDGET_EXCEEDED, INVALI
 MODEL_TIMEOUT = timedelta(minutes=5)
 MEMORY_TIMEOUT = timedelta(seconds=15)
 CACHE_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_attempts=2)
+# With no memory worker polling, a cache call gives up after this and counts as a miss.
+CACHE_DEADLINE = timedelta(seconds=30)
 RECALL_LIMIT = 3
 EVENTS_KEPT = 50
 
@@ -166,7 +169,10 @@ class AgentTask:
             retry_policy=MEMORY_RETRY,
             summary=f"recall: memory of user {request.user_id}",
         )
-        context = recall.context + self._short_term.recap()
+        context = recall.context
+        # what the answer may depend on besides the results: the user's facts and documents
+        # (episodes and cache lines change with every task and would defeat the answer cache)
+        knowledge = [f.id for f in recall.facts] + [d.text for d in recall.documents]
         catalog = await workflow.execute_activity(
             "list_tools",
             result_type=list[ToolSpec],
@@ -185,7 +191,7 @@ class AgentTask:
             answer = error or ""
             if status == TaskStatus.COMPLETED:
                 try:
-                    answer = await self._synthesize(request, context, queues)
+                    answer = await self._synthesize(request, context, knowledge, queues)
                 except _BudgetExhausted as err:
                     status, error = TaskStatus.BUDGET_EXHAUSTED, str(err)
                     answer = f"The budget ran out before the answer could be written: {err}"
@@ -306,7 +312,7 @@ class AgentTask:
             PlanRequest(
                 task=request.task,
                 role=role,
-                context=context,
+                context=context + self._short_term.recap(),  # what left the window
                 tools=list(tools.values()),
                 remaining_usd=remaining,
                 max_usd=remaining,
@@ -603,19 +609,24 @@ class AgentTask:
             refusal="the next turn does not fit",
         )
 
-    async def _synthesize(self, request: TaskRequest, context: list[str], queues: Queues) -> str:
+    async def _synthesize(
+        self, request: TaskRequest, context: list[str], knowledge: list[str], queues: Queues
+    ) -> str:
         self._set_status(TaskStatus.SYNTHESIZING, "writing the answer")
-        # The same task over the same results has the same answer: exact, per user.
-        key = json.dumps(
-            [request.task]
-            + [
-                [r.tool, r.args, r.output]
-                for r in self._results
-                if r.status == StepStatus.SUCCEEDED
-            ],
-            sort_keys=True,
-            default=str,
-        )
+        # The same task over the same results and knowledge has the same answer: exact, per
+        # user, looked up by a digest (the results themselves need not travel twice).
+        key = hashlib.sha256(
+            json.dumps(
+                [request.task, knowledge]
+                + [
+                    [r.tool, r.args, r.output]
+                    for r in self._results
+                    if r.status == StepStatus.SUCCEEDED
+                ],
+                sort_keys=True,
+                default=str,
+            ).encode()
+        ).hexdigest()
         hit = await self._cache_lookup("synthesize", key, True, False, queues)
         if hit is not None and isinstance(hit.value.get("answer"), str):
             self._book_cached("model", "synthesize")
@@ -696,6 +707,7 @@ class AgentTask:
                 result_type=CacheAnswer,
                 task_queue=queues.memory,
                 start_to_close_timeout=MEMORY_TIMEOUT,
+                schedule_to_close_timeout=CACHE_DEADLINE,
                 retry_policy=CACHE_RETRY,
                 summary=f"cache lookup: {kind}",
             )
@@ -714,6 +726,7 @@ class AgentTask:
                 entry,
                 task_queue=queues.memory,
                 start_to_close_timeout=MEMORY_TIMEOUT,
+                schedule_to_close_timeout=CACHE_DEADLINE,
                 retry_policy=CACHE_RETRY,
                 summary=f"cache store: {entry.kind}",
             )

@@ -52,8 +52,7 @@ class MemoryActivities:
             request.user_id, vector, DOCUMENTS_IN_CONTEXT, DOCUMENT_MIN_SCORE
         )
         cached = self.cache.similar(request.user_id, vector, CACHED_IN_CONTEXT)
-        budget = self.recall_tokens if request.max_tokens is None else request.max_tokens
-        context, used = build_context(facts, documents, cached, episodes, budget)
+        context, used = build_context(facts, documents, cached, episodes, self.recall_tokens)
         return Recall(
             episodes=episodes,
             facts=facts,

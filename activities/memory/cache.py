@@ -74,6 +74,9 @@ class Cache:
             "source": request.source,
         }
         self.vectors.upsert(KIND, [(point_id, request.key, payload)])
+        # expired entries of this scope go as new ones come, so the cache does not only grow
+        expired = models.FieldCondition(key="expires_at", range=models.Range(lte=now))
+        self.vectors.delete(KIND, scope, [expired])
         return point_id
 
     def similar(self, user_id: str, vector: list[float], limit: int) -> list[CacheHit]:

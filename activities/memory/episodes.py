@@ -12,9 +12,10 @@ KIND = "episodes"
 _NAMESPACE = uuid.UUID("6f1c2b1e-7d0a-4c53-9a51-0b8f6f3d2a10")
 
 
-def episode_id(workflow_id: str) -> str:
-    """Deterministic: a retried `remember` overwrites the same point instead of adding one."""
-    return str(uuid.uuid5(_NAMESPACE, workflow_id))
+def episode_id(user_id: str, workflow_id: str) -> str:
+    """Deterministic: a retried `remember` overwrites the same point instead of adding one
+    (and a reused workflow id of another user never does)."""
+    return str(uuid.uuid5(_NAMESPACE, f"{user_id}\x1f{workflow_id}"))
 
 
 class EpisodeStore:
@@ -22,7 +23,7 @@ class EpisodeStore:
         self.vectors = vectors
 
     def remember(self, workflow_id: str, episode: Episode) -> str:
-        point_id = episode_id(workflow_id)
+        point_id = episode_id(episode.user_id, workflow_id)
         payload = episode.model_dump(exclude={"id", "score"})
         payload |= {"workflow_id": workflow_id, "stored_at": time.time()}
         self.vectors.upsert(KIND, [(point_id, episode.task, payload)])

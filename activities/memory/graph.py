@@ -1,6 +1,6 @@
 """The structured memory: facts about a user as a graph of (subject, relation, object).
 
-Two backends share one contract (tests/memory/test_graph_contract.py runs against both):
+Two backends share one contract (tests/test_graph_contract.py runs against both):
 `SqliteGraphStore` (embedded default, a file under KEEL_HOME) and `Neo4jGraphStore` (Bolt,
 when KEEL_NEO4J_URL is set).
 
@@ -10,6 +10,8 @@ Semantics both keep:
   fact (`valid_to` = the new fact's `valid_from`) instead of deleting it, so
   `facts(user, at=D)` answers "what did we know on date D".
 - Re-asserting what is already current changes nothing. Names compare case-insensitively.
+- A fact that arrives late (learned before the current one: concurrent tasks, retries) is
+  kept as history, closed where the newer fact begins; it never replaces the newer fact.
 - A fact's id is derived from the user, the source (workflow id and step) and the triple,
   so a retried `remember` writes nothing twice.
 """

@@ -29,19 +29,30 @@ _RETURN = (
     "f.valid_from AS valid_from, f.valid_to AS valid_to, f.source AS source"
 )
 _BY_ID = f"MATCH (s:Entity)-[f:FACT {{id: $id}}]->(o:Entity) {_RETURN}"
+# Writing to the subject takes its write lock, so concurrent assertions about one subject
+# queue up instead of both finding no current fact.
+_LOCK_SUBJECT = (
+    "MERGE (s:Entity {user_id: $user_id, key: $subject_key}) ON CREATE SET s.name = $subject "
+    "SET s.locked = true REMOVE s.locked"
+)
 _CURRENT = (
     "MATCH (s:Entity {user_id: $user_id, key: $subject_key})-[f:FACT]->(o:Entity) "
     f"WHERE f.relation = $relation AND f.valid_to IS NULL {_RETURN}, o.key AS object_key"
 )
+_NEXT_START = (
+    "MATCH (:Entity {user_id: $user_id, key: $subject_key})-[f:FACT]->() "
+    "WHERE f.relation = $relation AND f.valid_from > $at RETURN min(f.valid_from) AS next"
+)
 _CLOSE = (
     "MATCH (:Entity {user_id: $user_id, key: $subject_key})-[f:FACT]->() "
-    "WHERE f.relation = $relation AND f.valid_to IS NULL SET f.valid_to = $at"
+    "WHERE f.relation = $relation AND f.valid_from <= $at "
+    "AND (f.valid_to IS NULL OR f.valid_to > $at) SET f.valid_to = $at"
 )
 _MERGE = (
     "MERGE (s:Entity {user_id: $user_id, key: $subject_key}) ON CREATE SET s.name = $subject "
     "MERGE (o:Entity {user_id: $user_id, key: $object_key}) ON CREATE SET o.name = $object "
-    "MERGE (s)-[f:FACT {id: $id}]->(o) ON CREATE SET f.user_id = $user_id, "
-    "f.relation = $relation, f.valid_from = $at, f.valid_to = null, f.source = $source "
+    "MERGE (s)-[f:FACT {id: $id}]->(o) ON CREATE SET "
+    "f.relation = $relation, f.valid_from = $at, f.valid_to = $valid_to, f.source = $source "
     f"{_RETURN}"
 )
 _FACTS = (
@@ -118,11 +129,16 @@ class Neo4jGraphStore:
             if done is not None:  # a retry of a write that already happened
                 stored.append(_fact(done))
                 continue
+            tx.run(_LOCK_SUBJECT, params).consume()
             current = list(tx.run(_CURRENT, params))
             same = [r for r in current if r["object_key"] == params["object_key"]]
             if same:
                 stored.append(_fact(same[0]))
                 continue
+            # A late fact (learned before a newer one) ends where the next one begins, and
+            # whatever held at that moment stops holding there.
+            following = tx.run(_NEXT_START, params).single(strict=True)["next"]
+            params["valid_to"] = following
             tx.run(_CLOSE, params).consume()
             record = tx.run(_MERGE, params).single(strict=True)
             stored.append(_fact(record))

@@ -90,14 +90,21 @@ class SqliteGraphStore:
         for row in current:
             if row["object_key"] == key(triple.object):
                 return _fact(row)
+        where = "user_id = ? AND subject_key = ? AND relation = ?"
+        scope = (user_id, key(triple.subject), triple.relation)
+        # A late fact (learned before a newer one) ends where the next one begins.
+        (valid_to,) = self._db.execute(
+            f"SELECT MIN(valid_from) FROM facts WHERE {where} AND valid_from > ?", (*scope, stamp)
+        ).fetchone()
+        # Whatever held at that moment stops holding there.
         self._db.execute(
-            "UPDATE facts SET valid_to = ? WHERE user_id = ? AND subject_key = ? "
-            "AND relation = ? AND valid_to IS NULL",
-            (stamp, user_id, key(triple.subject), triple.relation),
+            f"UPDATE facts SET valid_to = ? WHERE {where} AND valid_from <= ? "
+            "AND (valid_to IS NULL OR valid_to > ?)",
+            (stamp, *scope, stamp, stamp),
         )
         self._db.execute(
             "INSERT INTO facts (id, user_id, subject, subject_key, relation, object, "
-            "object_key, valid_from, valid_to, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)",
+            "object_key, valid_from, valid_to, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 new_id,
                 user_id,
@@ -107,6 +114,7 @@ class SqliteGraphStore:
                 triple.object,
                 key(triple.object),
                 stamp,
+                valid_to,
                 source,
             ),
         )
@@ -116,6 +124,7 @@ class SqliteGraphStore:
             relation=triple.relation,
             object=triple.object,
             valid_from=datetime.fromisoformat(stamp),
+            valid_to=datetime.fromisoformat(valid_to) if valid_to else None,
             source=source,
         )
 

@@ -17,6 +17,7 @@ metadata; opening it with another model is an error, never a silent mix of vecto
 
 from __future__ import annotations
 
+import resource
 import threading
 import warnings
 import zlib
@@ -27,14 +28,24 @@ from typing import Any
 from qdrant_client import QdrantClient, models
 
 from activities.memory.embedding import Embedder
+from keel.contracts import SHARED_SCOPE
 
 KINDS = ("episodes", "documents", "cache")
 LOCAL_SHARDS = 4096
-SHARED = "*"  # the user id of entries every user may read (e.g. a shared cache)
+SHARED = SHARED_SCOPE  # the user id of entries every user may read (e.g. a shared cache)
 
 
 class VectorStoreError(ValueError):
     """The store cannot be used as configured; the message says what to do."""
+
+
+def _allow_open_files() -> None:
+    """Local mode keeps every collection's SQLite file open: up to LOCAL_SHARDS per kind,
+    more than a default soft limit of 1024 descriptors allows. Raise it to the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        wanted = 65536 if hard == resource.RLIM_INFINITY else hard
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
 
 
 def _only(key: str, value: str) -> models.FieldCondition:
@@ -64,6 +75,7 @@ class VectorStore:
                 ) from err
             return cls(client, embedder, shards=1, where=url)
         path.mkdir(parents=True, exist_ok=True)
+        _allow_open_files()
         try:
             client = QdrantClient(path=str(path))
         except RuntimeError as err:  # another process holds the folder's lock
