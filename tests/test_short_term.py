@@ -4,11 +4,31 @@ continue-as-new."""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 
+import pytest
+from temporalio.client import WorkflowExecutionStatus
+from temporalio.testing import WorkflowEnvironment
+
+from keel import search_attributes
 from keel.client import start_task
-from keel.contracts import CarriedState, Ledger, LedgerEntry, StepResult, StepStatus, TaskRequest
+from keel.contracts import (
+    CarriedState,
+    Ledger,
+    LedgerEntry,
+    StepResult,
+    StepStatus,
+    TaskProgress,
+    TaskRequest,
+    TaskStatus,
+)
+from keel.converter import data_converter
+from keel.queues import Queues
+from keel.settings import Settings
 from keel.short_term import SUMMARY_CHARS, WINDOW_CHARS, WINDOW_ENTRIES, ShortTermMemory
-from tests.conftest import Stack, unique
+from temporal.devserver import temporal_cli
+from tests.conftest import Stack, scripted_components, unique
+from workers.process import build_all, workers_running
 
 
 def test_the_window_stays_bounded_and_folds_into_the_summary() -> None:
@@ -75,3 +95,78 @@ async def test_a_continued_task_resumes_from_its_carried_state(stack: Stack) -> 
     ]
     assert plan_requests[0]["version"] == 2
     assert any(c.startswith("earlier in this task (2 events)") for c in plan_requests[0]["context"])
+
+
+@pytest.fixture(scope="module")
+async def eager_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    """A second dev server that suggests continue-as-new after 20 history events (the
+    default is 4K), with its own workers, so a short task continues as new for real."""
+    env = await WorkflowEnvironment.start_local(
+        data_converter=data_converter,
+        dev_server_existing_path=str(temporal_cli()),
+        search_attributes=list(search_attributes.ALL),
+        dev_server_extra_args=[
+            "--dynamic-config-value",
+            "limit.historyCount.suggestContinueAsNew=20",
+        ],
+    )
+    settings = Settings(
+        home=tmp_path_factory.mktemp("eager"), planner_model="scripted", reasoner_model="scripted"
+    )
+    components, model = scripted_components(settings, Queues())
+    try:
+        async with workers_running(build_all(env.client, components)):
+            yield Stack(env, env.client, settings, model, components)
+    finally:
+        components.close_memory()
+        await env.shutdown()
+
+
+async def test_a_long_history_continues_as_new_with_its_state(eager_server: Stack) -> None:
+    stack = eager_server
+    task = unique("Compute 6*7 and call the service")
+    stack.model.script(
+        task,
+        "plan",
+        json.dumps(
+            {
+                "steps": [
+                    {"id": "s1", "tool": "calculator", "args": {"expression": "6*7"}},
+                    {"id": "s2", "tool": "flaky", "args": {"key": task, "failures": 99}},
+                ]
+            }
+        ),
+        json.dumps(
+            {
+                "steps": [
+                    {
+                        "id": "s3",
+                        "tool": "calculator",
+                        "args": {"expression": "{{s1}} + 1"},
+                        "depends_on": ["s1"],
+                    }
+                ]
+            }
+        ),
+    )
+    handle = await start_task(stack.client, TaskRequest(task=task))
+    result = await handle.result()
+
+    assert result.status == TaskStatus.COMPLETED
+    assert [(s.step_id, s.status) for s in result.steps] == [
+        ("s1", StepStatus.SUCCEEDED),
+        ("s2", StepStatus.FAILED),
+        ("s3", StepStatus.SUCCEEDED),
+    ]
+    assert result.steps[2].output is not None and result.steps[2].output["value"] == 43
+    assert result.replans == 1
+    # the first run's plan and tool calls are still in the ledger of the run that finished
+    assert [e.role for e in result.ledger.entries if e.kind == "model"][:2] == [
+        "planner",
+        "planner",
+    ]
+    # it really was another run: the first one ended by continuing as new
+    first = stack.client.get_workflow_handle(handle.id, run_id=handle.result_run_id)
+    assert (await first.describe()).status == WorkflowExecutionStatus.CONTINUED_AS_NEW
+    progress = await handle.query("status", result_type=TaskProgress)
+    assert any(e.startswith("continued as new (run 2)") for e in progress.events)
