@@ -232,6 +232,7 @@ def main() -> None:
         "p50_ms_100k": rows[2]["p50_ms"],
         "baseline_p95_ms_100k": rows[2]["baseline_p95_ms"],
         "growth_ratio": round(rows[2]["p95_ms"] / rows[0]["p95_ms"], 2),
+        "p50_growth_ratio": round(rows[2]["p50_ms"] / rows[0]["p50_ms"], 2),
         "baseline_growth_ratio": round(rows[2]["baseline_p95_ms"] / rows[0]["baseline_p95_ms"], 2),
         "search_growth_ratio": round(rows[2]["search_p95_ms"] / rows[0]["search_p95_ms"], 2),
         "ingest_per_s": round(ingest_per_s, 1),
