@@ -21,19 +21,16 @@ from pathlib import Path
 from pydantic import BaseModel
 from temporalio import activity, workflow
 from temporalio.client import Client
-from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from activities.tools.registry import ToolContext, define_tool  # noqa: E402
-from keel import search_attributes  # noqa: E402
 from keel.client import start_task  # noqa: E402
 from keel.contracts import Budget, TaskRequest, TaskStatus  # noqa: E402
-from keel.converter import data_converter  # noqa: E402
 from keel.queues import Queues  # noqa: E402
 from keel.settings import Settings  # noqa: E402
-from temporal.devserver import temporal_cli  # noqa: E402
+from temporal.devserver import start_test_environment  # noqa: E402
 from tests.conftest import scripted_components  # noqa: E402
 from workers.process import build_all, workers_running  # noqa: E402
 
@@ -87,11 +84,7 @@ async def _drive(start: object, tasks: int, concurrency: int) -> tuple[float, li
 
 
 async def bench(steps: int, tasks: int, concurrency: int) -> dict[str, object]:
-    env = await WorkflowEnvironment.start_local(
-        data_converter=data_converter,
-        dev_server_existing_path=str(temporal_cli()),
-        search_attributes=list(search_attributes.ALL),
-    )
+    env = await start_test_environment()
     client: Client = env.client
     with tempfile.TemporaryDirectory() as home:
         components, model = scripted_components(Settings(home=Path(home)), Queues())

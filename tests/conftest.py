@@ -21,11 +21,9 @@ from activities.models.router import ModelRouter
 from activities.models.scripted import ScriptedModel
 from activities.tools.builtin import default_registry
 from activities.tools.registry import Tool, ToolContext, define_tool
-from keel import search_attributes
-from keel.converter import data_converter
 from keel.queues import Queues
 from keel.settings import Settings
-from temporal.devserver import temporal_cli
+from temporal.devserver import start_test_environment
 from workers.components import Components
 from workers.neo4j.server import Neo4jServer
 from workers.process import build_all, workers_running
@@ -100,11 +98,7 @@ def unreliable_tools() -> list[Tool]:
 
 @pytest.fixture(scope="session")
 async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
-    env = await WorkflowEnvironment.start_local(
-        data_converter=data_converter,
-        dev_server_existing_path=str(temporal_cli()),
-        search_attributes=list(search_attributes.ALL),
-    )
+    env = await start_test_environment()
     try:
         yield env
     finally:

@@ -11,15 +11,11 @@ import json
 import tempfile
 from pathlib import Path
 
-from temporalio.testing import WorkflowEnvironment
-
-from keel import search_attributes
 from keel.client import start_task
 from keel.contracts import TaskRequest
-from keel.converter import data_converter
 from keel.queues import Queues
 from keel.settings import Settings
-from temporal.devserver import temporal_cli
+from temporal.devserver import start_test_environment
 from tests.conftest import scripted_components
 from workers.process import build_all, workers_running
 
@@ -64,11 +60,7 @@ def _save(name: str, history_json: str) -> None:
 
 
 async def record() -> None:
-    env = await WorkflowEnvironment.start_local(
-        data_converter=data_converter,
-        dev_server_existing_path=str(temporal_cli()),
-        search_attributes=list(search_attributes.ALL),
-    )
+    env = await start_test_environment()
     with tempfile.TemporaryDirectory() as home:
         components, model = scripted_components(Settings(home=Path(home)), Queues())
         try:

@@ -8,9 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from temporalio.client import WorkflowExecutionStatus
-from temporalio.testing import WorkflowEnvironment
 
-from keel import search_attributes
 from keel.client import start_task
 from keel.contracts import (
     CarriedState,
@@ -22,11 +20,10 @@ from keel.contracts import (
     TaskRequest,
     TaskStatus,
 )
-from keel.converter import data_converter
 from keel.queues import Queues
 from keel.settings import Settings
 from keel.short_term import SUMMARY_CHARS, WINDOW_CHARS, WINDOW_ENTRIES, ShortTermMemory
-from temporal.devserver import temporal_cli
+from temporal.devserver import start_test_environment
 from tests.conftest import Stack, scripted_components, unique
 from workers.process import build_all, workers_running
 
@@ -101,14 +98,8 @@ async def test_a_continued_task_resumes_from_its_carried_state(stack: Stack) -> 
 async def eager_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
     """A second dev server that suggests continue-as-new after 20 history events (the
     default is 4K), with its own workers, so a short task continues as new for real."""
-    env = await WorkflowEnvironment.start_local(
-        data_converter=data_converter,
-        dev_server_existing_path=str(temporal_cli()),
-        search_attributes=list(search_attributes.ALL),
-        dev_server_extra_args=[
-            "--dynamic-config-value",
-            "limit.historyCount.suggestContinueAsNew=20",
-        ],
+    env = await start_test_environment(
+        "--dynamic-config-value", "limit.historyCount.suggestContinueAsNew=20"
     )
     settings = Settings(
         home=tmp_path_factory.mktemp("eager"), planner_model="scripted", reasoner_model="scripted"
