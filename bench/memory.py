@@ -22,7 +22,6 @@ Prints a table and writes bench/results/memory.json.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import sys
@@ -43,9 +42,9 @@ from activities.memory.embedding import MiniLMEmbedder  # noqa: E402
 from activities.memory.episodes import KIND, EpisodeStore, episode_id  # noqa: E402
 from activities.memory.graph_sqlite import SqliteGraphStore  # noqa: E402
 from activities.memory.vectors import VectorStore  # noqa: E402
+from bench.report import print_summary, save  # noqa: E402
 from keel.contracts import Episode, RecallRequest, Triple  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 SIZES = (1_000, 10_000, 100_000)
 TOPICS = [
     "deploy",
@@ -246,12 +245,8 @@ def main() -> None:
     print("|" + "---:|" * len(columns))
     for r in rows:
         print("| " + " | ".join(str(r[c]) for c in columns) + " |")
-    print()
-    for name, value in summary.items():
-        print(f"{name:28s} {value}")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "memory.json").write_text(json.dumps({"summary": summary, "rows": rows}, indent=2))
-    print(f"\nwrote {RESULTS / 'memory.json'}")
+    print_summary(summary)
+    save("memory", {"summary": summary, "rows": rows})
 
 
 if __name__ == "__main__":

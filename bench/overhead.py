@@ -26,6 +26,7 @@ from temporalio.worker import Worker
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from activities.tools.registry import ToolContext, define_tool  # noqa: E402
+from bench.report import print_summary, save  # noqa: E402
 from keel.client import start_task  # noqa: E402
 from keel.contracts import Budget, TaskRequest, TaskStatus  # noqa: E402
 from keel.queues import Queues  # noqa: E402
@@ -34,7 +35,6 @@ from temporal.devserver import start_test_environment  # noqa: E402
 from tests.conftest import scripted_components  # noqa: E402
 from workers.process import build_all, workers_running  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 # recall, list_tools, plan, synthesize, remember: what AgentTask runs besides its steps
 KEEL_FIXED_ACTIVITIES = 5
 BARE_QUEUE = "bench-bare"
@@ -161,12 +161,8 @@ def main() -> None:
     report = asyncio.run(bench(args.steps, tasks, concurrency))
     summary = report["summary"]
     assert isinstance(summary, dict)
-    print(f"{'metric':18} {'value':>10}")
-    for key, value in summary.items():
-        print(f"{key:18} {value:>10}")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "overhead.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {RESULTS / 'overhead.json'}")
+    print_summary(summary)
+    save("overhead", report)
 
 
 if __name__ == "__main__":

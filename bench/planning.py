@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import platform
 import statistics
 import sys
@@ -28,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from activities.models.base import ModelClient  # noqa: E402
 from activities.models.router import ModelRouter  # noqa: E402
 from activities.tools.builtin import default_registry  # noqa: E402
+from bench.report import save  # noqa: E402
 from bench.suite import TASKS, SuiteTask  # noqa: E402
 from keel.client import start_task  # noqa: E402
 from keel.contracts import Budget, Strategy, TaskRequest, TaskResult, TaskStatus  # noqa: E402
@@ -37,7 +37,6 @@ from temporal.devserver import start_test_environment  # noqa: E402
 from workers.components import Components  # noqa: E402
 from workers.process import build_all, workers_running  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 TOOLS = ["calculator", "read_file", "list_files", "search_docs"]  # offline, known answers
 BUDGET = Budget(usd=1.0)
 STRATEGIES: tuple[Strategy, ...] = ("plan", "react")
@@ -176,9 +175,7 @@ def main() -> None:
     local_tasks = args.local_tasks or (4 if args.quick else len(TASKS))
     report = asyncio.run(bench(local_tasks, with_local=not args.no_local))
     print_table(report["summary"])
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "planning.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {RESULTS / 'planning.json'}")
+    save("planning", report)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import platform
 import statistics
 import sys
@@ -33,6 +32,7 @@ from activities.models.llamacpp import LlamaCppModel  # noqa: E402
 from activities.models.prices import price_of  # noqa: E402
 from activities.models.router import ModelRouter  # noqa: E402
 from activities.tools.builtin import default_registry  # noqa: E402
+from bench.report import print_summary, save  # noqa: E402
 from bench.suite import TASKS  # noqa: E402
 from keel.client import start_task  # noqa: E402
 from keel.contracts import Budget, LedgerEntry, TaskRequest, TaskResult  # noqa: E402
@@ -42,7 +42,6 @@ from temporal.devserver import start_test_environment  # noqa: E402
 from workers.components import Components  # noqa: E402
 from workers.process import build_all, workers_running  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 TOOLS = ["calculator", "read_file", "list_files", "search_docs"]
 
 
@@ -172,12 +171,8 @@ def main() -> None:
     args = parser.parse_args()
     tasks = args.tasks or (6 if args.quick else len(TASKS))
     report = asyncio.run(bench(tasks, args.large))
-    print(f"\n{'metric':34} {'value':>12}")
-    for key, value in report["summary"].items():
-        print(f"{key:34} {value:>12}")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "routing.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {RESULTS / 'routing.json'}")
+    print_summary(report["summary"])
+    save("routing", report)
 
 
 if __name__ == "__main__":

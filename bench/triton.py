@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import re
 import shutil
@@ -30,11 +29,11 @@ from activities.models.llamacpp import LlamaCppModel  # noqa: E402
 from activities.models.triton import TritonModel  # noqa: E402
 from activities.planning import PLAN_MAX_TOKENS, plan_output_schema, planning_prompt  # noqa: E402
 from activities.tools.builtin import default_registry  # noqa: E402
+from bench.report import save  # noqa: E402
 from keel.contracts import PlanRequest  # noqa: E402
 from keel.settings import Settings  # noqa: E402
 from workers.triton.server import MODEL_REPOSITORY, TritonServer  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 CONCURRENCY = 8
 TASKS = [
     "Compute 17*7*24 and say what handbook.md says about deployments.",
@@ -211,9 +210,7 @@ def main() -> None:
                 f"{backend:10} {mode:12} {row['p50_ms']:>9} {row['p95_ms']:>9} "
                 f"{row['tokens_per_s']:>9}"
             )
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "triton.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {RESULTS / 'triton.json'}")
+    save("triton", report)
 
 
 if __name__ == "__main__":
