@@ -6,11 +6,13 @@ Qdrant local mode; tests share them and keep apart by unique task texts and work
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import BaseModel, Field
@@ -134,6 +136,11 @@ def neo4j() -> Iterator[Neo4jAccess]:
     password auth, one per test run; tests keep apart by unique user ids."""
     with Neo4jServer(REPO / ".keel", password=NEO4J_PASSWORD) as server:
         yield Neo4jAccess(server.uri, "neo4j", NEO4J_PASSWORD)
+
+
+def scripted_plan(*steps: dict[str, Any]) -> str:
+    """A plan as the scripted planner should answer it (steps depend on nothing by default)."""
+    return json.dumps({"steps": [{"depends_on": [], **step} for step in steps]})
 
 
 def unique(text: str) -> str:

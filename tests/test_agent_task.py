@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 from activities.models.prices import price_of
 from keel import search_attributes as sa
 from keel.client import new_workflow_id, start_task
 from keel.contracts import Budget, StepStatus, TaskProgress, TaskRequest, TaskStatus
-from tests.conftest import Stack, unique
-
-
-def _plan(*steps: tuple[str, str, dict[str, object]]) -> str:
-    return json.dumps(
-        {"steps": [{"id": i, "tool": t, "args": a, "depends_on": []} for i, t, a in steps]}
-    )
+from tests.conftest import Stack, scripted_plan, unique
 
 
 async def test_task_completes_and_ledger_matches_bookings(stack: Stack) -> None:
@@ -69,8 +62,8 @@ async def test_failing_tool_triggers_replan_and_task_completes(stack: Stack) -> 
     stack.model.script(
         task,
         "plan",
-        _plan(("s1", "read_file", {"path": "missing.md"})),
-        _plan(("s1", "read_file", {"path": "handbook.md"})),
+        scripted_plan({"id": "s1", "tool": "read_file", "args": {"path": "missing.md"}}),
+        scripted_plan({"id": "s1", "tool": "read_file", "args": {"path": "handbook.md"}}),
     )
     result = await (await start_task(stack.client, TaskRequest(task=task))).result()
 
@@ -86,7 +79,11 @@ async def test_failing_tool_triggers_replan_and_task_completes(stack: Stack) -> 
 
 async def test_replans_are_bounded(stack: Stack) -> None:
     task = unique("Keep failing")
-    stack.model.script(task, "plan", _plan(("s1", "calculator", {"expression": "1/0"})))
+    stack.model.script(
+        task,
+        "plan",
+        scripted_plan({"id": "s1", "tool": "calculator", "args": {"expression": "1/0"}}),
+    )
     request = TaskRequest(task=task, max_replans=1)
     result = await (await start_task(stack.client, request)).result()
 
@@ -100,8 +97,8 @@ async def test_invalid_plan_is_never_executed(stack: Stack) -> None:
     stack.model.script(
         task,
         "plan",
-        _plan(("s1", "rm_rf", {"path": "/"})),
-        _plan(("s1", "calculator", {"expression": "2+2"})),
+        scripted_plan({"id": "s1", "tool": "rm_rf", "args": {"path": "/"}}),
+        scripted_plan({"id": "s1", "tool": "calculator", "args": {"expression": "2+2"}}),
     )
     result = await (await start_task(stack.client, TaskRequest(task=task))).result()
 

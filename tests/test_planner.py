@@ -3,18 +3,11 @@ re-planning of the remaining work, escalation to the large model, and the ReAct 
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 from temporalio.api.enums.v1 import EventType
 
 from keel.client import start_task
 from keel.contracts import Budget, StepStatus, TaskRequest, TaskResult, TaskStatus
-from tests.conftest import FLAKY_ATTEMPTS, Stack, unique
-
-
-def _plan(*steps: dict[str, Any]) -> str:
-    return json.dumps({"steps": [{"depends_on": [], **s} for s in steps]})
+from tests.conftest import FLAKY_ATTEMPTS, Stack, scripted_plan, unique
 
 
 async def _run(stack: Stack, request: TaskRequest) -> tuple[TaskResult, list[str]]:
@@ -40,7 +33,7 @@ async def test_lookahead_runs_one_branch_and_skips_the_other(stack: Stack) -> No
     stack.model.script(
         task,
         "plan",
-        _plan(
+        scripted_plan(
             {"id": "s1", "tool": "search_docs", "args": {"query": "rollback"}},
             {
                 "id": "s2",
@@ -86,7 +79,7 @@ async def test_independent_steps_run_in_parallel(stack: Stack) -> None:
     stack.model.script(
         task,
         "plan",
-        _plan(
+        scripted_plan(
             {"id": "s1", "tool": "read_file", "args": {"path": "handbook.md"}},
             {"id": "s2", "tool": "read_file", "args": {"path": "report.md"}},
             {"id": "s3", "tool": "calculator", "args": {"expression": "2**10"}},
@@ -130,7 +123,7 @@ async def test_a_broken_condition_fails_the_step_and_is_replanned(stack: Stack) 
     stack.model.script(
         task,
         "plan",
-        _plan(
+        scripted_plan(
             {"id": "s1", "tool": "read_file", "args": {"path": "report.md"}},
             {
                 "id": "s2",
@@ -140,7 +133,7 @@ async def test_a_broken_condition_fails_the_step_and_is_replanned(stack: Stack) 
                 "when": "s1.text > 3",
             },
         ),
-        _plan({"id": "s2", "tool": "calculator", "args": {"expression": "2+2"}}),
+        scripted_plan({"id": "s2", "tool": "calculator", "args": {"expression": "2+2"}}),
     )
     result, scheduled = await _run(stack, TaskRequest(task=task))
 
@@ -171,7 +164,9 @@ async def test_a_transient_tool_failure_is_retried_without_replanning(stack: Sta
     task = unique("Call the unreliable service once")
     key = unique("transient")
     stack.model.script(
-        task, "plan", _plan({"id": "s1", "tool": "flaky", "args": {"key": key, "failures": 1}})
+        task,
+        "plan",
+        scripted_plan({"id": "s1", "tool": "flaky", "args": {"key": key, "failures": 1}}),
     )
     result, scheduled = await _run(stack, TaskRequest(task=task))
 
@@ -187,13 +182,13 @@ async def test_a_permanent_failure_replans_only_the_remaining_work(stack: Stack)
     stack.model.script(
         task,
         "plan",
-        _plan(
+        scripted_plan(
             {"id": "s1", "tool": "calculator", "args": {"expression": "6*7"}},
             {"id": "s2", "tool": "flaky", "args": {"key": key, "failures": 99}},
         ),
         # The re-plan builds on the finished s1 and repeats it once more by mistake: the
         # repeat is answered from the earlier result, not run again.
-        _plan(
+        scripted_plan(
             {"id": "s3", "tool": "calculator", "args": {"expression": "6*7"}},
             {
                 "id": "s4",
@@ -221,8 +216,10 @@ async def test_an_invalid_small_model_plan_escalates_to_the_large_model(stack: S
     stack.model.script(
         task,
         "plan",
-        _plan({"id": "s1", "tool": "calculator", "args": {"expression": 7}}),  # not a string
-        _plan({"id": "s1", "tool": "calculator", "args": {"expression": "7*6"}}),
+        scripted_plan(
+            {"id": "s1", "tool": "calculator", "args": {"expression": 7}}
+        ),  # not a string
+        scripted_plan({"id": "s1", "tool": "calculator", "args": {"expression": "7*6"}}),
     )
     result, _ = await _run(stack, TaskRequest(task=task))
 

@@ -24,7 +24,7 @@ from keel.queues import Queues
 from keel.settings import Settings
 from keel.short_term import SUMMARY_CHARS, WINDOW_CHARS, WINDOW_ENTRIES, ShortTermMemory
 from temporal.devserver import start_test_environment
-from tests.conftest import Stack, scripted_components, unique
+from tests.conftest import Stack, scripted_components, scripted_plan, unique
 from workers.process import build_all, workers_running
 
 
@@ -119,24 +119,16 @@ async def test_a_long_history_continues_as_new_with_its_state(eager_server: Stac
     stack.model.script(
         task,
         "plan",
-        json.dumps(
-            {
-                "steps": [
-                    {"id": "s1", "tool": "calculator", "args": {"expression": "6*7"}},
-                    {"id": "s2", "tool": "flaky", "args": {"key": task, "failures": 99}},
-                ]
-            }
+        scripted_plan(
+            {"id": "s1", "tool": "calculator", "args": {"expression": "6*7"}},
+            {"id": "s2", "tool": "flaky", "args": {"key": task, "failures": 99}},
         ),
-        json.dumps(
+        scripted_plan(
             {
-                "steps": [
-                    {
-                        "id": "s3",
-                        "tool": "calculator",
-                        "args": {"expression": "{{s1}} + 1"},
-                        "depends_on": ["s1"],
-                    }
-                ]
+                "id": "s3",
+                "tool": "calculator",
+                "args": {"expression": "{{s1}} + 1"},
+                "depends_on": ["s1"],
             }
         ),
     )

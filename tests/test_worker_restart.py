@@ -4,7 +4,6 @@ activities that had completed are not executed again."""
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from activities.tools.registry import ToolContext, define_tool
 from keel.client import start_task
 from keel.contracts import StepStatus, TaskRequest, TaskStatus
 from keel.queues import Queues
-from tests.conftest import Stack, scripted_components, unique
+from tests.conftest import Stack, scripted_components, scripted_plan, unique
 from workers.components import Components
 from workers.process import build_all, run_workers
 
@@ -55,14 +54,12 @@ async def test_replaced_workers_finish_the_task_without_repeating_work(
         return components, model
 
     task = unique("count then gate")
-    plan = {
-        "steps": [
-            {"id": "s1", "tool": "count", "args": {"label": "a"}, "depends_on": []},
-            {"id": "s2", "tool": "gate", "args": {"label": "{{s1}}"}, "depends_on": ["s1"]},
-        ]
-    }
+    plan = scripted_plan(
+        {"id": "s1", "tool": "count", "args": {"label": "a"}},
+        {"id": "s2", "tool": "gate", "args": {"label": "{{s1}}"}, "depends_on": ["s1"]},
+    )
     first, first_model = worker_set()
-    first_model.script(task, "plan", json.dumps(plan))
+    first_model.script(task, "plan", plan)
     stop_first = asyncio.Event()
     first_run = asyncio.create_task(run_workers(build_all(stack.client, first), stop_first))
     handle = await start_task(stack.client, TaskRequest(task=task), queues=queues)
@@ -74,7 +71,7 @@ async def test_replaced_workers_finish_the_task_without_repeating_work(
     first_set_running = False
 
     second, second_model = worker_set()
-    second_model.script(task, "plan", json.dumps(plan))
+    second_model.script(task, "plan", plan)
     stop_second = asyncio.Event()
     second_run = asyncio.create_task(run_workers(build_all(stack.client, second), stop_second))
     try:
