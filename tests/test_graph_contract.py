@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from neo4j import GraphDatabase
+from neo4j.exceptions import ConstraintError
 
 from activities.memory.graph import GraphStore
 from activities.memory.graph_neo4j import Neo4jGraphStore
@@ -152,3 +154,22 @@ def test_neo4j_store_refuses_a_wrong_password_in_one_line(neo4j: Neo4jAccess) ->
         ServiceStartError, match=r"cannot use Neo4j at bolt://.*KEEL_NEO4J_PASSWORD"
     ):
         Neo4jGraphStore(neo4j.uri, neo4j.user, "not-the-password")
+
+
+def test_neo4j_store_declares_and_enforces_its_uniqueness(neo4j: Neo4jAccess) -> None:
+    """The constraints are what make MERGE an upsert under concurrency, not a convention."""
+    store = Neo4jGraphStore(neo4j.uri, neo4j.user, neo4j.password)
+    u = user()
+    [fact] = store.assert_facts(u, [t("user", "editor", "Helix")], DAY1, "wf-1")
+    with GraphDatabase.driver(neo4j.uri, auth=(neo4j.user, neo4j.password)) as driver:
+        records, _, _ = driver.execute_query("SHOW CONSTRAINTS YIELD name RETURN name")
+        assert {"keel_entity", "keel_fact"} <= {r["name"] for r in records}
+        with pytest.raises(ConstraintError):  # a second entity with the same user and name
+            driver.execute_query("CREATE (:Entity {user_id: $u, key: 'user'})", u=u)
+        with pytest.raises(ConstraintError):  # a second fact with the same id
+            driver.execute_query(
+                "MATCH (s:Entity {user_id: $u, key: 'user'}) CREATE (s)-[:FACT {id: $id}]->(s)",
+                u=u,
+                id=fact.id,
+            )
+    store.close()
