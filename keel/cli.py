@@ -193,7 +193,8 @@ MAX_DOCUMENT_BYTES = 1_000_000
 
 def _read_document(path: str) -> Document:
     try:
-        data = open(path, "rb").read(MAX_DOCUMENT_BYTES + 1)  # noqa: SIM115
+        with open(path, "rb") as file:
+            data = file.read(MAX_DOCUMENT_BYTES + 1)
     except OSError as err:
         raise UsageError(f"cannot read {path}: {err.strerror}; give a readable text file") from None
     if len(data) > MAX_DOCUMENT_BYTES:

@@ -73,11 +73,16 @@ class Cache:
             "expires_at": now + (request.ttl_s or self.ttl_s),
             "source": request.source,
         }
-        self.vectors.upsert(KIND, [(point_id, request.key, payload)])
+        # An exact-only entry is found by id, never by meaning: no need to embed its key.
+        vectors = None if request.semantic else [self._placeholder()]
+        self.vectors.upsert(KIND, [(point_id, request.key, payload)], vectors)
         # expired entries of this scope go as new ones come, so the cache does not only grow
         expired = models.FieldCondition(key="expires_at", range=models.Range(lte=now))
         self.vectors.delete(KIND, scope, [expired])
         return point_id
+
+    def _placeholder(self) -> list[float]:
+        return [1.0] + [0.0] * (self.vectors.embedder.dimensions - 1)
 
     def similar(self, user_id: str, vector: list[float], limit: int) -> list[CacheHit]:
         """Answers this user (or everyone) got before to requests like this one."""
