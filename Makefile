@@ -15,17 +15,20 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Java 17 (a JDK: the Neo4j launcher is compiled) and Maven, which fetches Neo4j's jars from
-# Maven Central for the graph tests; installed from Debian only when missing.
+# Debian packages, installed only when missing: Java 17 (a JDK: the Neo4j launcher is
+# compiled) and Maven, which fetches Neo4j's jars from Maven Central for the graph tests;
+# bubblewrap, the sandbox; PostgreSQL, the database the tests give `sql_query`.
+SYSTEM_PACKAGES := openjdk-17-jdk-headless maven bubblewrap postgresql
 system-deps:
-	@command -v javac >/dev/null && command -v mvn >/dev/null || { \
-		echo "Installing a Java 17 JDK and Maven (Debian packages)"; \
-		apt-get update -q && apt-get install -y -q openjdk-17-jdk-headless maven; }
+	@command -v javac >/dev/null && command -v mvn >/dev/null && command -v bwrap >/dev/null \
+		&& ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+		echo "Installing Debian packages: $(SYSTEM_PACKAGES)"; \
+		apt-get update -q && apt-get install -y -q $(SYSTEM_PACKAGES); }
 
-run: $(STAMP)  ## run one default task end to end on the embedded stack
+run: $(STAMP) system-deps  ## run one default task end to end on the embedded stack
 	$(BIN)/keel run
 
-dev: $(STAMP)  ## Temporal dev server (UI on :8233) + every worker, until Ctrl-C
+dev: $(STAMP) system-deps  ## Temporal dev server (UI on :8233) + every worker, until Ctrl-C
 	$(BIN)/keel dev
 
 test: $(STAMP) system-deps

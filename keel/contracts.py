@@ -91,8 +91,26 @@ class ToolSpec(BaseModel):
     idempotent: bool = True
     requires_approval: bool = False
     queue: str = "keel-tools"
+    queue_arg: str | None = Field(
+        default=None,
+        description="when set, each call goes to `<queue>-<args[queue_arg]>`: one task queue "
+        "per external API, whose rate limit the Temporal server enforces for all workers",
+    )
     max_attempts: int = Field(default=3, ge=1, description="attempts when the tool is idempotent")
     cache: CachePolicy | None = Field(default=None, description="None: never cached")
+
+    def activity_queue(self, args: dict[str, Any]) -> str:
+        """The base task queue of one call (before the deployment's queue prefix)."""
+        if self.queue_arg is None:
+            return self.queue
+        value = args.get(self.queue_arg)
+        allowed = self.input_schema.get("properties", {}).get(self.queue_arg, {}).get("enum")
+        if not isinstance(value, str) or (allowed is not None and value not in allowed):
+            # refused here: a call sent to a queue no worker polls would wait forever
+            raise ValueError(
+                f"{self.name}: {self.queue_arg} must be one of {allowed}, not {value!r}"
+            )
+        return f"{self.queue}-{value}"
 
 
 class PlanStep(BaseModel):

@@ -61,6 +61,24 @@ class Settings(BaseModel):
     cache_ttl_s: float = Field(default=7 * 24 * 3600, gt=0)
     recall_tokens: int = Field(default=400, ge=0)
     docs_dir: Path = REPO_ROOT / "samples" / "docs"
+    # Sandbox (sandbox/): the backend, the host uids sandboxed code runs as, default limits.
+    sandbox_backend: str = "bwrap"
+    sandbox_uid: int = Field(default=61000, ge=1000, le=2**31 - 1000)  # first of 1000 uids
+    sandbox_python: Path = Path("/usr/bin/python3")  # the interpreter inside the sandbox
+    sandbox_wall_s: float = Field(default=10.0, gt=0, le=600)
+    sandbox_cpu_s: int = Field(default=5, ge=1, le=600)
+    sandbox_memory_mb: int = Field(default=512, ge=32)
+    sandbox_disk_mb: int = Field(default=64, ge=1)
+    sandbox_processes: int = Field(default=64, ge=1)
+    sandbox_output_bytes: int = Field(default=64 * 1024, ge=1024, le=1024 * 1024)
+    # sql_query: a read-only PostgreSQL connection and its guards
+    sql_url: str | None = None  # e.g. postgresql://reader@127.0.0.1:5432/shop
+    sql_timeout_ms: int = Field(default=2000, ge=1)
+    sql_row_limit: int = Field(default=200, ge=1)
+    sql_max_cost: float = Field(default=100_000.0, gt=0)  # planner cost units (EXPLAIN)
+    # http_get: a JSON file of allowlisted APIs; external MCP servers: a JSON file of servers
+    http_apis: Path | None = None
+    mcp_servers: Path | None = None
     log_level: str = "INFO"
 
     @property
@@ -124,6 +142,21 @@ _ENV = {
     "KEEL_CACHE_TTL_S": "cache_ttl_s",
     "KEEL_RECALL_TOKENS": "recall_tokens",
     "KEEL_DOCS_DIR": "docs_dir",
+    "KEEL_SANDBOX_BACKEND": "sandbox_backend",
+    "KEEL_SANDBOX_UID": "sandbox_uid",
+    "KEEL_SANDBOX_PYTHON": "sandbox_python",
+    "KEEL_SANDBOX_WALL_S": "sandbox_wall_s",
+    "KEEL_SANDBOX_CPU_S": "sandbox_cpu_s",
+    "KEEL_SANDBOX_MEMORY_MB": "sandbox_memory_mb",
+    "KEEL_SANDBOX_DISK_MB": "sandbox_disk_mb",
+    "KEEL_SANDBOX_PROCESSES": "sandbox_processes",
+    "KEEL_SANDBOX_OUTPUT_BYTES": "sandbox_output_bytes",
+    "KEEL_SQL_URL": "sql_url",
+    "KEEL_SQL_TIMEOUT_MS": "sql_timeout_ms",
+    "KEEL_SQL_ROW_LIMIT": "sql_row_limit",
+    "KEEL_SQL_MAX_COST": "sql_max_cost",
+    "KEEL_HTTP_APIS": "http_apis",
+    "KEEL_MCP_SERVERS": "mcp_servers",
     "KEEL_LOG_LEVEL": "log_level",
 }
 

@@ -465,6 +465,16 @@ class AgentTask:
                     cached=True,
                 )
         try:
+            queue = spec.activity_queue(args)
+        except ValueError as err:
+            self._event(f"{step.id}: failed: {err}")
+            return StepResult(
+                **call,
+                status=StepStatus.FAILED,
+                error=str(err),
+                latency_ms=(workflow.time() - started) * 1000,
+            )
+        try:
             out = await workflow.execute_activity(
                 f"tool.{spec.name}",
                 ToolCall(
@@ -476,7 +486,7 @@ class AgentTask:
                     max_tokens=self._remaining_tokens(),
                 ),
                 result_type=ToolOutput,
-                task_queue=queues.name(spec.queue),
+                task_queue=queues.name(queue),
                 start_to_close_timeout=timedelta(seconds=spec.timeout_s),
                 retry_policy=RetryPolicy(
                     initial_interval=timedelta(milliseconds=200),
