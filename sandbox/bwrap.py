@@ -20,14 +20,15 @@ from __future__ import annotations
 
 import os
 import random
-import shlex
 import selectors
+import shlex
 import shutil
 import signal
 import subprocess
 import threading
 import time
 import uuid
+from contextlib import suppress
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
@@ -151,7 +152,8 @@ class BwrapBackend:
         for path in self.read_only:
             args += ["--ro-bind", str(path), str(path)]
         args += file_args
-        args += ["--remount-ro", "/", "--chdir", WORKDIR, "--clearenv"]
+        # read-only root and /dev (device nodes still work); only the tmpfs are writable
+        args += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", WORKDIR, "--clearenv"]
         env = {
             "PATH": SANDBOX_PATH,
             "HOME": WORKDIR,
@@ -363,7 +365,5 @@ def _memfd(name: str, content: bytes) -> int:
 
 
 def _kill_group(pid: int) -> None:
-    try:
+    with suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)  # prlimit exec'd bwrap: the group is the run's
-    except ProcessLookupError:
-        pass

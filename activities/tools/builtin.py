@@ -5,6 +5,7 @@ from __future__ import annotations
 from activities.models.router import reasoner_price_estimate
 from activities.tools import files, search
 from activities.tools.calculator import CalculatorInput, CalculatorOutput, calculate
+from activities.tools.python import RunPython, RunPythonInput, RunPythonOutput
 from activities.tools.reasoner import AskReasonerInput, AskReasonerOutput, ask_reasoner
 from activities.tools.registry import Tool, ToolContext, ToolRegistry, define_tool
 from keel.contracts import CachePolicy, SideEffects
@@ -27,6 +28,18 @@ def builtin_tools(settings: Settings) -> list[Tool]:
             CalculatorOutput,
             avg_latency_ms=2,
             timeout_s=5,
+        ),
+        define_tool(
+            "run_python",
+            "Run a Python 3 program in an isolated sandbox and get its stdout, stderr and "
+            "exit code. No network, no files but its own, only the standard library; limits: "
+            f"{settings.sandbox_wall_s:g} s wall, {settings.sandbox_cpu_s} s CPU, "
+            f"{settings.sandbox_memory_mb} MB memory. Print the results you need.",
+            RunPython(settings),
+            RunPythonInput,
+            RunPythonOutput,
+            avg_latency_ms=60,
+            timeout_s=settings.sandbox_wall_s + 10,  # the sandbox kills it at its wall limit
         ),
         define_tool(
             "read_file",

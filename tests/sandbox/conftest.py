@@ -1,0 +1,88 @@
+"""The sandbox suites share one backend and a host they can check is unchanged afterwards."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from sandbox.backend import Limits, Run, SandboxResult
+from sandbox.bwrap import BwrapBackend
+
+PYTHON = "/usr/bin/python3"
+UID_BASE = 61000
+UID_COUNT = 1000
+# where an escaped write would most likely land on the host
+HOST_DIRS = (Path("/"), Path("/tmp"), Path("/root"), Path("/etc"), Path("/usr"), Path.cwd())
+
+
+@pytest.fixture(scope="session")
+def backend() -> BwrapBackend:
+    return BwrapBackend(uid_base=UID_BASE, uid_count=UID_COUNT)
+
+
+def run_code(
+    backend: BwrapBackend, code: str, limits: Limits | None = None, **kw: object
+) -> SandboxResult:
+    return backend.run(Run([PYTHON, "-c", code], limits=limits or Limits(wall_s=10), **kw))  # type: ignore[arg-type]
+
+
+def sandbox_processes() -> list[int]:
+    """Host pids owned by a sandbox uid that are still alive. Zombies do not count: bwrap's
+    intermediate process is left for the host's init to reap; it holds nothing but a pid."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                uid = entry.stat().st_uid
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if UID_BASE <= uid < UID_BASE + UID_COUNT and state != "Z":
+                pids.append(int(entry.name))
+    return pids
+
+
+@dataclass
+class Host:
+    """Secrets planted on the host, and a fingerprint of what a sandbox must not change."""
+
+    secret: str
+    secret_file: Path
+    marker: str  # the file name attacks try to create outside their workdir
+    sentinel_dir: Path
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        for path in sorted(self.sentinel_dir.rglob("*")):
+            digest.update(str(path).encode())
+            if path.is_file():
+                digest.update(path.read_bytes())
+            digest.update(oct(path.lstat().st_mode).encode())
+        return digest.hexdigest()
+
+    def stray_markers(self) -> list[Path]:
+        return [d / self.marker for d in HOST_DIRS if (d / self.marker).exists()]
+
+
+@pytest.fixture
+def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Host]:
+    secret = f"host-secret-{uuid.uuid4().hex}"
+    sentinel = tmp_path / "sentinel"
+    sentinel.mkdir()
+    secret_file = sentinel / "secret.txt"
+    secret_file.write_text(secret)
+    (sentinel / "keep.txt").write_text("unchanged")
+    monkeypatch.setenv("KEEL_TEST_HOST_SECRET", secret)  # the worker's environment
+    state = Host(secret, secret_file, f"escaped-{uuid.uuid4().hex[:8]}", sentinel)
+    before = state.fingerprint()
+    yield state
+    assert state.fingerprint() == before, "a sandboxed run changed the host's files"
+    assert state.stray_markers() == [], "a sandboxed run wrote outside its workdir"
+    assert sandbox_processes() == [], "a sandboxed process outlived its run"
+    assert os.environ["KEEL_TEST_HOST_SECRET"] == secret
