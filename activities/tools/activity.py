@@ -1,4 +1,10 @@
-"""Tool activities: one activity type per tool (`tool.<name>`), plus the catalog."""
+"""Tool activities: one activity type per tool (`tool.<name>`), plus the catalog.
+
+`ToolActivities.execute` is the validated execution path (input validation, cost check, the
+tool itself, output validation, size cap); the activities run it, and so does anything else
+that calls Keel tools outside a workflow (the MCP server, keel/mcp_server.py), so the same
+refusals and caps hold everywhere.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import structlog
 from pydantic import ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -25,6 +32,19 @@ MAX_OUTPUT_BYTES = 1024 * 1024  # Temporal caps payloads at 2 MB
 
 def activity_name(tool_name: str) -> str:
     return f"tool.{tool_name}"
+
+
+class ToolRefused(Exception):
+    """A call the validated path refused; retrying it cannot help.
+
+    `message` is one line for the caller; `kind` is its failure type from keel.errors
+    (TOOL_ERROR, BUDGET_EXCEEDED or INVALID_OUTPUT), the ApplicationError type an activity
+    fails with."""
+
+    def __init__(self, message: str, kind: str = TOOL_ERROR) -> None:
+        super().__init__(message)
+        self.message = message
+        self.kind = kind
 
 
 class ToolActivities:
@@ -48,17 +68,31 @@ class ToolActivities:
 
     async def _run(self, tool: Tool, call: ToolCall) -> ToolOutput:
         log = activity_logger().bind(tool=tool.spec.name, step_id=call.step_id)
+        try:
+            return await self.execute(tool, call, log)
+        except ToolRefused as refused:
+            raise ApplicationError(refused.message, type=refused.kind, non_retryable=True) from None
+
+    async def execute(self, tool: Tool, call: ToolCall, log: Any = None) -> ToolOutput:
+        """Run one call through the validated path: validate the input, check the cost
+        against `call.max_usd`, run the tool, validate its output and cap its size.
+
+        Raises ToolRefused for a refusal; any other exception is the tool failing (an
+        activity retries those when the tool is idempotent). Works outside an activity."""
         spec = tool.spec
+        if log is None:
+            log = structlog.get_logger("keel.tools").bind(
+                tool=spec.name, workflow_id=call.workflow_id, step_id=call.step_id
+            )
         try:
             args = tool.input_model.model_validate(call.args)
         except ValidationError as err:
-            raise _refusal(describe_validation_error(err, f"{spec.name} arguments")) from None
+            raise ToolRefused(describe_validation_error(err, f"{spec.name} arguments")) from None
         if spec.cost_per_call_usd > call.max_usd + 1e-12:
-            raise ApplicationError(
+            raise ToolRefused(
                 f"{spec.name} costs ${spec.cost_per_call_usd:.6f} per call; "
                 f"only ${call.max_usd:.6f} was reserved",
-                type=BUDGET_EXCEEDED,
-                non_retryable=True,
+                BUDGET_EXCEEDED,
             )
         ctx = ToolContext(
             workflow_id=call.workflow_id,
@@ -74,18 +108,16 @@ class ToolActivities:
             result = await tool.fn(args, ctx)
         except ValueError as err:  # tools raise ValueError for input they refuse
             log.info("tool refused its input", error=str(err))
-            raise _refusal(f"{spec.name}: {err}") from None
+            raise ToolRefused(f"{spec.name}: {err}") from None
         try:
             output = tool.output_model.model_validate(result.model_dump()).model_dump(mode="json")
         except ValidationError as err:
-            raise ApplicationError(
-                describe_validation_error(err, f"{spec.name} output"),
-                type=INVALID_OUTPUT,
-                non_retryable=True,
+            raise ToolRefused(
+                describe_validation_error(err, f"{spec.name} output"), INVALID_OUTPUT
             ) from None
         size = len(ToolOutput(output=output).model_dump_json())
         if size > MAX_OUTPUT_BYTES:
-            raise _refusal(f"{spec.name} output is {size} bytes, over {MAX_OUTPUT_BYTES}")
+            raise ToolRefused(f"{spec.name} output is {size} bytes, over {MAX_OUTPUT_BYTES}")
         if size > WARN_OUTPUT_BYTES:
             log.warning("large tool output", bytes=size)
         # A tool that calls models costs what its calls cost (its listed price is only the
@@ -93,7 +125,3 @@ class ToolActivities:
         cost = sum(u.usd for u in ctx.usage) if ctx.usage else spec.cost_per_call_usd
         log.info("tool done", ms=round((time.perf_counter() - started) * 1000, 1), usd=cost)
         return ToolOutput(output=output, cost_usd=cost, usage=ctx.usage)
-
-
-def _refusal(message: str) -> ApplicationError:
-    return ApplicationError(message, type=TOOL_ERROR, non_retryable=True)
