@@ -43,22 +43,25 @@ class RunCgroup:
         return bool(kills and int(kills[0]) > 0)
 
     def destroy(self, timeout_s: float = 5.0) -> None:
-        """Kill whatever is left in the group, then remove it (a group can only be removed
-        once its last process has exited, which takes a moment after SIGKILL)."""
+        """Kill whatever is left in the group, remove the group, and return once every
+        process it had is gone (a killed process leaves its cgroup before it has finished
+        exiting, and a group can only be removed once it is empty)."""
         deadline = time.monotonic() + timeout_s
+        seen: set[int] = set()
         for path in self.dirs.values():
             while path.exists():
-                for pid in (_read(path / "cgroup.procs") or "").split():
+                for pid in map(int, (_read(path / "cgroup.procs") or "").split()):
+                    seen.add(pid)
                     with suppress(ProcessLookupError):
-                        os.kill(int(pid), signal.SIGKILL)
+                        os.kill(pid, signal.SIGKILL)
                 try:
                     path.rmdir()
                 except FileNotFoundError:
                     break
                 except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.005)
+                    _pause_until(deadline)
+        while any(running(pid) for pid in seen):
+            _pause_until(deadline)
 
 
 class Cgroups:
@@ -101,6 +104,25 @@ class Cgroups:
             run.destroy()
             raise
         return run
+
+
+PF_EXITING = 0x4
+
+
+def running(pid: int) -> bool:
+    """Whether a process can still run code: not gone, not a zombie (done, waiting for its
+    parent to reap it) and not inside exit (killed, releasing what it held)."""
+    stat = _read(Path(f"/proc/{pid}/stat"))
+    if stat is None:
+        return False
+    fields = stat.rsplit(")", 1)[1].split()  # fields from the 3rd on: state, ppid, ...
+    return fields[0] not in ("Z", "X") and not int(fields[6]) & PF_EXITING
+
+
+def _pause_until(deadline: float) -> None:
+    if time.monotonic() > deadline:
+        raise TimeoutError("sandbox processes did not exit within 5 s of SIGKILL")
+    time.sleep(0.002)
 
 
 def _read(path: Path) -> str | None:

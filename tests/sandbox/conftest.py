@@ -13,6 +13,7 @@ import pytest
 
 from sandbox.backend import Limits, Run, SandboxResult
 from sandbox.bwrap import BwrapBackend
+from sandbox.cgroups import running
 
 PYTHON = "/usr/bin/python3"
 UID_BASE = 61000
@@ -33,17 +34,17 @@ def run_code(
 
 
 def sandbox_processes() -> list[int]:
-    """Host pids owned by a sandbox uid that are still alive. Zombies do not count: bwrap's
-    intermediate process is left for the host's init to reap; it holds nothing but a pid."""
+    """Host pids owned by a sandbox uid that can still run code. Zombies and processes
+    inside exit do not count: bwrap's intermediate process exits last and is left for the
+    host's init to reap."""
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 uid = entry.stat().st_uid
-                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            except (FileNotFoundError, ProcessLookupError):
+            except FileNotFoundError:
                 continue
-            if UID_BASE <= uid < UID_BASE + UID_COUNT and state != "Z":
+            if UID_BASE <= uid < UID_BASE + UID_COUNT and running(int(entry.name)):
                 pids.append(int(entry.name))
     return pids
 
@@ -86,3 +87,4 @@ def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Host]:
     assert state.stray_markers() == [], "a sandboxed run wrote outside its workdir"
     assert sandbox_processes() == [], "a sandboxed process outlived its run"
     assert os.environ["KEEL_TEST_HOST_SECRET"] == secret
+
