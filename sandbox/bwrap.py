@@ -77,9 +77,13 @@ class BwrapBackend:
     ) -> None:
         self.bwrap = shutil.which("bwrap")
         self.prlimit = shutil.which("prlimit")
-        if self.bwrap is None or self.prlimit is None:
-            missing = "bwrap (Debian package bubblewrap)" if self.bwrap is None else "prlimit"
-            raise SandboxError(f"{missing} is not installed; run `make system-deps`")
+        self.setpriv = shutil.which("setpriv")
+        if self.bwrap is None:
+            raise SandboxError(
+                "bwrap (Debian package bubblewrap) is not installed; run `make system-deps`"
+            )
+        if self.prlimit is None or self.setpriv is None:
+            raise SandboxError("prlimit and setpriv (Debian package util-linux) are missing")
         self.uids = UidPool(uid_base, uid_count)
         self.read_only = read_only  # host paths shown read-only at the same place
         self.cgroups = Cgroups.detect() if use_cgroups and os.geteuid() == 0 else None
@@ -189,7 +193,12 @@ class BwrapBackend:
     ) -> SandboxResult:
         limits = run.limits
         started = time.monotonic()
-        root = os.geteuid() == 0
+        # setpriv switches to the run's uid, then asks for SIGKILL should this worker thread
+        # die: a killed worker takes its runs along (bwrap dies with its parent in turn).
+        switch = (
+            [f"--reuid={uid}", f"--regid={uid}", "--clear-groups"] if uid != os.geteuid() else []
+        )
+        argv = [str(self.setpriv), *switch, "--pdeathsig=KILL", "--", *argv]
         try:
             proc = subprocess.Popen(
                 argv,
@@ -199,9 +208,6 @@ class BwrapBackend:
                 env={},
                 pass_fds=fds,
                 start_new_session=True,
-                user=uid if root else None,
-                group=uid if root else None,
-                extra_groups=[] if root else None,
             )
         except OSError as err:
             raise SandboxError(f"could not start bwrap: {err}") from err
@@ -366,4 +372,4 @@ def _memfd(name: str, content: bytes) -> int:
 
 def _kill_group(pid: int) -> None:
     with suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)  # prlimit exec'd bwrap: the group is the run's
+        os.killpg(pid, signal.SIGKILL)  # setpriv, sh and prlimit exec'd bwrap: one group

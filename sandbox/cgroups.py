@@ -84,6 +84,9 @@ class Cgroups:
                     return None
                 base = ROOT / controller / own[controller].lstrip("/") / GROUP
                 base.mkdir(exist_ok=True)
+                for stale in base.glob("run-*"):  # left by a worker that was killed
+                    with suppress(OSError):
+                        stale.rmdir()
                 bases[controller] = base
             return cls(bases)
         except OSError:

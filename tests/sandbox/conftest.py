@@ -16,7 +16,8 @@ from sandbox.bwrap import BwrapBackend
 from sandbox.cgroups import running
 
 PYTHON = "/usr/bin/python3"
-UID_BASE = 61000
+# a uid range of this test session's own: other sessions' and workers' sandboxes never count
+UID_BASE = 100_000 + 1000 * (os.getpid() % 500)
 UID_COUNT = 1000
 # where an escaped write would most likely land on the host
 HOST_DIRS = (Path("/"), Path("/tmp"), Path("/root"), Path("/etc"), Path("/usr"), Path.cwd())
@@ -33,7 +34,7 @@ def run_code(
     return backend.run(Run([PYTHON, "-c", code], limits=limits or Limits(wall_s=10), **kw))  # type: ignore[arg-type]
 
 
-def sandbox_processes() -> list[int]:
+def sandbox_processes(uid_base: int = UID_BASE, uid_count: int = UID_COUNT) -> list[int]:
     """Host pids owned by a sandbox uid that can still run code. Zombies and processes
     inside exit do not count: bwrap's intermediate process exits last and is left for the
     host's init to reap."""
@@ -44,7 +45,7 @@ def sandbox_processes() -> list[int]:
                 uid = entry.stat().st_uid
             except FileNotFoundError:
                 continue
-            if UID_BASE <= uid < UID_BASE + UID_COUNT and running(int(entry.name)):
+            if uid_base <= uid < uid_base + uid_count and running(int(entry.name)):
                 pids.append(int(entry.name))
     return pids
 

@@ -1,0 +1,173 @@
+"""The sandbox runtime's contract: what a run gets, what it reports, and the run_python tool
+on its own and inside a real agent task."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from activities.tools.python import RunPython, RunPythonInput
+from activities.tools.registry import ToolContext
+from keel.client import start_task
+from keel.contracts import TaskRequest, TaskStatus
+from keel.settings import Settings
+from sandbox import Limits, Run, SandboxError, StopReason, build_backend
+from sandbox.bwrap import BwrapBackend
+from sandbox.cgroups import Cgroups
+from tests.conftest import Stack, scripted_plan, unique
+from tests.sandbox.conftest import PYTHON, UID_BASE, UID_COUNT, run_code, sandbox_processes
+
+
+def test_output_exit_code_stdin_and_files(backend: BwrapBackend) -> None:
+    result = backend.run(
+        Run(
+            [PYTHON, "main.py"],
+            files={
+                "main.py": b"import sys, helper\nprint(helper.X, sys.stdin.read().upper())\n"
+                b"print('to stderr', file=sys.stderr)\nsys.exit(3)\n",
+                "helper.py": b"X = open('data/in.txt').read().strip()\n",
+                "data/in.txt": b"forty-two\n",
+            },
+            stdin=b"shout",
+        )
+    )
+    assert result.stdout == "forty-two SHOUT\n"
+    assert result.stderr == "to stderr\n"
+    assert (result.exit_code, result.stopped, result.signal) == (3, StopReason.EXITED, None)
+    assert not result.ok and result.describe().startswith("exited with code 3")
+
+
+def test_large_stdin_and_output_within_the_cap(backend: BwrapBackend) -> None:
+    data = b"x" * 300_000  # more than a pipe holds: written while the program reads
+    result = backend.run(
+        Run(
+            [PYTHON, "-c", "import sys; print(len(sys.stdin.buffer.read()))"],
+            stdin=data,
+            limits=Limits(output_bytes=1024),
+        )
+    )
+    assert result.ok and result.stdout == "300000\n"
+
+
+def test_clean_environment_with_added_variables(backend: BwrapBackend) -> None:
+    result = backend.run(
+        Run(
+            [PYTHON, "-c", "import os, json; print(json.dumps(dict(os.environ)))"],
+            env={"GREETING": "hi"},
+        )
+    )
+    env = json.loads(result.stdout)
+    assert env["GREETING"] == "hi" and env["HOME"] == "/work"
+    assert set(env) == {
+        "PATH", "HOME", "PWD", "TMPDIR", "LANG", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED",
+        "GREETING",
+    }  # fmt: skip
+
+
+def test_resource_use_is_reported(backend: BwrapBackend) -> None:
+    result = run_code(backend, "x = bytearray(64 * 1024 * 1024)\nfor _ in range(3_000_000): pass")
+    assert result.ok
+    assert result.cpu_ms > 20  # the loop's CPU is counted, not only the sandbox's start
+    assert result.max_rss_kb > 60 * 1024
+    assert result.wall_ms >= result.cpu_ms * 0.5
+    # a cgroup bounds and measures the run wherever this machine lets the worker make one
+    assert result.cgroup == (backend.cgroups is not None)
+
+
+def test_cgroups_are_used_where_the_machine_allows_them() -> None:
+    v1 = Path("/sys/fs/cgroup/memory/cgroup.procs").exists() and shutil.which("bwrap")
+    if not v1:
+        pytest.skip("no cgroup v1 memory controller on this machine")
+    assert Cgroups.detect() is not None
+
+
+def test_concurrent_runs_get_their_own_uids(backend: BwrapBackend) -> None:
+    code = "import os, time; time.sleep(0.3); print(os.getuid())"
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: run_code(backend, code), range(4)))
+    uids = {int(r.stdout) for r in results}
+    assert len(uids) == 4 and all(UID_BASE <= uid < UID_BASE + UID_COUNT for uid in uids)
+
+
+def test_bad_files_and_limits_are_refused(backend: BwrapBackend) -> None:
+    for path in ("../x", "/etc/x", "a/../../x"):
+        with pytest.raises(ValueError, match="plain relative path"):
+            backend.run(Run([PYTHON, "-c", "pass"], files={path: b""}))
+    with pytest.raises(ValueError, match="wall_s must be positive"):
+        Limits(wall_s=0)
+
+
+def test_unknown_backend_and_missing_bwrap_say_what_to_do(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(SandboxError, match="KEEL_SANDBOX_BACKEND='firecracker'.*bwrap"):
+        build_backend(settings.model_copy(update={"sandbox_backend": "firecracker"}))
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(SandboxError, match="bubblewrap.*make system-deps"):
+        BwrapBackend()
+
+
+def _context() -> ToolContext:
+    return ToolContext("wf", "s1", 0.0, None, Path("/nonexistent"), Path("/nonexistent"))
+
+
+async def test_run_python_tool_reports_the_program_not_a_tool_failure(settings: Settings) -> None:
+    tool = RunPython(settings.model_copy(update={"sandbox_wall_s": 1.0}))
+    ok = await tool(RunPythonInput(code="print(sum(range(10)))"), _context())
+    assert (ok.stdout, ok.exit_code, ok.stopped, ok.text) == ("45\n", 0, "exited", "45")
+    crash = await tool(RunPythonInput(code="1/0"), _context())
+    assert crash.exit_code == 1 and "ZeroDivisionError" in crash.text
+    endless = await tool(RunPythonInput(code="while True: pass"), _context())
+    assert endless.stopped in ("wall_time", "cpu_time") and endless.exit_code is None
+    assert endless.text.startswith("stopped:")
+
+
+async def test_run_python_in_an_agent_task(stack: Stack) -> None:
+    task = unique("Square the primes below 20")
+    code = "print([p * p for p in range(2, 20) if all(p % d for d in range(2, p))])"
+    stack.model.script(
+        task, "plan", scripted_plan({"id": "s1", "tool": "run_python", "args": {"code": code}})
+    )
+    handle = await start_task(stack.client, TaskRequest(task=task))
+    result = await asyncio.wait_for(handle.result(), timeout=60)
+    assert result.status == TaskStatus.COMPLETED, result.error
+    step = next(s for s in result.steps if s.tool == "run_python")
+    assert step.output["stdout"] == "[4, 9, 25, 49, 121, 169, 289, 361]\n"
+    assert step.output["stopped"] == "exited"
+
+
+def test_a_killed_worker_takes_its_runs_along() -> None:
+    """SIGKILL the process that started a run: the run dies too, it does not linger."""
+    uid_base = UID_BASE + UID_COUNT + 500  # a range of its own, apart from the session's
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from sandbox.bwrap import BwrapBackend; from sandbox.backend import Run, Limits\n"
+            f"BwrapBackend(uid_base={uid_base}, uid_count=10).run(Run("
+            f"[{PYTHON!r}, '-c', 'import time; time.sleep(60)'], limits=Limits(wall_s=60)))",
+        ],
+        cwd=Path(__file__).resolve().parents[2],
+    )
+
+    def in_range() -> list[int]:
+        return sandbox_processes(uid_base, 10)
+
+    deadline = time.monotonic() + 20
+    while not in_range():
+        assert time.monotonic() < deadline and worker.poll() is None, "the run never started"
+        time.sleep(0.01)
+    worker.kill()
+    worker.wait()
+    deadline = time.monotonic() + 5
+    while in_range():
+        assert time.monotonic() < deadline, f"runs outlived their worker: {in_range()}"
+        time.sleep(0.01)
