@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import jsonschema
 import pytest
@@ -18,7 +19,9 @@ from keel.client import start_task
 from keel.contracts import ExtractionRequest, PlanRequest, ReactRequest, TaskRequest, TaskStatus
 from keel.queues import Queues
 from keel.settings import Settings
-from tests.conftest import Stack
+from sandbox.backend import Limits, Run
+from sandbox.bwrap import BwrapBackend
+from tests.conftest import Stack, scripted_plan, unique
 from workers.components import Components
 from workers.process import build_all, workers_running
 
@@ -109,3 +112,59 @@ async def test_whole_task_on_the_local_model(stack: Stack, local_model: LlamaCpp
     assert all(
         e.name == "smollm2-135m-instruct" for e in result.ledger.entries if e.kind == "model"
     )
+
+
+ADD_PROPERTIES = """
+import random
+from solution import add
+
+random.seed(7)
+assert add(2, 3) == 5
+for _ in range(200):
+    a, b = random.randint(-10**6, 10**6), random.randint(-10**6, 10**6)
+    assert add(a, b) == a + b, (a, b, add(a, b))
+    assert add(a, b) == add(b, a)
+    assert add(a, 0) == a
+print("properties hold")
+"""
+
+
+def _code_of(answer: str) -> str:
+    """The program in a model's answer: its first fenced block, or the whole answer."""
+    match = re.search(r"```(?:python)?\n(.*?)```", answer, re.S)
+    return match.group(1) if match else answer
+
+
+async def test_agent_writes_a_function_that_passes_properties_in_the_sandbox(
+    stack: Stack, local_model: LlamaCppModel
+) -> None:
+    """The article's test: the agent writes `add`; the test runs it in the sandbox and checks
+    properties of its behaviour, not its text."""
+    task = unique("Write a Python function add(a, b) that returns the sum of a and b.")
+    queues = Queues("writes-code-")
+    stack.model.script(
+        task,
+        "plan",
+        scripted_plan({"id": "s1", "tool": "ask_reasoner", "args": {"question": task}}),
+    )
+    components = Components(
+        settings=stack.settings,
+        queues=queues,
+        _router=ModelRouter({"planner": stack.model, "reasoner": local_model}),
+        _vectors=stack.components.vectors,
+    )
+    async with workers_running(build_all(stack.client, components)):
+        handle = await start_task(stack.client, TaskRequest(task=task), queues=queues)
+        result = await asyncio.wait_for(handle.result(), timeout=240)
+
+    assert result.status == TaskStatus.COMPLETED, result.error
+    written = next(s for s in result.steps if s.tool == "ask_reasoner").output["answer"]
+    run = BwrapBackend().run(
+        Run(
+            [str(stack.settings.sandbox_python), "check.py"],
+            files={"solution.py": _code_of(written).encode(), "check.py": ADD_PROPERTIES.encode()},
+            limits=Limits(wall_s=10),
+        )
+    )
+    assert run.ok, f"the written function failed its properties:\n{written}\n{run.stderr}"
+    assert run.stdout == "properties hold\n"
