@@ -18,7 +18,9 @@ from workers import agent, llm, memory, planner, tools
 from workers.components import Components
 from workers.triton.server import TritonError
 
-Builder = Callable[[Client, Components], Worker]
+# A builder makes the workers of one component: one worker, or several (the tools
+# component adds a rate-limited worker per allowlisted HTTP API).
+Builder = Callable[[Client, Components], Worker | Sequence[Worker]]
 
 BUILDERS: dict[str, Builder] = {
     "agent": agent.build,
@@ -32,7 +34,11 @@ BUILDERS: dict[str, Builder] = {
 def build_all(
     client: Client, components: Components, names: Sequence[str] = tuple(BUILDERS)
 ) -> list[Worker]:
-    return [BUILDERS[name](client, components) for name in names]
+    return [w for name in names for w in _as_list(BUILDERS[name](client, components))]
+
+
+def _as_list(built: Worker | Sequence[Worker]) -> list[Worker]:
+    return [built] if isinstance(built, Worker) else list(built)
 
 
 async def run_workers(workers: Sequence[Worker], stop: asyncio.Event) -> None:
@@ -78,7 +84,7 @@ async def serve_async(builders: Sequence[Builder]) -> None:
     keel_logging.configure(settings.log_level)
     client = await connect(settings)
     components = Components.from_settings(settings)
-    workers = [build(client, components) for build in builders]
+    workers = [w for build in builders for w in _as_list(build(client, components))]
     try:
         await run_workers(workers, stop_on_signals())
     finally:

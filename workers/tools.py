@@ -1,4 +1,5 @@
-"""Tool worker: tool activities on `keel-tools`, and the tool catalog."""
+"""Tool worker: tool activities on `keel-tools`, the tool catalog, and one rate-limited
+worker per allowlisted HTTP API (`keel-http-<api>`, see activities/tools/http.py)."""
 
 from __future__ import annotations
 
@@ -6,17 +7,37 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.tools.activity import ToolActivities
+from activities.tools.http import HTTP_QUEUE, api_queues
 from keel.queues import TOOLS
 from workers.components import Components
 
 
-def build(client: Client, components: Components) -> Worker:
+def build(client: Client, components: Components) -> list[Worker]:
     tools = ToolActivities(components.registry, components.settings)
-    return Worker(
+    catalog = Worker(
         client,
         task_queue=components.queues.tools,
         activities=[tools.list_tools, *tools.for_queue(TOOLS)],
     )
+    return [catalog, *build_http(client, components, tools)]
+
+
+def build_http(client: Client, components: Components, tools: ToolActivities) -> list[Worker]:
+    """A worker per API of `http_get`, polling only that API's queue. Its rate option is
+    sent to the server with every poll, and the server holds the whole queue (every
+    worker of every tools process) to it: the rate limit is the API's, not per replica."""
+    workers = []
+    for tool in components.registry.on_queue(HTTP_QUEUE):
+        for queue, rate in api_queues(tool).items():
+            workers.append(
+                Worker(
+                    client,
+                    task_queue=components.queues.name(queue),
+                    activities=tools.for_queue(HTTP_QUEUE),
+                    max_task_queue_activities_per_second=rate,
+                )
+            )
+    return workers
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from activities.models.router import reasoner_price_estimate
-from activities.tools import files, search
+from activities.tools import files, search, sql
 from activities.tools.calculator import CalculatorInput, CalculatorOutput, calculate
+from activities.tools.http import http_tools
 from activities.tools.python import RunPython, RunPythonInput, RunPythonOutput
 from activities.tools.reasoner import AskReasonerInput, AskReasonerOutput, ask_reasoner
 from activities.tools.registry import Tool, ToolContext, ToolRegistry, define_tool
@@ -72,6 +73,23 @@ def builtin_tools(settings: Settings) -> list[Tool]:
             timeout_s=10,
             side_effects=SideEffects.READ,
         ),
+        *(
+            [
+                define_tool(
+                    "sql_query",
+                    sql.description(settings),
+                    sql.sql_query_tool(settings),
+                    sql.SqlQueryInput,
+                    sql.SqlQueryOutput,
+                    avg_latency_ms=50,
+                    timeout_s=sql.activity_timeout_s(settings),  # connect + the query's budget
+                    side_effects=SideEffects.READ,
+                )
+            ]
+            if settings.sql_url  # no database, no tool: the planner never sees one
+            else []
+        ),
+        *http_tools(settings),  # http_get, when KEEL_HTTP_APIS names the allowlisted APIs
         define_tool(
             "ask_reasoner",
             "Ask the large reasoning model a hard question (costs model tokens).",
