@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import json
+import os
 import signal
 import sys
 import time
@@ -88,6 +90,7 @@ async def _stack(settings: Settings, quiet: bool) -> AsyncIterator[Client]:
                     f"(logs in {log_path})"
                 )
             components = Components.from_settings(settings)
+            await components.load_mcp_tools()
             runner = asyncio.create_task(run_workers(build_all(client, components), stop))
         yield client
     finally:
@@ -270,6 +273,10 @@ async def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
         if added:
             _out(f"Registered search attributes: {', '.join(added)}")
         components = Components.from_settings(settings)
+        if not args.workers or "tools" in args.workers:
+            external = await components.load_mcp_tools()
+            if external:
+                _out(f"Tools of external MCP servers: {', '.join(external)}")
         workers = (
             build_all(client, components, args.workers)
             if args.workers
@@ -289,8 +296,78 @@ async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     keel_logging.configure(settings.log_level)
     client = await connect(settings)
-    workers = build_all(client, Components.from_settings(settings), args.names)
+    components = Components.from_settings(settings)
+    if "tools" in args.names:
+        await components.load_mcp_tools()
+    workers = build_all(client, components, args.names)
     await run_workers(workers, stop_on_signals())
+    return 0
+
+
+# --- keel mcp ------------------------------------------------------------------------------
+
+MCP_HELP = """Serve Keel's tools to any MCP client, over stdio (the default: the client starts
+`keel mcp` as a subprocess) or over streamable HTTP at http://HOST:PORT/mcp.
+
+Every tool of the registry is offered with its input and output schemas and its
+annotations; each call runs through the same validation, cost check and output
+cap as a tool activity, and a refusal comes back as a tool error. Tools that
+need a person's approval are refused. Files are a private copy of KEEL_DOCS_DIR
+per MCP session, under KEEL_HOME/workspaces, removed when the server stops.
+Temporal is not needed.
+
+Example client entry (stdio):
+  {"command": "keel", "args": ["mcp"], "env": {"KEEL_HOME": "/path/to/.keel"}}
+"""
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--http {value!r}: give HOST:PORT, e.g. 127.0.0.1:8765")
+    return host, int(port)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+async def cmd_mcp(args: argparse.Namespace, settings: Settings) -> int:
+    from keel.mcp_server import build_server
+
+    if args.max_usd_per_call < 0:
+        raise UsageError("--max-usd-per-call must be 0 or more")
+    token = None
+    if args.token_env:
+        token = os.environ.get(args.token_env)
+        if not token:
+            raise UsageError(f"--token-env {args.token_env}: that variable is unset or empty")
+    host, port = _host_port(args.http) if args.http else ("", 0)
+    if args.http is None and token is not None:
+        raise UsageError("--token-env protects --http; a stdio server has no network side")
+    if args.http and token is None and not _is_loopback(host):
+        raise UsageError(
+            f"refusing to serve tools on {host} without a token: put one in an environment "
+            "variable and pass --token-env NAME, or bind a loopback address"
+        )
+    # logs on stderr: on stdio, stdout carries the protocol
+    keel_logging.configure(settings.log_level)
+    server = build_server(settings, models=args.models, max_usd_per_call=args.max_usd_per_call)
+    if args.http is None:
+        await server.run_stdio()
+        return 0
+    shown = f"[{host}]" if ":" in host else host
+    _out(
+        f"Keel MCP server on http://{shown}:{port}/mcp with {len(server.tools)} tools "
+        f"({', '.join(server.tools)}). Ctrl-C stops."
+    )
+    await server.run_http(host, port, token)
     return 0
 
 
@@ -329,6 +406,41 @@ def parser() -> argparse.ArgumentParser:
     dev = sub.add_parser("dev", help="run a Temporal dev server and every worker in one process")
     dev.add_argument("workers", nargs="*", help="only these workers (default all)")
     dev.set_defaults(handler=cmd_dev)
+
+    mcp = sub.add_parser(
+        "mcp",
+        help="serve Keel's tools to MCP clients (stdio, or streamable HTTP with --http)",
+        description=MCP_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    mcp.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        default=None,
+        help="serve streamable HTTP at http://HOST:PORT/mcp instead of stdio "
+        "(a non-loopback HOST needs --token-env)",
+    )
+    mcp.add_argument(
+        "--token-env",
+        metavar="VAR",
+        default=None,
+        help="with --http: require `Authorization: Bearer <token>`, the token read from "
+        "environment variable VAR",
+    )
+    mcp.add_argument(
+        "--max-usd-per-call",
+        type=float,
+        default=0.0,
+        metavar="USD",
+        help="what one call may cost (default 0: paid tools are refused)",
+    )
+    mcp.add_argument(
+        "--models",
+        action="store_true",
+        help="also serve tools that call models (ask_reasoner), through the KEEL_*_MODEL "
+        "router; loads or calls those models",
+    )
+    mcp.set_defaults(handler=cmd_mcp)
 
     from workers.process import BUILDERS
 

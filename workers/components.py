@@ -30,6 +30,7 @@ class Components:
     _registry: ToolRegistry | None = None
     _vectors: VectorStore | None = None  # Qdrant local mode allows one client per folder
     _graph: GraphStore | None = None
+    _mcp_loaded: bool = False
     # The Triton server this process started for a planner on `triton` without
     # KEEL_TRITON_URL (see start_triton); stopped with the planner worker.
     triton: TritonServer | None = None
@@ -76,6 +77,21 @@ class Components:
         if self._registry is None:
             self._registry = default_registry(self.settings)
         return self._registry
+
+    async def load_mcp_tools(self) -> list[str]:
+        """Add the tools of the external MCP servers in KEEL_MCP_SERVERS to the registry,
+        once per process, and return their names. The process that runs the tool worker
+        calls this before building it: the servers are asked for their tools at start, so a
+        changed server needs a restart of the tool worker."""
+        if self._mcp_loaded or self.settings.mcp_servers is None:
+            return []
+        from activities.tools.mcp_remote import discover_tools, load_servers
+
+        tools = await discover_tools(load_servers(self.settings.mcp_servers))
+        for tool in tools:
+            self.registry.add(tool)
+        self._mcp_loaded = True
+        return [tool.spec.name for tool in tools]
 
     @property
     def vectors(self) -> VectorStore:

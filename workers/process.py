@@ -13,10 +13,10 @@ from temporalio.worker import Worker
 
 from keel import logging as keel_logging
 from keel.client import TemporalUnreachable, connect
+from keel.errors import ServiceStartError
 from keel.settings import SettingsError, get_settings
 from workers import agent, llm, memory, planner, tools
 from workers.components import Components
-from workers.triton.server import TritonError
 
 # A builder makes the workers of one component: one worker, or several (the tools
 # component adds a rate-limited worker per allowlisted HTTP API).
@@ -84,6 +84,8 @@ async def serve_async(builders: Sequence[Builder]) -> None:
     keel_logging.configure(settings.log_level)
     client = await connect(settings)
     components = Components.from_settings(settings)
+    if tools.build in builders:  # the tool worker serves the external MCP servers' tools
+        await components.load_mcp_tools()
     workers = [w for build in builders for w in _as_list(build(client, components))]
     try:
         await run_workers(workers, stop_on_signals())
@@ -94,6 +96,6 @@ async def serve_async(builders: Sequence[Builder]) -> None:
 def serve(*builders: Builder) -> None:
     try:
         asyncio.run(serve_async(builders))
-    except (TemporalUnreachable, SettingsError, TritonError) as err:  # Triton: missing or failed
+    except (TemporalUnreachable, SettingsError, ServiceStartError) as err:  # Triton, MCP, ...
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -88,4 +88,3 @@ def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Host]:
     assert state.stray_markers() == [], "a sandboxed run wrote outside its workdir"
     assert sandbox_processes() == [], "a sandboxed process outlived its run"
     assert os.environ["KEEL_TEST_HOST_SECRET"] == secret
-
