@@ -32,10 +32,7 @@ def builtin_tools(settings: Settings) -> list[Tool]:
         ),
         define_tool(
             "run_python",
-            "Run a Python 3 program in an isolated sandbox and get its stdout, stderr and "
-            "exit code. No network, no files but its own, only the standard library; limits: "
-            f"{settings.sandbox_wall_s:g} s wall, {settings.sandbox_cpu_s} s CPU, "
-            f"{settings.sandbox_memory_mb} MB memory. Print the results you need.",
+            "Execute Python code in an isolated sandbox; returns its output.",
             RunPython(settings),
             RunPythonInput,
             RunPythonOutput,
