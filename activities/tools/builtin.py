@@ -32,6 +32,8 @@ def builtin_tools(settings: Settings) -> list[Tool]:
         ),
         define_tool(
             "run_python",
+            # Kept short and plain: SmolLM2 degenerates on the react prompt when this line
+            # lists the sandbox's limits (they are in the spec's metadata and the README).
             "Execute Python code in an isolated sandbox; returns its output.",
             RunPython(settings),
             RunPythonInput,
