@@ -50,7 +50,7 @@ from pydantic import (
 from temporalio.exceptions import ApplicationError
 
 from activities.tools.registry import Tool, ToolContext, define_tool
-from keel.contracts import SideEffects, ToolSpec
+from keel.contracts import SideEffects
 from keel.settings import Settings, SettingsError
 
 NAME = "http_get"
@@ -522,7 +522,7 @@ def http_get_tool(apis: HttpApis, environ: Mapping[str, str] | None = None) -> T
         f"{n} ({a.base_url}{': ' + a.description if a.description else ''})"
         for n, a in apis.apis.items()
     )
-    tool = define_tool(
+    return define_tool(
         NAME,
         "HTTP GET on an allowlisted API; `api` is one of: "
         f"{listed}. `path` is relative to the API's base URL, `params` are query parameters. "
@@ -535,10 +535,9 @@ def http_get_tool(apis: HttpApis, environ: Mapping[str, str] | None = None) -> T
         side_effects=SideEffects.EXTERNAL,
         idempotent=True,
         queue=HTTP_QUEUE,
+        queue_arg="api",
         max_attempts=3,
     )
-    spec = ToolSpec.model_validate({**tool.spec.model_dump(), "queue_arg": "api"})
-    return dataclasses.replace(tool, spec=spec)
 
 
 def http_tools(settings: Settings) -> list[Tool]:

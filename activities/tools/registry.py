@@ -59,6 +59,7 @@ def define_tool(
     idempotent: bool = True,
     requires_approval: bool = False,
     queue: str = TOOLS,
+    queue_arg: str | None = None,
     max_attempts: int = 3,
     cache: CachePolicy | None = None,
 ) -> Tool:
@@ -74,6 +75,7 @@ def define_tool(
         idempotent=idempotent,
         requires_approval=requires_approval,
         queue=queue,
+        queue_arg=queue_arg,
         max_attempts=max_attempts,
         cache=cache,
     )
