@@ -5,9 +5,9 @@
 Isolated = the bwrap backend as `run_python` uses it: per-run uid, rlimits, every namespace,
 seccomp, tmpfs workdir, a per-run cgroup where the machine allows, output capture, wall
 limit; also without the cgroup (rlimits only), as on machines that allow none. Bare =
-`subprocess.run` of the same interpreter and arguments. Latency is wall time
-per run as the caller sees it. Throughput is runs completed per second, sequentially and with
-2 runs at a time. Isolated and bare alternate run by run, so both see the same machine load. Prints a
+`subprocess.run` of the same interpreter and arguments. Latency is wall time per run as the
+caller sees it. Throughput is runs completed per second, sequentially and with 2 runs at a
+time. Isolated and bare alternate run by run, so both see the same machine load. Prints a
 table and writes bench/results/sandbox.json.
 """
 

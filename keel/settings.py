@@ -6,12 +6,16 @@ a local Temporal dev server, the local SmolLM2 model, Qdrant in local mode under
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
+from typing import TypeVar
 
 from pydantic import BaseModel, Field, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TEMPORAL_ADDRESS = "127.0.0.1:7233"
@@ -187,6 +191,30 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
             "set the address of the cluster the key belongs to"
         )
     return settings
+
+
+def load_json_config(variable: str, path: Path, model: type[M], fix: str) -> M:
+    """A JSON file a `KEEL_*` variable names, validated by `model`; anything wrong with it is a
+    SettingsError of one line: the variable and file, what is wrong, and `fix`."""
+    where = f"{variable}={str(path)!r}"
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        why = err.strerror if isinstance(err, OSError) else "it is not UTF-8 text"
+        raise SettingsError(f"{where}: cannot read it ({why}); {fix}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise SettingsError(
+            f"{where}: not JSON (line {err.lineno}, column {err.colno}: {err.msg}); {fix}"
+        ) from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"] if p != "[key]") or "(top level)"
+        msg = str(first["msg"]).removeprefix("Value error, ")
+        raise SettingsError(f"{where}: {loc}: {msg}; {fix}") from None
 
 
 @lru_cache(maxsize=1)

@@ -464,7 +464,7 @@ def api_entry(base_url: str = "https://a.example", **fields: Any) -> dict[str, A
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
-        (None, "cannot read the HTTP APIs file (No such file or directory)"),
+        (None, "cannot read it (No such file or directory)"),
         ("{", "not JSON (line 1, column 2: Expecting property name"),
         ({"apis": {}}, "apis: Dictionary should have at least 1 item"),
         ({"apis": {"Bad-Name": api_entry()}}, "apis.Bad-Name: API name 'Bad-Name': use lowercase"),
@@ -493,8 +493,7 @@ def test_a_bad_apis_file_is_one_clear_line(tmp_path: Path, content: Any, expecte
     message = str(bad.value)
     assert message.startswith(f"KEEL_HTTP_APIS='{path}': ") and "\n" not in message
     assert expected in message
-    if content is not None:
-        assert message.endswith("fix the file (the format is in the README, section http_get)")
+    assert message.endswith("fix the file (the format is in the README, section http_get)")
 
 
 async def test_a_missing_or_broken_secret_is_a_refusal_naming_the_variable(apis: Setup) -> None:

@@ -359,7 +359,7 @@ async def test_agent_task_calls_external_mcp_tools_and_history_keeps_no_secret(
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
-        ("{not json", "is not JSON"),
+        ("{not json", "not JSON (line 1, column 2"),
         ('{"servers": {"x": {}}}', "servers.x: give either command"),
         ('{"servers": {"x": {"command": "a", "url": "http://h/mcp"}}}', "give either command"),
         ('{"servers": {"Bad-Name": {"command": "a"}}}', "server name 'Bad-Name' must match"),
@@ -374,7 +374,7 @@ def test_bad_servers_file_is_one_clear_line(tmp_path: Path, content: str, expect
     with pytest.raises(SettingsError) as err:
         load_servers(path)
     message = str(err.value)
-    assert message.startswith(f"KEEL_MCP_SERVERS={path}")
+    assert message.startswith(f"KEEL_MCP_SERVERS='{path}': ")
     assert expected in message and "\n" not in message
 
 

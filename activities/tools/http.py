@@ -43,7 +43,6 @@ from pydantic import (
     ConfigDict,
     Field,
     JsonValue,
-    ValidationError,
     create_model,
     field_validator,
 )
@@ -51,7 +50,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.tools.registry import Tool, ToolContext, define_tool
 from keel.contracts import SideEffects
-from keel.settings import Settings, SettingsError
+from keel.settings import Settings, load_json_config
 
 NAME = "http_get"
 HTTP_QUEUE = "keel-http"  # each API has its own queue: `keel-http-<api>`
@@ -170,28 +169,8 @@ class HttpApis(BaseModel):
 
 def load_http_apis(path: Path) -> HttpApis:
     """The APIs file, or a SettingsError of one line: the file, what is wrong, what to do."""
-    where = f"KEEL_HTTP_APIS={str(path)!r}"
     fix = "fix the file (the format is in the README, section http_get)"
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        why = err.strerror if isinstance(err, OSError) else "it is not UTF-8 text"
-        raise SettingsError(
-            f"{where}: cannot read the HTTP APIs file ({why}); point it at a readable JSON file"
-        ) from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise SettingsError(
-            f"{where}: not JSON (line {err.lineno}, column {err.colno}: {err.msg}); {fix}"
-        ) from None
-    try:
-        return HttpApis.model_validate(data)
-    except ValidationError as err:
-        first = err.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"] if p != "[key]") or "(top level)"
-        msg = first["msg"].removeprefix("Value error, ")
-        raise SettingsError(f"{where}: {loc}: {msg}; {fix}") from None
+    return load_json_config("KEEL_HTTP_APIS", path, HttpApis, fix)
 
 
 # --- the tool's input and output -------------------------------------------------------------

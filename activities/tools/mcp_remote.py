@@ -28,7 +28,6 @@ retry repeats on a fresh one, and no connection outlives the activity that opene
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -51,7 +50,7 @@ from activities.tools.registry import Tool, ToolContext
 from keel.contracts import SideEffects, ToolSpec
 from keel.errors import ServiceStartError
 from keel.queues import TOOLS
-from keel.settings import SettingsError
+from keel.settings import SettingsError, load_json_config
 
 SERVER_NAME = r"^[a-z][a-z0-9_]{0,23}$"
 MAX_NAME = 48  # ToolSpec.name: ^[a-z][a-z0-9_]{0,47}$
@@ -136,27 +135,11 @@ class ServersFile(BaseModel):
 
 def load_servers(path: Path) -> ServersFile:
     """The servers file KEEL_MCP_SERVERS points to; SettingsError with one line if unusable."""
-    where = f"KEEL_MCP_SERVERS={path}"
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as err:
-        raise SettingsError(f"{where}: cannot read it ({err.strerror})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise SettingsError(
-            f"{where} is not JSON: {err.msg} at line {err.lineno} column {err.colno}"
-        ) from None
-    try:
-        return ServersFile.model_validate(data)
-    except ValidationError as err:
-        first = err.errors()[0]
-        at = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        message = str(first["msg"]).removeprefix("Value error, ")
-        raise SettingsError(
-            f'{where}: {at}: {message} (expected {{"servers": {{"<name>": '
-            '{"command": ..., "args": [...]} or {"url": ...}}})'
-        ) from None
+    fix = (
+        'expected {"servers": {"<name>": {"command": ..., "args": [...]} or {"url": ...}}} '
+        "(the README, section MCP)"
+    )
+    return load_json_config("KEEL_MCP_SERVERS", Path(path), ServersFile, fix)
 
 
 # --- secrets and connections ---------------------------------------------------------------
