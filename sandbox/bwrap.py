@@ -30,7 +30,7 @@ import time
 import uuid
 from contextlib import suppress
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import IO
 
 from sandbox.backend import Limits, Run, SandboxError, SandboxResult, StopReason
 from sandbox.cgroups import Cgroups, RunCgroup
@@ -228,6 +228,7 @@ class BwrapBackend:
         wall_ms = (time.monotonic() - started) * 1000
         exit_code: int | None = None
         sig: int | None = None
+        cpu_ms = group.cpu_ms() if group else (usage.ru_utime + usage.ru_stime) * 1000
         if stopped is None:
             code = os.waitstatus_to_exitcode(status)
             if code < 0:  # bwrap itself died of a signal
@@ -237,7 +238,7 @@ class BwrapBackend:
             else:
                 exit_code = code
             oom = group is not None and group.out_of_memory()
-            stopped = _reason(sig, exit_code, err_out.text(), usage, limits, oom)
+            stopped = _reason(sig, exit_code, err_out.text(), cpu_ms / 1000, limits, oom)
         return SandboxResult(
             stdout=out.text(),
             stderr=err_out.text(),
@@ -245,7 +246,7 @@ class BwrapBackend:
             stopped=stopped,
             signal=sig,
             wall_ms=wall_ms,
-            cpu_ms=group.cpu_ms() if group else (usage.ru_utime + usage.ru_stime) * 1000,
+            cpu_ms=cpu_ms,
             max_rss_kb=group.peak_kb() if group else usage.ru_maxrss,
             cgroup=group is not None,
             stdout_truncated=out.truncated,
@@ -296,13 +297,12 @@ class BwrapBackend:
 
 
 def _reason(
-    sig: int | None, exit_code: int | None, stderr: str, usage: Any, limits: Limits, oom: bool
+    sig: int | None, exit_code: int | None, stderr: str, cpu_s: float, limits: Limits, oom: bool
 ) -> StopReason:
-    cpu_s = usage.ru_utime + usage.ru_stime
+    if oom:  # the cgroup's own count: certain, where the other reasons are inferred
+        return StopReason.MEMORY
     if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu_s >= limits.cpu_s):
         return StopReason.CPU_TIME
-    if oom:
-        return StopReason.MEMORY
     if sig is not None:
         return StopReason.SIGNAL
     # Python reports an address-space limit as MemoryError and exits with code 1.
