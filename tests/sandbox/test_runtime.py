@@ -171,3 +171,22 @@ def test_a_killed_worker_takes_its_runs_along() -> None:
     while in_range():
         assert time.monotonic() < deadline, f"runs outlived their worker: {in_range()}"
         time.sleep(0.01)
+
+
+def test_the_cgroup_caps_memory_across_processes(backend: BwrapBackend) -> None:
+    """Eight processes, each under its own address-space limit, together far over the run's
+    memory: the cgroup's OOM killer stops them, and the run says so."""
+    if backend.cgroups is None:
+        pytest.skip("this machine lets the worker make no cgroups: rlimits only")
+    code = (
+        "import os, time\nkids = []\nfor _ in range(8):\n    pid = os.fork()\n"
+        "    if pid == 0:\n        block = bytearray(60 * 1024 * 1024)\n        time.sleep(5)\n"
+        "        os._exit(0)\n    kids.append(pid)\n"
+        "killed = sum(os.waitpid(p, 0)[1] & 0x7F == 9 for p in kids)\n"
+        "print('killed', killed)\n"
+    )
+    result = run_code(backend, code, Limits(wall_s=20, memory_mb=96, disk_mb=8))
+    # 8 x 60 MB against a cgroup of 96 + 3 x 8 MB: some children must have been OOM-killed
+    assert result.stopped is StopReason.MEMORY, result
+    assert "killed 0" not in result.stdout
+    assert result.max_rss_kb <= (96 + 3 * 8) * 1024 + 1024
