@@ -180,7 +180,7 @@ def test_the_cgroup_caps_memory_across_processes(backend: BwrapBackend) -> None:
         pytest.skip("this machine lets the worker make no cgroups: rlimits only")
     code = (
         "import os, time\nkids = []\nfor _ in range(8):\n    pid = os.fork()\n"
-        "    if pid == 0:\n        block = bytearray(60 * 1024 * 1024)\n        time.sleep(5)\n"
+        "    if pid == 0:\n        block = bytearray(60 * 1024 * 1024)\n        time.sleep(1)\n"
         "        os._exit(0)\n    kids.append(pid)\n"
         "killed = sum(os.waitpid(p, 0)[1] & 0x7F == 9 for p in kids)\n"
         "print('killed', killed)\n"
