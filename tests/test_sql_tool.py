@@ -21,7 +21,7 @@ from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from activities.tools.activity import ToolActivities
 from activities.tools.builtin import builtin_tools, default_registry
 from activities.tools.registry import ToolRegistry
-from activities.tools.sql import SqlUnavailable, check_read_only
+from activities.tools.sql import SqlUnavailable, _Database, _Limits, check_read_only
 from keel.client import start_task
 from keel.contracts import SideEffects, StepStatus, TaskRequest, TaskStatus, ToolCall
 from keel.errors import TOOL_ERROR
@@ -204,6 +204,8 @@ async def test_keywords_inside_literals_and_quotes_are_data(pg: PostgresServer) 
         ("SELECT 1 /* /* nested */ still a comment; */; DROP TABLE orders", "2 statements"),
         ("SELECT 'unterminated; DROP TABLE orders", "unterminated string"),
         ("   ;  -- nothing", "empty"),
+        # PostgreSQL ends a line comment at a carriage return: what follows is SQL
+        ("SELECT 1 --\r; COMMIT; SELECT bump_visits(1); SELECT 1\nAS x", "send exactly one"),
     ],
 )
 async def test_writes_and_ddl_are_refused(pg: PostgresServer, query: str, why: str) -> None:
@@ -233,6 +235,19 @@ async def test_the_database_refuses_what_the_keyword_filter_lets_through(
     before = snapshot(pg)
     message = await refused(sql_settings(pg), query)
     assert f"the database refused the query: {why}" in message
+    assert snapshot(pg) == before
+
+
+async def test_the_database_runs_one_statement_per_call_whatever_the_text_check_says(
+    pg: PostgresServer,
+) -> None:
+    """Defence in depth under the text check: the statements go over the extended protocol,
+    which runs one statement at most, so a `COMMIT` smuggled past the check cannot end the
+    read-only transaction and let a write through."""
+    limits = _Limits(timeout_ms=2000, row_limit=10, max_cost=1e9)
+    before = snapshot(pg)
+    with pytest.raises(ValueError, match="cannot insert multiple commands"):
+        await _Database(pg.url).run("SELECT 1; COMMIT; SELECT bump_visits(1)", limits)
     assert snapshot(pg) == before
 
 

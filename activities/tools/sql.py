@@ -190,7 +190,7 @@ class Token:
 _SIMPLE = re.compile(
     r"""
     (?P<space>\s+)
-  | (?P<comment>--[^\n]*)
+  | (?P<comment>--[^\n\r]*)  # PostgreSQL ends a line comment at CR too
   | (?P<estring>[eE]'(?:[^'\\]|\\.|'')*')
   | (?P<string>'(?:[^']|'')*')
   | (?P<ident>"(?:[^"]|"")*")
@@ -342,7 +342,9 @@ class _Database:
                     (str(limits.timeout_ms), str(limits.timeout_ms + 5000)),
                 )
                 await _arm(cur, deadline, limits)
-                await cur.execute(b"EXPLAIN (FORMAT JSON) " + statement.encode())
+                # binary: the extended protocol, which runs one statement at most, whatever
+                # the text check missed (the simple protocol would run `...; COMMIT; ...`)
+                await cur.execute(b"EXPLAIN (FORMAT JSON) " + statement.encode(), binary=True)
                 explained = await cur.fetchone()
                 assert explained is not None
                 cost = float(explained[0][0]["Plan"]["Total Cost"])
