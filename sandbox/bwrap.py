@@ -18,6 +18,8 @@ Each run:
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import random
 import selectors
@@ -27,10 +29,8 @@ import signal
 import subprocess
 import threading
 import time
-import uuid
 from contextlib import suppress
 from pathlib import Path, PurePosixPath
-from typing import IO
 
 from sandbox.backend import Limits, Run, SandboxError, SandboxResult, StopReason
 from sandbox.cgroups import Cgroups, RunCgroup
@@ -39,30 +39,40 @@ from sandbox.seccomp import bpf_program
 WORKDIR = "/work"
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
 _MB = 1024 * 1024
+UID_LOCKS = Path("/run/keel-sandbox")  # one lock file per uid in use
 _READ_CHUNK = 65536
 
 
 class UidPool:
-    """Host uids for concurrent runs in this process, never two runs on one uid."""
+    """Host uids for runs, never two runs on one uid at a time, across every worker process
+    of the machine: a run holds an exclusive lock on its uid's lock file."""
 
-    def __init__(self, base: int, count: int) -> None:
-        self.base, self.count = base, count
-        self._busy: set[int] = set()
+    def __init__(self, base: int, count: int, lock_dir: Path = UID_LOCKS) -> None:
+        self.base, self.count, self.lock_dir = base, count, lock_dir
+        self._held: dict[int, int] = {}  # uid -> the locked file's descriptor
         self._lock = threading.Lock()
 
     def take(self) -> int:
+        self.lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        first = random.randrange(self.count)  # workers start their search apart
         with self._lock:
-            if len(self._busy) >= self.count:
-                raise SandboxError(f"all {self.count} sandbox uids are in use")
-            uid = self.base + random.randrange(self.count)  # other processes pick elsewhere
-            while uid in self._busy:
-                uid = self.base + (uid - self.base + 1) % self.count
-            self._busy.add(uid)
-            return uid
+            for i in range(self.count):
+                uid = self.base + (first + i) % self.count
+                fd = os.open(self.lock_dir / f"uid-{uid}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    continue
+                self._held[uid] = fd
+                return uid
+        raise SandboxError(f"all {self.count} sandbox uids from {self.base} are in use")
 
     def give_back(self, uid: int) -> None:
         with self._lock:
-            self._busy.discard(uid)
+            fd = self._held.pop(uid, None)
+        if fd is not None:
+            os.close(fd)  # releases the lock
 
 
 class BwrapBackend:
@@ -92,30 +102,31 @@ class BwrapBackend:
         uid = self.uids.take() if os.geteuid() == 0 else os.geteuid()
         if uid == 0:
             raise SandboxError("sandboxed code must not run as root")
-        fds: list[int] = []
+        fds: list[int] = []  # passed to bwrap, closed here afterwards
         group: RunCgroup | None = None
+        info_read, info_write = os.pipe()  # bwrap's --info-fd: the host pid of its pid 1
+        stdin = _memfd("stdin", run.stdin)  # a file, not a pipe: nothing to feed, no writer
         try:
-            seccomp_fd = _memfd("seccomp", bpf_program())
-            fds.append(seccomp_fd)
+            seccomp = _memfd("seccomp", bpf_program())
+            fds += [info_write, seccomp]  # info_write first: _supervise closes it early
             file_args = self._file_args(run.files, fds)
             argv = [
                 *self._prlimit_args(run.limits),
-                *self._bwrap_args(run, seccomp_fd, file_args),
+                *self._bwrap_args(run, seccomp, info_write, file_args),
                 "--",
                 *run.argv,
             ]
             if self.cgroups is not None:
-                group = self.cgroups.create(
-                    f"run-{uuid.uuid4().hex}", uid, _total_memory(run.limits), run.limits.processes
-                )
+                group = self.cgroups.create(uid, _total_memory(run.limits), run.limits.processes)
                 argv = _joining(group, argv)
-            return self._supervise(argv, run, uid, fds, group)
+            return self._supervise(argv, run, uid, stdin, fds, info_read, group)
         finally:
-            for fd in fds:
+            for fd in (*fds, info_read, stdin):
                 os.close(fd)
-            if group is not None:
-                group.destroy()
-            if os.geteuid() == 0:
+            try:
+                if group is not None:
+                    group.destroy()
+            finally:
                 self.uids.give_back(uid)
 
     def _prlimit_args(self, limits: Limits) -> list[str]:
@@ -129,7 +140,9 @@ class BwrapBackend:
             "--core=0",
         ]
 
-    def _bwrap_args(self, run: Run, seccomp_fd: int, file_args: list[str]) -> list[str]:
+    def _bwrap_args(
+        self, run: Run, seccomp_fd: int, info_fd: int, file_args: list[str]
+    ) -> list[str]:
         disk = str(run.limits.disk_mb * _MB)
         args = [
             str(self.bwrap),
@@ -147,7 +160,9 @@ class BwrapBackend:
             "--symlink", "usr/lib64", "/lib64",
             "--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache",
             "--ro-bind-try", "/etc/alternatives", "/etc/alternatives",
+            "--info-fd", str(info_fd),
             "--proc", "/proc",
+            "--ro-bind", "/dev/null", "/proc/cmdline",  # the host's boot arguments
             "--dev", "/dev",
             "--size", disk, "--tmpfs", "/dev/shm",
             "--size", disk, "--tmpfs", "/tmp",
@@ -156,8 +171,11 @@ class BwrapBackend:
         for path in self.read_only:
             args += ["--ro-bind", str(path), str(path)]
         args += file_args
-        # read-only root and /dev (device nodes still work); only the tmpfs are writable
-        args += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", WORKDIR, "--clearenv"]
+        # read-only root, /dev (its device nodes still work) and /proc (no writing to
+        # /proc/1/mem, which would let a run take over bwrap's pid 1): only the tmpfs are
+        # writable
+        args += ["--remount-ro", "/dev", "--remount-ro", "/proc", "--remount-ro", "/"]
+        args += ["--chdir", WORKDIR, "--clearenv"]
         env = {
             "PATH": SANDBOX_PATH,
             "HOME": WORKDIR,
@@ -189,7 +207,14 @@ class BwrapBackend:
         return args
 
     def _supervise(
-        self, argv: list[str], run: Run, uid: int, fds: list[int], group: RunCgroup | None
+        self,
+        argv: list[str],
+        run: Run,
+        uid: int,
+        stdin: int,
+        fds: list[int],
+        info_read: int,
+        group: RunCgroup | None,
     ) -> SandboxResult:
         limits = run.limits
         started = time.monotonic()
@@ -202,29 +227,40 @@ class BwrapBackend:
         try:
             proc = subprocess.Popen(
                 argv,
-                stdin=subprocess.PIPE,
+                stdin=stdin,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 env={},
+                cwd="/",
                 pass_fds=fds,
                 start_new_session=True,
             )
         except OSError as err:
             raise SandboxError(f"could not start bwrap: {err}") from err
-        out, err_out = _Capture(limits.output_bytes), _Capture(limits.output_bytes)
-        assert proc.stdin and proc.stdout and proc.stderr
-        deadline = started + limits.wall_s
-        stopped = self._pump(proc, run.stdin, out, err_out, deadline)
-        if stopped is None and not _exits_by(proc.pid, deadline):
-            stopped = StopReason.WALL_TIME  # it closed its outputs but kept running
+        # our copy of the info pipe's write end (taken off the list, never closed twice: its
+        # number may belong to another run's descriptor a moment later)
+        os.close(fds.pop(0))
+        watch = _Watch(proc, info_read, limits, group, started + limits.wall_s)
+        try:
+            stopped = watch.pump()
+            if stopped is None and not _exits_by(proc.pid, watch.deadline):
+                stopped = StopReason.WALL_TIME  # it closed its outputs but kept running
+        except BaseException as err:
+            _kill_group(proc.pid)
+            watch.kill_sandbox()
+            os.wait4(proc.pid, 0)
+            proc.returncode = -1
+            _close(proc)
+            if isinstance(err, Exception):
+                raise SandboxError(f"the sandbox supervisor failed: {err!r}") from err
+            raise
         if stopped is not None:
             _kill_group(proc.pid)
+        watch.kill_sandbox()  # whatever happened inside, its PID namespace ends here
         # wait4: the exit status and the resource use of the run's waited-for processes
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = 0  # reaped here; keeps Popen from waiting again
-        for stream in (proc.stdin, proc.stdout, proc.stderr):
-            if stream and not stream.closed:
-                stream.close()
+        _close(proc)
         wall_ms = (time.monotonic() - started) * 1000
         exit_code: int | None = None
         sig: int | None = None
@@ -238,10 +274,10 @@ class BwrapBackend:
             else:
                 exit_code = code
             oom = group is not None and group.out_of_memory()
-            stopped = _reason(sig, exit_code, err_out.text(), cpu_ms / 1000, limits, oom)
+            stopped = _reason(sig, exit_code, watch.err.text(), cpu_ms / 1000, limits, oom)
         return SandboxResult(
-            stdout=out.text(),
-            stderr=err_out.text(),
+            stdout=watch.out.text(),
+            stderr=watch.err.text(),
             exit_code=exit_code,
             stopped=stopped,
             signal=sig,
@@ -249,51 +285,79 @@ class BwrapBackend:
             cpu_ms=cpu_ms,
             max_rss_kb=group.peak_kb() if group else usage.ru_maxrss,
             cgroup=group is not None,
-            stdout_truncated=out.truncated,
-            stderr_truncated=err_out.truncated,
+            stdout_truncated=watch.out.truncated,
+            stderr_truncated=watch.err.truncated,
             backend=self.name,
         )
 
-    @staticmethod
-    def _pump(
+
+CPU_POLL_S = 0.1
+
+
+class _Watch:
+    """One run seen from outside: its output, its pid 1, its CPU, its deadline."""
+
+    def __init__(
+        self,
         proc: subprocess.Popen[bytes],
-        stdin: bytes,
-        out: _Capture,
-        err: _Capture,
+        info_read: int,
+        limits: Limits,
+        group: RunCgroup | None,
         deadline: float,
-    ) -> StopReason | None:
-        """Feed stdin and collect output until both outputs close (the run ended), the
-        deadline passes or the output cap is hit; the reason it had to stop, if any."""
-        assert proc.stdin and proc.stdout and proc.stderr
-        readers: dict[IO[bytes], _Capture] = {proc.stdout: out, proc.stderr: err}
-        pending = memoryview(stdin)
+    ) -> None:
+        assert proc.stdout and proc.stderr
+        self.proc, self.limits, self.group, self.deadline = proc, limits, group, deadline
+        self.out, self.err = _Capture(limits.output_bytes), _Capture(limits.output_bytes)
+        self.info_read, self.info = info_read, b""
+        self.pid1: int | None = None  # a pidfd of the sandbox's pid 1
+
+    def pump(self) -> StopReason | None:
+        """Collect output until both outputs close (the run ended), the deadline passes, the
+        output cap is hit or the run's CPU (all its processes, where a cgroup counts them)
+        passes its limit; the reason it had to stop, if any."""
+        assert self.proc.stdout and self.proc.stderr
         with selectors.DefaultSelector() as sel:
-            for stream, capture in readers.items():
-                sel.register(stream, selectors.EVENT_READ, capture)
-            if pending:
-                os.set_blocking(proc.stdin.fileno(), False)
-                sel.register(proc.stdin, selectors.EVENT_WRITE, None)
-            else:
-                proc.stdin.close()
-            open_readers = len(readers)
-            while open_readers:
-                left = deadline - time.monotonic()
+            sel.register(self.proc.stdout, selectors.EVENT_READ, self.out)
+            sel.register(self.proc.stderr, selectors.EVENT_READ, self.err)
+            sel.register(self.info_read, selectors.EVENT_READ, None)
+            while sel.get_map():
+                left = self.deadline - time.monotonic()
                 if left <= 0:
                     return StopReason.WALL_TIME
-                for key, _ in sel.select(timeout=left):
-                    if key.data is None:
-                        pending = _write_some(key.fd, pending)
-                        if not pending:
-                            sel.unregister(key.fileobj)
-                            proc.stdin.close()
-                        continue
+                for key, _ in sel.select(timeout=min(left, CPU_POLL_S) if self.group else left):
                     chunk = os.read(key.fd, _READ_CHUNK)
                     if not chunk:
                         sel.unregister(key.fileobj)
-                        open_readers -= 1
+                        if key.data is None:
+                            self._learn_pid1()
+                    elif key.data is None:
+                        self.info += chunk
                     elif not key.data.add(chunk):
                         return StopReason.OUTPUT_LIMIT
+                if self.group and self.group.cpu_ms() > self.limits.cpu_s * 1000:
+                    return StopReason.CPU_TIME  # several processes, each under RLIMIT_CPU
         return None
+
+    def _learn_pid1(self) -> None:
+        try:
+            pid = int(json.loads(self.info)["child-pid"])
+            self.pid1 = os.pidfd_open(pid)  # bwrap is still running: the pid is the run's
+        except (ValueError, KeyError, OSError):
+            pass  # bwrap failed before starting the sandbox: nothing to kill
+
+    def kill_sandbox(self) -> None:
+        """SIGKILL the sandbox's pid 1 from outside, which ends its whole PID namespace."""
+        if self.pid1 is not None:
+            with suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self.pid1, signal.SIGKILL)
+            os.close(self.pid1)
+            self.pid1 = None
+
+
+def _close(proc: subprocess.Popen[bytes]) -> None:
+    for stream in (proc.stdout, proc.stderr):
+        if stream and not stream.closed:
+            stream.close()
 
 
 def _reason(
@@ -352,13 +416,6 @@ def _exits_by(pid: int, deadline: float) -> bool:
             return bool(sel.select(timeout=max(0.0, deadline - time.monotonic())))
     finally:
         os.close(fd)
-
-
-def _write_some(fd: int, pending: memoryview) -> memoryview:
-    try:
-        return pending[os.write(fd, pending[:_READ_CHUNK]) :]
-    except BrokenPipeError:  # the program stopped reading its input
-        return memoryview(b"")
 
 
 def _memfd(name: str, content: bytes) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+import uuid
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,15 +85,24 @@ class Cgroups:
                     return None
                 base = ROOT / controller / own[controller].lstrip("/") / GROUP
                 base.mkdir(exist_ok=True)
-                for stale in base.glob("run-*"):  # left by a worker that was killed
-                    with suppress(OSError):
-                        stale.rmdir()
                 bases[controller] = base
-            return cls(bases)
+            groups = cls(bases)
+            groups.sweep()
+            return groups
         except OSError:
             return None
 
-    def create(self, name: str, uid: int, memory_bytes: int, processes: int) -> RunCgroup:
+    def sweep(self) -> None:
+        """Kill and remove the groups of workers that died mid-run (their pid is in the
+        name); a live worker's groups, even just made and still empty, are left alone."""
+        for stale in self.bases["pids"].glob("run-*"):
+            owner = int(stale.name.split("-")[1])
+            if not running(owner):
+                with suppress(OSError, TimeoutError):
+                    RunCgroup({c: base / stale.name for c, base in self.bases.items()}).destroy()
+
+    def create(self, uid: int, memory_bytes: int, processes: int) -> RunCgroup:
+        name = f"run-{os.getpid()}-{uuid.uuid4().hex}"
         dirs = {c: base / name for c, base in self.bases.items()}
         run = RunCgroup(dirs)
         try:

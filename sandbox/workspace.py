@@ -24,7 +24,10 @@ class TaskWorkspace:
 
     @classmethod
     def for_task(cls, workspaces_dir: Path, task_id: str, source: Path) -> TaskWorkspace:
-        root = workspaces_dir / _SAFE_ID.sub("_", task_id)
+        name = _SAFE_ID.sub("_", task_id)
+        if name in ("", ".", ".."):  # would be the workspaces folder or its parent
+            raise WorkspaceError(f"task id {task_id!r} cannot name a workspace")
+        root = workspaces_dir / name
         if not root.exists():
             staging = root.with_name(root.name + ".tmp")
             shutil.rmtree(staging, ignore_errors=True)

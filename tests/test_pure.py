@@ -125,6 +125,9 @@ def test_workspace_is_a_private_copy_that_refuses_escapes(tmp_path: Path) -> Non
         with pytest.raises(WorkspaceError):
             ws.read_text(bad)
     assert ws.list_files() == ["a.md"]
+    for bad_id in ["..", ".", ""]:  # the workspaces folder itself, or Keel's home
+        with pytest.raises(WorkspaceError, match="cannot name a workspace"):
+            TaskWorkspace.for_task(tmp_path / "ws", bad_id, source)
 
 
 def test_settings_errors_are_one_clear_line() -> None:

@@ -215,6 +215,17 @@ def attacks(host: Host, net: Listeners) -> list[Attack]:
             blocked("PermissionError"),  # not its file, and a read-only mount besides
         ),
         Attack(
+            "take_over_pid_1_through_proc_mem",
+            try_block("open('/proc/1/mem', 'r+b', buffering=0)"),
+            blocked("30"),  # EROFS: /proc is read-only, so bwrap's pid 1 cannot be rewritten
+        ),
+        Attack(
+            "host_kernel_command_line",
+            "import os\ntry:\n    data = open('/proc/cmdline').read()\nexcept OSError as err:\n"
+            "    data = ''\nprint('ESCAPED ' + data if data.strip() else 'BLOCKED no boot arguments')",
+            blocked("no boot arguments"),
+        ),
+        Attack(
             "read_worker_process_memory",
             try_block(f"open('/proc/{os.getpid()}/mem', 'rb').read(1)"),
             blocked("FileNotFoundError"),  # the worker's pid does not exist in the sandbox

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from keel.client import start_task
 from keel.contracts import TaskRequest, TaskStatus
 from keel.settings import Settings
 from sandbox import Limits, Run, SandboxError, StopReason, build_backend
-from sandbox.bwrap import BwrapBackend
+from sandbox.bwrap import BwrapBackend, UidPool
 from sandbox.cgroups import Cgroups
 from tests.conftest import Stack, scripted_plan, unique
 from tests.sandbox.conftest import PYTHON, UID_BASE, UID_COUNT, run_code, sandbox_processes
@@ -190,3 +191,67 @@ def test_the_cgroup_caps_memory_across_processes(backend: BwrapBackend) -> None:
     assert result.stopped is StopReason.MEMORY, result
     assert "killed 0" not in result.stdout
     assert result.max_rss_kb <= (96 + 3 * 8) * 1024 + 1024
+
+
+def test_the_run_s_cpu_limit_covers_all_its_processes(backend: BwrapBackend) -> None:
+    """RLIMIT_CPU counts per process; a run that hands its spinning to fresh children would
+    get cores x wall time. The cgroup counts them all, and the run stops at its limit."""
+    if backend.cgroups is None:
+        pytest.skip("this machine lets the worker make no cgroups: RLIMIT_CPU per process only")
+    code = (
+        "import os, time\n"
+        "def spin(seconds):\n    end = time.process_time() + seconds\n"
+        "    while time.process_time() < end:\n        pass\n"
+        "for _ in range(8):\n    if os.fork() == 0:\n        spin(0.8)\n        os._exit(0)\n"
+        "    os.wait()\nprint('spun 6.4 s of CPU')\n"
+    )
+    result = run_code(backend, code, Limits(wall_s=20, cpu_s=1))
+    assert result.stopped is StopReason.CPU_TIME, result
+    assert "spun" not in result.stdout
+    assert result.cpu_ms < 1000 + 1000  # stopped within one poll of passing the limit
+
+
+def test_without_cgroups_nothing_outlives_the_run() -> None:
+    """On a machine without cgroups, the run's pid 1 is killed from outside at the end,
+    which ends its PID namespace: a detached daemon dies with it."""
+    uid_base = UID_BASE + UID_COUNT + 600
+    backend = BwrapBackend(uid_base=uid_base, uid_count=10, use_cgroups=False)
+    code = (
+        "import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+        "        time.sleep(60)\n    os._exit(0)\ntime.sleep(60)\n"
+    )
+    result = run_code(backend, code, Limits(wall_s=1))
+    assert result.stopped is StopReason.WALL_TIME and not result.cgroup
+    deadline = time.monotonic() + 5
+    while sandbox_processes(uid_base, 10):
+        assert time.monotonic() < deadline, "a process of the run outlived it"
+        time.sleep(0.01)
+
+
+def test_no_two_runs_share_a_uid_across_worker_processes(tmp_path: Path) -> None:
+    """Two workers' pools over the same uids (the lock files are the machine's): each uid
+    goes to one run at a time."""
+    first, second = UidPool(90000, 2, tmp_path), UidPool(90000, 2, tmp_path)
+    a, b = first.take(), second.take()
+    assert a != b
+    with pytest.raises(SandboxError, match="all 2 sandbox uids from 90000 are in use"):
+        first.take()
+    second.give_back(b)
+    assert first.take() == b
+
+
+def test_a_dead_worker_s_cgroups_are_swept_and_a_live_one_s_kept(backend: BwrapBackend) -> None:
+    if backend.cgroups is None:
+        pytest.skip("this machine lets the worker make no cgroups")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    groups = backend.cgroups
+    stale = {c: base / f"run-{dead.pid}-stale" for c, base in groups.bases.items()}
+    live = {c: base / f"run-{os.getpid()}-live" for c, base in groups.bases.items()}
+    for path in (*stale.values(), *live.values()):
+        path.mkdir()
+    groups.sweep()
+    assert not any(path.exists() for path in stale.values())
+    assert all(path.exists() for path in live.values())
+    for path in live.values():
+        path.rmdir()
