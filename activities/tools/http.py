@@ -65,13 +65,15 @@ HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 MEDIA_TYPE = re.compile(r"^([a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+|[a-z0-9!#$&^_.+-]+/\*|\*/\*)$")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 # What the planner sees (and plan validation checks) before any call, as `check_path`
-# decides it: no scheme, no `//host`, no `.` or `..` segment, no backslash, query, fragment
-# or control character, percent-encoded or not.
+# decides it: no scheme, no `//host`, no `.` or `..` segment (nor `..;x`, which some servers
+# read as `..`), no backslash, query, fragment or control character, percent-encoded or not,
+# and no encoded `%` (only a server that decodes twice would see what it hides).
 _SLASH = r"(?:/|%2[fF])"
 PATH_PATTERN = (
     r"^(?![A-Za-z][A-Za-z0-9+.-]*(?::|%3[aA]))"  # a scheme
     rf"(?!{_SLASH}{{2}})"  # a host
-    rf"(?!(?:.*{_SLASH})?(?:\.|%2[eE]){{1,2}}(?:{_SLASH}|$))"  # a dot segment
+    rf"(?!(?:.*{_SLASH})?(?:\.|%2[eE]){{1,2}}(?:{_SLASH}|;|%3[bB]|$))"  # a dot segment
+    r"(?!.*%25)"  # an encoded percent
     r"(?!.*%(?:5[cC]|[01][0-9a-fA-F]|7[fF]))"  # an encoded backslash or control character
     r"[^\\?#\x00-\x1f\x7f]*$"
 )
@@ -189,7 +191,9 @@ def check_path(path: str) -> str:
         raise ValueError(f"{path!r} names a host: give a path relative to the API")
     if "?" in path or "#" in path:
         raise ValueError("no query or fragment in the path: put query parameters in params")
-    if any(segment in (".", "..") for segment in decoded.split("/")):
+    if "%25" in path:
+        raise ValueError(f"{path!r} has an encoded '%': give the path decoded once")
+    if any(segment.split(";")[0] in (".", "..") for segment in decoded.split("/")):
         raise ValueError(f"{path!r} has a '.' or '..' segment: give a path under the API")
     return path
 
