@@ -38,10 +38,11 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import psycopg
+
+from workers.service import LocalServer
 
 HOST = "127.0.0.1"
 DATABASE = "shop"
@@ -129,7 +130,7 @@ def _seed_sql(reader_password: str) -> list[str]:
     ]
 
 
-class PostgresServer:
+class PostgresServer(LocalServer):
     """Start with `start()` (or `with`), stop with `stop()`; each start is a fresh cluster in
     a temp dir removed at stop."""
 
@@ -320,17 +321,6 @@ class PostgresServer:
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None
-
-    def __enter__(self) -> PostgresServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def main() -> None:

@@ -33,9 +33,9 @@ import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 from keel.errors import ServiceStartError
+from workers.service import LocalServer
 
 HERE = Path(__file__).resolve().parent
 POM = HERE / "pom.xml"
@@ -210,7 +210,7 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex((HOST, port)) == 0
 
 
-class Neo4jServer:
+class Neo4jServer(LocalServer):
     """Start with `start()` (or `with`), stop with `stop()`; `uri` is the Bolt address.
 
     Each start gets a fresh, empty database in a temp dir removed at stop, unless `data_dir`
@@ -361,17 +361,6 @@ class Neo4jServer:
             if process.stdout is not None:
                 process.stdout.close()
         self._remove_temp_dir()
-
-    def __enter__(self) -> Neo4jServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def main() -> None:

@@ -31,9 +31,9 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 from keel.errors import ServiceStartError
+from workers.service import LocalServer
 
 MODEL_REPOSITORY = Path(__file__).resolve().parent / "model_repository"
 START_TIMEOUT_S = 120.0
@@ -122,7 +122,7 @@ def failure_reason(log: str) -> str:
     return errors[-1].removeprefix("error:").strip() if errors else ""
 
 
-class TritonServer:
+class TritonServer(LocalServer):
     """Start with `start()` (or `with`), stop with `stop()`; `url` is the HTTP endpoint."""
 
     def __init__(
@@ -274,14 +274,3 @@ class TritonServer:
         except subprocess.TimeoutExpired:  # the whole group: the server and its model stubs
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-
-    def __enter__(self) -> TritonServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
