@@ -1,19 +1,21 @@
 """The bubblewrap backend: Linux namespaces, seccomp and rlimits around one process tree.
 
 Each run:
-- starts as a dedicated non-root host uid (one of `uid_count` from `uid_base`, a different
-  one for each concurrent run), because RLIMIT_NPROC does not bind root and a uid of its own
-  keeps one run's processes from counting against another's;
+- starts as a dedicated non-root host uid (one of `uid_count` from `uid_base`, locked for
+  the run machine-wide), because RLIMIT_NPROC does not bind root and a uid of its own keeps
+  one run's processes from counting against another's;
 - gets rlimits (CPU, address space, file size, open files, processes; no core dumps) from
-  `prlimit` before `bwrap` starts, so every process of the run inherits them;
+  `prlimit` before `bwrap` starts, so every process of the run inherits them, and its own
+  cgroup where the machine allows (sandbox/cgroups.py);
 - unshares every namespace (user, mount, PID, network, IPC, UTS, cgroup) and may not create
   new user namespaces; drops every capability; loads the seccomp filter (sandbox/seccomp.py);
-- sees a read-only root that holds only /usr (and the lib/bin links into it), a fresh /proc
-  and a minimal /dev; writes go to a size-capped tmpfs workdir (/work, also HOME) and /tmp,
-  which vanish with the run;
-- has a clean environment; input files are copied into the workdir from memory;
-- is killed with its whole PID namespace at the wall-clock limit or when its output passes
-  the cap (bwrap dies with its parent, and the namespace's init takes every process along).
+- sees a read-only root that holds only /usr (and the lib/bin links into it), a fresh
+  read-only /proc and a minimal read-only /dev; writes go to a size-capped tmpfs workdir
+  (/work, also HOME) and /tmp, which vanish with the run;
+- has a clean environment; its input files and stdin are copied in from memory;
+- is killed with its whole PID namespace at the wall-clock limit, when its output passes the
+  cap or its CPU passes the limit; at the end of every run its pid 1 (which bwrap reports on
+  --info-fd) is killed from outside, so nothing of it outlives `run()`.
 """
 
 from __future__ import annotations
