@@ -42,7 +42,7 @@ from typing import Any
 
 import psycopg
 
-from workers.service import LocalServer
+from workers.service import LocalServer, stop_process
 
 HOST = "127.0.0.1"
 DATABASE = "shop"
@@ -307,13 +307,8 @@ class PostgresServer(LocalServer):
         process, self._process = self._process, None
         if process is None:
             return
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)  # fast shutdown: ends sessions, then exits
-        try:
-            process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        # SIGINT: fast shutdown, which ends sessions, then exits
+        stop_process(process, STOP_TIMEOUT_S, ask=signal.SIGINT)
 
     def stop(self) -> None:
         atexit.unregister(self.stop)

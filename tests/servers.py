@@ -25,6 +25,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from workers.service import stop_process
+
 READY_TIMEOUT_S = 120.0
 # `python -m llama_cpp.server`, asking Linux to stop it when the test process dies, so that a
 # killed test run leaves no server behind (prctl in the child: no preexec_fn in a threaded
@@ -137,14 +139,8 @@ class LlamaCppServer:
             return "(no log)"
 
     def stop(self) -> None:
-        if self._proc is None or self._proc.poll() is not None:
-            return
-        self._proc.terminate()
-        try:
-            self._proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
+        if self._proc is not None:
+            stop_process(self._proc, 10)
 
 
 @dataclass

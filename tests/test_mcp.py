@@ -44,6 +44,7 @@ from keel.settings import Settings, SettingsError
 from tests.conftest import REPO, scripted_components, scripted_plan, unique
 from tests.servers import free_port
 from workers.process import build_all, workers_running
+from workers.service import stop_process
 
 FIXTURE = REPO / "tests" / "mcp_fixture_server.py"
 READY_TIMEOUT_S = 30.0
@@ -159,12 +160,7 @@ class HttpServer:
         raise TimeoutError(f"keel mcp not listening in {READY_TIMEOUT_S}s: {self.log.read_text()}")
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc, 10)
 
 
 async def test_streamable_http_server_requires_its_token_and_serves_keel_and_mcp_clients(

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from keel.errors import ServiceStartError
-from workers.service import LocalServer
+from workers.service import LocalServer, stop_process
 
 HERE = Path(__file__).resolve().parent
 POM = HERE / "pom.xml"
@@ -351,13 +351,7 @@ class Neo4jServer(LocalServer):
         if process is not None:
             assert process.stdin is not None
             process.stdin.close()  # the launcher shuts Neo4j down on EOF, as on SIGTERM
-            if process.poll() is None:
-                process.terminate()
-            try:
-                process.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process, STOP_TIMEOUT_S)
             if process.stdout is not None:
                 process.stdout.close()
         self._remove_temp_dir()

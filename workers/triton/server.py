@@ -21,7 +21,6 @@ import importlib.util
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -33,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from keel.errors import ServiceStartError
-from workers.service import LocalServer
+from workers.service import LocalServer, stop_process
 
 MODEL_REPOSITORY = Path(__file__).resolve().parent / "model_repository"
 START_TIMEOUT_S = 120.0
@@ -268,9 +267,6 @@ class TritonServer(LocalServer):
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
             return
-        process.terminate()  # Triton finishes in-flight requests, unloads models, exits
-        try:
-            process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:  # the whole group: the server and its model stubs
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        # SIGTERM: Triton finishes in-flight requests, unloads models, exits; if it does not,
+        # the whole group goes: the server and its model stubs
+        stop_process(process, STOP_TIMEOUT_S, kill_group=True)
