@@ -59,7 +59,7 @@ async def _stack(settings: Settings, quiet: bool) -> AsyncIterator[Client]:
     """A client for the configured server; with default settings and no server reachable,
     an embedded dev server for the duration. Workers run in-process when none poll."""
     from temporal.devserver import DevServer
-    from workers.process import build_all, run_workers
+    from workers.process import build_workers, run_workers
 
     server = None
     try:
@@ -89,9 +89,8 @@ async def _stack(settings: Settings, quiet: bool) -> AsyncIterator[Client]:
                     f"No Keel workers on {queues.agent}: running them in this process "
                     f"(logs in {log_path})"
                 )
-            components = Components.from_settings(settings)
-            await components.load_mcp_tools()
-            runner = asyncio.create_task(run_workers(build_all(client, components), stop))
+            workers = await build_workers(client, Components.from_settings(settings))
+            runner = asyncio.create_task(run_workers(workers, stop))
         yield client
     finally:
         stop.set()
@@ -258,7 +257,7 @@ async def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
     from temporal.devserver import DevServer, port_open
     from temporal.search_attributes import ensure_registered
     from workers.components import Components
-    from workers.process import build_all, run_workers, stop_on_signals
+    from workers.process import BUILDERS, build_workers, run_workers, stop_on_signals
 
     keel_logging.configure(settings.log_level)
     server = None
@@ -273,15 +272,9 @@ async def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
         if added:
             _out(f"Registered search attributes: {', '.join(added)}")
         components = Components.from_settings(settings)
-        if not args.workers or "tools" in args.workers:
-            external = await components.load_mcp_tools()
-            if external:
-                _out(f"Tools of external MCP servers: {', '.join(external)}")
-        workers = (
-            build_all(client, components, args.workers)
-            if args.workers
-            else build_all(client, components)
-        )
+        workers = await build_workers(client, components, args.workers or tuple(BUILDERS))
+        if components.mcp_tools:
+            _out(f"Tools of external MCP servers: {', '.join(components.mcp_tools)}")
         _out(f"Workers running on {', '.join(w.task_queue for w in workers)}. Ctrl-C stops.")
         await run_workers(workers, stop_on_signals())
     finally:
@@ -292,14 +285,11 @@ async def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
 
 async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from workers.components import Components
-    from workers.process import build_all, run_workers, stop_on_signals
+    from workers.process import build_workers, run_workers, stop_on_signals
 
     keel_logging.configure(settings.log_level)
     client = await connect(settings)
-    components = Components.from_settings(settings)
-    if "tools" in args.names:
-        await components.load_mcp_tools()
-    workers = build_all(client, components, args.names)
+    workers = await build_workers(client, Components.from_settings(settings), args.names)
     await run_workers(workers, stop_on_signals())
     return 0
 

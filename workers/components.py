@@ -30,7 +30,7 @@ class Components:
     _registry: ToolRegistry | None = None
     _vectors: VectorStore | None = None  # Qdrant local mode allows one client per folder
     _graph: GraphStore | None = None
-    _mcp_loaded: bool = False
+    mcp_tools: list[str] | None = None  # names of the external MCP tools, once loaded
     # The Triton server this process started for a planner on `triton` without
     # KEEL_TRITON_URL (see start_triton); stopped with the planner worker.
     triton: TritonServer | None = None
@@ -83,15 +83,17 @@ class Components:
         once per process, and return their names. The process that runs the tool worker
         calls this before building it: the servers are asked for their tools at start, so a
         changed server needs a restart of the tool worker."""
-        if self._mcp_loaded or self.settings.mcp_servers is None:
-            return []
-        from activities.tools.mcp_remote import discover_tools, load_servers
+        if self.mcp_tools is not None:
+            return self.mcp_tools
+        names: list[str] = []
+        if self.settings.mcp_servers is not None:
+            from activities.tools.mcp_remote import discover_tools, load_servers
 
-        tools = await discover_tools(load_servers(self.settings.mcp_servers))
-        for tool in tools:
-            self.registry.add(tool)
-        self._mcp_loaded = True
-        return [tool.spec.name for tool in tools]
+            for tool in await discover_tools(load_servers(self.settings.mcp_servers)):
+                self.registry.add(tool)
+                names.append(tool.spec.name)
+        self.mcp_tools = names
+        return names
 
     @property
     def vectors(self) -> VectorStore:

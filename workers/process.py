@@ -37,6 +37,16 @@ def build_all(
     return [w for name in names for w in _as_list(BUILDERS[name](client, components))]
 
 
+async def build_workers(
+    client: Client, components: Components, names: Sequence[str] = tuple(BUILDERS)
+) -> list[Worker]:
+    """build_all, after asking the external MCP servers (KEEL_MCP_SERVERS) for their tools
+    when the tool worker is among `names`: that worker serves them."""
+    if "tools" in names:
+        await components.load_mcp_tools()
+    return build_all(client, components, names)
+
+
 def _as_list(built: Worker | Sequence[Worker]) -> list[Worker]:
     return [built] if isinstance(built, Worker) else list(built)
 
@@ -84,9 +94,9 @@ async def serve_async(builders: Sequence[Builder]) -> None:
     keel_logging.configure(settings.log_level)
     client = await connect(settings)
     components = Components.from_settings(settings)
-    if tools.build in builders:  # the tool worker serves the external MCP servers' tools
-        await components.load_mcp_tools()
-    workers = [w for build in builders for w in _as_list(build(client, components))]
+    workers = await build_workers(
+        client, components, [name for name, build in BUILDERS.items() if build in builders]
+    )
     try:
         await run_workers(workers, stop_on_signals())
     finally:
