@@ -36,6 +36,38 @@ class Budget(BaseModel):
     tokens: int | None = Field(default=None, gt=0, description="optional cap on model tokens")
 
 
+class HumanPolicy(BaseModel):
+    """When a task waits for a person, and what happens when no one comes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    approve_plans_above_usd: float | None = Field(
+        default=None,
+        ge=0,
+        description="a plan expected to cost more than this waits for approval of step 'plan'",
+    )
+    wait_timeout_s: float = Field(
+        default=24 * 3600, gt=0, description="how long one wait for a person may take"
+    )
+    on_timeout: Literal["escalate", "fail"] = Field(
+        default="escalate",
+        description="escalate: send a notification, then keep waiting; "
+        "fail: end the task with status timed_out_waiting",
+    )
+
+
+class SubAgent(BaseModel):
+    """A named sub-agent a plan step can delegate to: a child AgentTask with its own tools
+    and a fixed slice of its parent's budget."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")
+    description: str = Field(min_length=1, max_length=500)
+    tools: list[str] = Field(min_length=1, description="the tools the sub-agent may use")
+    budget_usd: float = Field(default=0.01, gt=0, description="at most this much per delegation")
+
+
 class TaskRequest(BaseModel):
     """Input of the AgentTask workflow (also what `temporal workflow start --input` takes)."""
 
@@ -55,6 +87,13 @@ class TaskRequest(BaseModel):
     )
     max_steps: int = Field(
         default=12, ge=1, le=100, description="react: at most this many tool calls"
+    )
+    max_plan_steps: int = Field(
+        default=16, ge=1, le=2000, description="plan: at most this many steps in one plan"
+    )
+    human: HumanPolicy = Field(default_factory=HumanPolicy)
+    subagents: list[SubAgent] | None = Field(
+        default=None, description="who steps may delegate to; None: Keel's default sub-agents"
     )
     _user_not_shared = field_validator("user_id")(_not_shared)
     carried: CarriedState | None = Field(
@@ -90,6 +129,11 @@ class ToolSpec(BaseModel):
     side_effects: SideEffects = SideEffects.NONE
     idempotent: bool = True
     requires_approval: bool = False
+    runs_as: Literal["activity", "human", "subagent"] = Field(
+        default="activity",
+        description="activity: a tool activity; human: the task asks a person (ask_human); "
+        "subagent: a child AgentTask (the tool's name is the sub-agent's)",
+    )
     queue: str = "keel-tools"
     queue_arg: str | None = Field(
         default=None,
@@ -186,8 +230,8 @@ class ModelUsage(BaseModel):
 
 
 class LedgerEntry(BaseModel):
-    kind: Literal["model", "tool"]
-    name: str  # model name or tool name
+    kind: Literal["model", "tool", "agent"]  # agent: a sub-agent's whole spend
+    name: str  # model, tool or sub-agent name
     role: str = ""  # planner / reasoner for model calls
     step_id: str | None = None
     input_tokens: int = 0
@@ -196,6 +240,7 @@ class LedgerEntry(BaseModel):
     latency_ms: float = 0.0
     ok: bool = True
     cached: bool = Field(default=False, description="answered from the cache, at no model cost")
+    calls: int = Field(default=1, ge=1, description="calls summed into this entry (compaction)")
 
 
 class Ledger(BaseModel):
@@ -216,7 +261,24 @@ class Ledger(BaseModel):
     @computed_field  # type: ignore[prop-decorator]
     @property
     def cache_hits(self) -> int:
-        return sum(e.cached for e in self.entries)
+        return sum(e.calls for e in self.entries if e.cached)
+
+    def compacted(self) -> Ledger:
+        """The same totals in one entry per kind, name, role and outcome (what a task
+        carries when it continues as new)."""
+        merged: dict[tuple[object, ...], LedgerEntry] = {}
+        for e in self.entries:
+            key = (e.kind, e.name, e.role, e.ok, e.cached)
+            if key not in merged:
+                merged[key] = e.model_copy(update={"step_id": None})
+                continue
+            m = merged[key]
+            m.input_tokens += e.input_tokens
+            m.output_tokens += e.output_tokens
+            m.usd += e.usd
+            m.latency_ms += e.latency_ms
+            m.calls += e.calls
+        return self.model_copy(update={"entries": list(merged.values())})
 
 
 class TaskStatus(StrEnum):
@@ -229,10 +291,24 @@ class TaskStatus(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     BUDGET_EXHAUSTED = "budget_exhausted"
+    AWAITING_APPROVAL = "awaiting_approval"
+    AWAITING_ANSWER = "awaiting_answer"
+    TIMED_OUT_WAITING = "timed_out_waiting"
+    CANCELLED = "cancelled"
 
     @property
     def is_final(self) -> bool:
-        return self in (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.BUDGET_EXHAUSTED)
+        return self in (
+            TaskStatus.COMPLETED,
+            TaskStatus.FAILED,
+            TaskStatus.BUDGET_EXHAUSTED,
+            TaskStatus.TIMED_OUT_WAITING,
+            TaskStatus.CANCELLED,
+        )
+
+    @property
+    def is_waiting(self) -> bool:
+        return self in (TaskStatus.AWAITING_APPROVAL, TaskStatus.AWAITING_ANSWER)
 
 
 class TaskProgress(BaseModel):
@@ -254,9 +330,76 @@ class TaskResult(BaseModel):
     ledger: Ledger
     llm_calls: int = 0
     replans: int = 0
-    human_interventions: int = 0
+    human_interventions: int = Field(default=0, description="approvals, rejections, answers")
     plan: Plan | None = None
     error: str | None = None
+    steps_total: int = Field(
+        default=0, description="steps run in all runs; `steps` holds the last ones only"
+    )
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def completed_without_human(self) -> bool:
+        """The completion-rate metric: done, and no person had to step in."""
+        return self.status == TaskStatus.COMPLETED and self.human_interventions == 0
+
+
+class PendingKind(StrEnum):
+    APPROVAL = "approval"
+    QUESTION = "question"
+
+
+class PendingRequest(BaseModel):
+    """Something a task waits for a person to decide (the `pending` query)."""
+
+    kind: PendingKind
+    id: str = Field(description="the step id to approve or reject, or the question's step id")
+    text: str = Field(description="what is asked: the step and its arguments, or the question")
+    expected_cost_usd: float = 0.0
+    asked_at: datetime
+    escalated: bool = False
+
+
+class Approval(BaseModel):
+    """Input of the `approve` Update."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    step_id: str = Field(min_length=1, description="a pending step id, or 'plan'")
+    by: str = Field(default="", max_length=200, description="who approved")
+
+
+class Rejection(BaseModel):
+    """Input of the `reject` Update."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    step_id: str = Field(min_length=1, description="a pending step id, or 'plan'")
+    reason: str = Field(min_length=1, max_length=2000, description="why; the planner reads it")
+    by: str = Field(default="", max_length=200)
+
+
+class HumanAnswer(BaseModel):
+    """Input of the `answer` Update."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(min_length=1, max_length=20_000)
+    question_id: str | None = Field(
+        default=None, description="which question; may be left out when only one is open"
+    )
+    by: str = Field(default="", max_length=200)
+
+
+class Notification(BaseModel):
+    """A task has waited too long for a person (the `notify_human` activity's input)."""
+
+    workflow_id: str
+    user_id: str
+    kind: PendingKind
+    id: str
+    text: str
+    waited_s: float
 
 
 class CarriedState(BaseModel):
@@ -270,6 +413,16 @@ class CarriedState(BaseModel):
     replans: int = 0
     plan_version: int = 0
     runs: int = Field(default=1, description="how many runs this task has had before")
+    outputs: list[StepResult] = Field(
+        default_factory=list, description="older results the remaining steps depend on"
+    )
+    steps_total: int = 0
+    human_interventions: int = 0
+    plan: Plan | None = Field(
+        default=None, description="continued mid-plan: the steps still to run"
+    )
+    settled: list[str] = Field(default_factory=list, description="finished steps they wait on")
+    skipped: list[str] = Field(default_factory=list, description="skipped steps they wait on")
 
 
 # --- activity payloads ---------------------------------------------------------------------

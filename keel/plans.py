@@ -34,7 +34,10 @@ def referenced_steps(value: Any) -> set[str]:
 
 
 def validate_plan(
-    plan: Plan, tools: Mapping[str, ToolSpec], done: Collection[str] = ()
+    plan: Plan,
+    tools: Mapping[str, ToolSpec],
+    done: Collection[str] = (),
+    max_steps: int = MAX_STEPS,
 ) -> list[str]:
     """Every structural reason the plan must not run; empty when it may.
 
@@ -44,8 +47,8 @@ def validate_plan(
     errors: list[str] = []
     if not plan.steps:
         return ["the plan has no steps"]
-    if len(plan.steps) > MAX_STEPS:
-        errors.append(f"the plan has {len(plan.steps)} steps; at most {MAX_STEPS} are allowed")
+    if len(plan.steps) > max_steps:
+        errors.append(f"the plan has {len(plan.steps)} steps; at most {max_steps} are allowed")
     ids = [s.id for s in plan.steps]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:

@@ -83,6 +83,8 @@ class Settings(BaseModel):
     # http_get: a JSON file of allowlisted APIs; external MCP servers: a JSON file of servers
     http_apis: Path | None = None
     mcp_servers: Path | None = None
+    # Escalations (a task waited too long for a person): also POSTed here as JSON when set.
+    notify_url: str | None = None
     log_level: str = "INFO"
 
     @property
@@ -96,6 +98,10 @@ class Settings(BaseModel):
     @property
     def workspaces_dir(self) -> Path:
         return self.home / "workspaces"
+
+    @property
+    def notifications_path(self) -> Path:
+        return self.home / "notifications.jsonl"
 
     @property
     def temporal_db(self) -> Path:
@@ -161,6 +167,7 @@ _ENV = {
     "KEEL_SQL_MAX_COST": "sql_max_cost",
     "KEEL_HTTP_APIS": "http_apis",
     "KEEL_MCP_SERVERS": "mcp_servers",
+    "KEEL_NOTIFY_URL": "notify_url",
     "KEEL_LOG_LEVEL": "log_level",
 }
 

@@ -15,6 +15,7 @@ from keel import search_attributes as sa
 _FLAG_TYPES = {
     SearchAttributeIndexedValueType.KEYWORD: "Keyword",
     SearchAttributeIndexedValueType.DOUBLE: "Double",
+    SearchAttributeIndexedValueType.BOOL: "Bool",
 }
 
 DEV_SERVER_FLAGS = [

@@ -14,13 +14,18 @@ from datetime import timedelta
 from typing import Any, Literal, TypeVar
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.common import RetryPolicy, SearchAttributeUpdate
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
+from temporalio.workflow import ActivityCancellationType
+
+from workflows.human import Decision, HumanDesk, TimedOutWaiting
 
 with workflow.unsafe.imports_passed_through():
     from keel import search_attributes as sa
     from keel.conditions import ConditionError, parse_condition
     from keel.contracts import (
+        Approval,
+        Budget,
         CacheAnswer,
         CacheHit,
         CacheLookup,
@@ -28,9 +33,13 @@ with workflow.unsafe.imports_passed_through():
         CarriedState,
         Extraction,
         ExtractionRequest,
+        HumanAnswer,
         Ledger,
         LedgerEntry,
         ModelUsage,
+        Notification,
+        PendingKind,
+        PendingRequest,
         Plan,
         PlanRequest,
         PlanResponse,
@@ -39,11 +48,13 @@ with workflow.unsafe.imports_passed_through():
         ReactRequest,
         Recall,
         RecallRequest,
+        Rejection,
         Remembered,
         RememberRequest,
         SideEffects,
         StepResult,
         StepStatus,
+        SubAgent,
         Synthesis,
         SynthesisRequest,
         TaskProgress,
@@ -59,6 +70,7 @@ with workflow.unsafe.imports_passed_through():
     from keel.plans import budget_error, output_text, ready_steps, resolve_args, validate_plan
     from keel.queues import Queues
     from keel.short_term import ShortTermMemory
+    from keel.workflow_tools import ASK_HUMAN, DEFAULT_SUBAGENTS, subagent_spec
 
 MODEL_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -72,8 +84,13 @@ MEMORY_TIMEOUT = timedelta(seconds=15)
 CACHE_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_attempts=2)
 # With no memory worker polling, a cache call gives up after this and counts as a miss.
 CACHE_DEADLINE = timedelta(seconds=30)
+# Tools heartbeat about every second; a worker that dies mid-call is noticed after this.
+TOOL_HEARTBEAT_TIMEOUT = timedelta(seconds=10)
+NOTIFY_TIMEOUT = timedelta(seconds=30)
 RECALL_LIMIT = 3
 EVENTS_KEPT = 50
+# Continuing as new carries the last results (for the answer) and nothing older.
+RESULTS_CARRIED = 20
 
 
 _ModelResult = TypeVar("_ModelResult", PlanResponse, ReactDecision, Synthesis, Extraction)
@@ -81,6 +98,10 @@ _ModelResult = TypeVar("_ModelResult", PlanResponse, ReactDecision, Synthesis, E
 
 class _BudgetExhausted(Exception):
     pass
+
+
+class _Cancelled(Exception):
+    """Raised once the task has been cancelled and its in-flight work has stopped."""
 
 
 def _cause(err: ActivityError) -> ApplicationError | None:
@@ -124,6 +145,12 @@ class AgentTask:
         self._carried_failures: list[str] = []
         self._first_version = 1
         self._runs = 1
+        self._request: TaskRequest | None = None
+        self._human = HumanDesk()
+        self._subagents: dict[str, SubAgent] = {}
+        self._steps_total = 0
+        self._resume_plan: tuple[Plan, set[str], set[str]] | None = None  # plan, settled, skipped
+        self._working_status = TaskStatus.RUNNING  # what to go back to after waiting
 
     # --- queries -------------------------------------------------------------------------
 
@@ -146,11 +173,50 @@ class AgentTask:
     def ledger(self) -> Ledger:
         return self._ledger
 
+    @workflow.query
+    def pending(self) -> list[PendingRequest]:
+        """What the task waits for a person to decide, oldest first."""
+        return list(self._human.pending.values())
+
+    # --- a person's decisions (Updates; the validators refuse without touching history) --
+
+    @workflow.update
+    def approve(self, approval: Approval) -> str:
+        self._human.decide(approval.step_id, Decision(True, "", approval.by))
+        self._event(f"{approval.step_id}: approved" + (f" by {approval.by}" if approval.by else ""))
+        return f"approved {approval.step_id}"
+
+    @approve.validator
+    def _approve_pending(self, approval: Approval) -> None:
+        self._human.check_approval(approval.step_id)
+
+    @workflow.update
+    def reject(self, rejection: Rejection) -> str:
+        self._human.decide(rejection.step_id, Decision(False, rejection.reason, rejection.by))
+        self._event(f"{rejection.step_id}: rejected: {rejection.reason}")
+        return f"rejected {rejection.step_id}"
+
+    @reject.validator
+    def _reject_pending(self, rejection: Rejection) -> None:
+        self._human.check_approval(rejection.step_id)
+
+    @workflow.update
+    def answer(self, answer: HumanAnswer) -> str:
+        question = self._human.question_id(answer.question_id)
+        self._human.decide(question, Decision(True, answer.text, answer.by))
+        self._event(f"{question}: answered")
+        return f"answered {question}"
+
+    @answer.validator
+    def _answer_pending(self, answer: HumanAnswer) -> None:
+        self._human.question_id(answer.question_id)
+
     # --- the task ------------------------------------------------------------------------
 
     @workflow.run
     async def run(self, request: TaskRequest) -> TaskResult:
         queues = Queues.for_agent_queue(workflow.info().task_queue)
+        self._request = request
         self._user_id = request.user_id
         self._ledger = Ledger(budget_usd=request.budget.usd, budget_tokens=request.budget.tokens)
         if request.carried is not None:
@@ -158,7 +224,26 @@ class AgentTask:
         else:
             self._short_term.add(f"user asked: {request.task}")
         workflow.upsert_search_attributes([sa.USER.value_set(request.user_id)])
+        try:
+            status, error, answer = await self._work(request, queues)
+        except TimedOutWaiting as err:
+            error = str(err)
+            status, answer = TaskStatus.TIMED_OUT_WAITING, f"The task stopped waiting: {err}"
+        except (asyncio.CancelledError, _Cancelled):
+            self._set_status(TaskStatus.CANCELLED, "cancelled; in-flight work stopped")
+            if workflow.info().parent is not None:
+                # the parent books what a cancelled sub-agent spent from this result
+                return self._result(TaskStatus.CANCELLED, "", "cancelled")
+            raise
+        if workflow.info().parent is None:  # a sub-agent's episode is its parent's
+            await self._remember(request, answer, status, queues)
+        self._set_status(status, f"finished: {status.value}")
+        return self._result(status, answer, error)
 
+    async def _work(
+        self, request: TaskRequest, queues: Queues
+    ) -> tuple[TaskStatus, str | None, str]:
+        """Recall, then plan and execute (or react), then write the answer."""
         self._set_status(TaskStatus.RECALLING, f"recalling memory of user {request.user_id}")
         recall = await workflow.execute_activity(
             "recall",
@@ -173,6 +258,23 @@ class AgentTask:
         # what the answer may depend on besides the results: the user's facts and documents
         # (episodes and cache lines change with every task and would defeat the answer cache)
         knowledge = [f.id for f in recall.facts] + [d.text for d in recall.documents]
+        tools = await self._catalog(request, queues)
+
+        if request.strategy == "react":
+            return await self._react(request, context, tools, queues)
+        status, error = await self._plan_and_execute(request, context, tools, queues)
+        answer = error or ""
+        if status == TaskStatus.COMPLETED:
+            try:
+                answer = await self._synthesize(request, context, knowledge, queues)
+            except _BudgetExhausted as err:
+                status, error = TaskStatus.BUDGET_EXHAUSTED, str(err)
+                answer = f"The budget ran out before the answer could be written: {err}"
+        return status, error, answer
+
+    async def _catalog(self, request: TaskRequest, queues: Queues) -> dict[str, ToolSpec]:
+        """The tool activities' catalog, plus what the workflow does itself: asking a person
+        and the sub-agents (none inside a sub-agent: delegation is one level deep)."""
         catalog = await workflow.execute_activity(
             "list_tools",
             result_type=list[ToolSpec],
@@ -181,21 +283,17 @@ class AgentTask:
             retry_policy=MEMORY_RETRY,
             summary="list tools",
         )
+        agents = request.subagents if request.subagents is not None else DEFAULT_SUBAGENTS
+        if workflow.info().parent is not None:
+            agents = []
+        self._subagents = {a.name: a for a in agents}
+        specs = [*catalog, ASK_HUMAN, *(subagent_spec(a) for a in agents)]
         allowed = set(request.allowed_tools) if request.allowed_tools is not None else None
-        tools = {t.name: t for t in catalog if allowed is None or t.name in allowed}
+        return {t.name: t for t in specs if allowed is None or t.name in allowed}
 
-        if request.strategy == "react":
-            status, error, answer = await self._react(request, context, tools, queues)
-        else:
-            status, error = await self._plan_and_execute(request, context, tools, queues)
-            answer = error or ""
-            if status == TaskStatus.COMPLETED:
-                try:
-                    answer = await self._synthesize(request, context, knowledge, queues)
-                except _BudgetExhausted as err:
-                    status, error = TaskStatus.BUDGET_EXHAUSTED, str(err)
-                    answer = f"The budget ran out before the answer could be written: {err}"
-
+    async def _remember(
+        self, request: TaskRequest, answer: str, status: TaskStatus, queues: Queues
+    ) -> None:
         self._set_status(TaskStatus.REMEMBERING, "remembering the episode")
         triples = await self._extract_facts(request, answer, queues)
         await workflow.execute_activity(
@@ -215,18 +313,22 @@ class AgentTask:
             retry_policy=MEMORY_RETRY,
             summary=f"remember: episode ({status.value}) and {len(triples)} facts",
         )
-        self._set_status(status, f"finished: {status.value}")
+
+    def _result(self, status: TaskStatus, answer: str, error: str | None) -> TaskResult:
         return TaskResult(
             workflow_id=workflow.info().workflow_id,
             status=status,
             answer=answer,
             steps=self._results,
+            steps_total=self._steps_total,
             ledger=self._ledger,
             llm_calls=sum(
-                e.kind == "model" and e.role != "memory" and not e.cached
+                e.calls
                 for e in self._ledger.entries
+                if e.kind == "model" and e.role != "memory" and not e.cached
             ),
             replans=self._replans,
+            human_interventions=self._human.interventions,
             plan=self._plan,
             error=error,
         )
@@ -241,6 +343,14 @@ class AgentTask:
         failures = list(self._carried_failures)
         version = self._first_version - 1
         role = "planner"
+        if self._resume_plan is not None:  # the previous run continued as new mid-plan
+            carried_plan, settled, skipped = self._resume_plan
+            version = carried_plan.version
+            outcome = await self._run_plan(
+                request, carried_plan, tools, failures, queues, settled, skipped
+            )
+            if outcome is not None:
+                return outcome
         while True:
             version += 1
             if version > self._first_version and workflow.info().is_continue_as_new_suggested():
@@ -257,15 +367,20 @@ class AgentTask:
                 return TaskStatus.FAILED, f"the planner failed: {err.cause or err}"
             plan = response.plan
             over_budget = False
+            rejection = ""
             if plan is None:
                 problem = f"plan v{version} was not usable: {response.error}"
             else:
-                errors = validate_plan(plan, tools, done=self._outputs)
+                errors = validate_plan(
+                    plan, tools, done=self._outputs, max_steps=request.max_plan_steps
+                )
                 money = budget_error(plan, self._remaining_usd())
                 over_budget = money is not None and not errors
                 if money:
                     errors.append(money)
                 problem = f"plan v{version} is invalid: " + "; ".join(errors) if errors else ""
+                if not problem:
+                    rejection = problem = await self._approve_plan(request, plan)
             if problem:
                 failures.append(problem)
                 self._short_term.add(problem)
@@ -273,27 +388,62 @@ class AgentTask:
                 if version > request.max_replans:
                     final = TaskStatus.BUDGET_EXHAUSTED if over_budget else TaskStatus.FAILED
                     return final, problem
-                # The small model could not produce a valid plan: a larger one tries next.
-                role = "escalation"
+                # The small model could not produce a valid plan: a larger one tries next
+                # (a plan a person rejected was valid: the same planner tries again).
+                role = "planner" if rejection else "escalation"
                 continue
             role = "planner"
-
             assert plan is not None
-            self._plan = plan
-            self._set_status(
-                TaskStatus.EXECUTING,
-                f"plan v{version} by {plan.model}: "
-                + ", ".join(f"{s.id}={s.tool}" + (" (if)" if s.when else "") for s in plan.steps),
-            )
-            try:
-                failed = await self._execute(plan, tools, queues)
-            except _BudgetExhausted as err:
-                return TaskStatus.BUDGET_EXHAUSTED, str(err)
-            if not failed:
-                return TaskStatus.COMPLETED, None
-            failures.extend(failed)
-            if version > request.max_replans:
-                return TaskStatus.FAILED, "; ".join(failed)
+            outcome = await self._run_plan(request, plan, tools, failures, queues)
+            if outcome is not None:
+                return outcome
+
+    async def _approve_plan(self, request: TaskRequest, plan: Plan) -> str:
+        """A plan expected to cost more than the task's threshold waits for a person's
+        approval of step 'plan'; returns why it may not run, or '' when it may."""
+        threshold = request.human.approve_plans_above_usd
+        cost = plan.expected_cost_usd + plan.synthesis_estimate_usd
+        if threshold is None or cost <= threshold:
+            return ""
+        steps = ", ".join(f"{s.id}={s.tool}({_short(s.args, 40)})" for s in plan.steps)
+        decision = await self._ask(
+            PendingKind.APPROVAL,
+            "plan",
+            f"plan v{plan.version}, expected ${cost:.4f} (over ${threshold:g}): {steps}",
+            cost,
+        )
+        if decision.approved:
+            return ""
+        return f"plan v{plan.version} was rejected by {decision.by or 'a person'}: {decision.text}"
+
+    async def _run_plan(
+        self,
+        request: TaskRequest,
+        plan: Plan,
+        tools: dict[str, ToolSpec],
+        failures: list[str],
+        queues: Queues,
+        settled: set[str] | None = None,
+        skipped: set[str] | None = None,
+    ) -> tuple[TaskStatus, str | None] | None:
+        """Execute one plan; the task's outcome, or None when it must be re-planned."""
+        self._plan = plan
+        self._set_status(
+            TaskStatus.EXECUTING,
+            f"plan v{plan.version} by {plan.model}: "
+            + ", ".join(f"{s.id}={s.tool}" + (" (if)" if s.when else "") for s in plan.steps[:20])
+            + (f", … ({len(plan.steps)} steps)" if len(plan.steps) > 20 else ""),
+        )
+        try:
+            failed = await self._execute(request, plan, tools, failures, queues, settled, skipped)
+        except _BudgetExhausted as err:
+            return TaskStatus.BUDGET_EXHAUSTED, str(err)
+        if not failed:
+            return TaskStatus.COMPLETED, None
+        failures.extend(failed)
+        if plan.version > request.max_replans:
+            return TaskStatus.FAILED, "; ".join(failed)
+        return None
 
     async def _call_planner(
         self,
@@ -329,56 +479,90 @@ class AgentTask:
         self._book_model(response.usage)
         return response
 
-    async def _execute(self, plan: Plan, tools: dict[str, ToolSpec], queues: Queues) -> list[str]:
+    async def _execute(
+        self,
+        request: TaskRequest,
+        plan: Plan,
+        tools: dict[str, ToolSpec],
+        failures_so_far: list[str],
+        queues: Queues,
+        settled_before: set[str] | None = None,
+        skipped_before: set[str] | None = None,
+    ) -> list[str]:
         """Run the plan: each step starts as soon as its dependencies have settled, so
         independent steps run in parallel. Returns the failures (empty on success).
 
         After a failure no new step starts; steps already running finish, so their results
-        reach the re-plan instead of being paid for and thrown away.
+        reach the re-plan instead of being paid for and thrown away. When Temporal suggests
+        continuing as new, no new step starts either, and once the running ones have
+        settled the task continues as new where it stands.
         """
-        settled: set[str] = set(self._outputs)  # steps done by earlier plan versions count
-        skipped: set[str] = set()
-        started: set[str] = set()
+        # steps done by earlier plan versions (or by this plan in the previous run) count
+        settled: set[str] = set(self._outputs) | (settled_before or set())
+        skipped: set[str] = set(skipped_before or set())
+        started: set[str] = set(settled)
         running: dict[str, asyncio.Task[StepResult]] = {}
         reserved: dict[str, float] = {}
         failures: list[str] = []
         out_of_budget: str | None = None
-        while True:
-            if not failures and out_of_budget is None:
-                for step in ready_steps(plan, settled, started):
-                    started.add(step.id)
-                    gate = self._gate(plan.version, step, tools[step.tool], skipped)
-                    if gate is not None:
-                        self._record(gate)
-                        settled.add(step.id)
-                        if gate.status == StepStatus.SKIPPED:
-                            skipped.add(step.id)
-                        elif gate.status == StepStatus.FAILED:
-                            failures.append(_failure(gate))
+        progressed = False
+        try:
+            while True:
+                pause = (
+                    progressed
+                    and len(settled & {s.id for s in plan.steps}) < len(plan.steps)
+                    and workflow.info().is_continue_as_new_suggested()
+                )
+                if not failures and out_of_budget is None and not pause:
+                    for step in ready_steps(plan, settled, started):
+                        started.add(step.id)
+                        gate = self._gate(plan.version, step, tools[step.tool], skipped)
+                        if gate is not None:
+                            self._record(gate)
+                            settled.add(step.id)
+                            if gate.status == StepStatus.SKIPPED:
+                                skipped.add(step.id)
+                            elif gate.status == StepStatus.FAILED:
+                                failures.append(_failure(gate))
+                                break
+                            continue
+                        cost = tools[step.tool].cost_per_call_usd
+                        left = self._remaining_usd() - sum(reserved.values())
+                        if cost > left + 1e-12:
+                            out_of_budget = (
+                                f"step {step.id} ({step.tool}) needs ${cost:.6f}; "
+                                f"${left:.6f} is left"
+                            )
                             break
-                        continue
-                    cost = tools[step.tool].cost_per_call_usd
-                    left = self._remaining_usd() - sum(reserved.values())
-                    if cost > left + 1e-12:
-                        out_of_budget = (
-                            f"step {step.id} ({step.tool}) needs ${cost:.6f}; ${left:.6f} is left"
+                        reserved[step.id] = cost
+                        running[step.id] = asyncio.ensure_future(
+                            self._run_step(plan.version, step, tools[step.tool], queues)
                         )
-                        break
-                    reserved[step.id] = cost
-                    running[step.id] = asyncio.ensure_future(
-                        self._run_step(plan.version, step, tools[step.tool], queues)
-                    )
-            if not running:
-                break
-            await workflow.wait(list(running.values()), return_when=asyncio.FIRST_COMPLETED)
-            for step_id in [i for i, t in running.items() if t.done()]:  # plan order: replay-safe
-                result = running.pop(step_id).result()
-                reserved.pop(step_id)
-                self._record(result)
-                settled.add(step_id)
-                if result.status == StepStatus.FAILED:
-                    failures.append(_failure(result))
-            self._publish_cost()
+                if not running:
+                    if pause and not failures and out_of_budget is None:
+                        self._continue_as_new(
+                            request, failures_so_far, plan.version, (plan, settled, skipped)
+                        )
+                    break
+                await workflow.wait(list(running.values()), return_when=asyncio.FIRST_COMPLETED)
+                for step_id in [i for i, t in running.items() if t.done()]:  # replay-safe order
+                    result = running.pop(step_id).result()
+                    reserved.pop(step_id)
+                    self._record(result)
+                    settled.add(step_id)
+                    progressed = True
+                    if result.status == StepStatus.FAILED:
+                        failures.append(_failure(result))
+                self._publish_cost()
+        except BaseException:
+            # cancelled, or a wait for a person gave up: stop the other steps (their tool
+            # activities are cancelled and their reservations booked) before going on
+            for task in running.values():
+                task.cancel()
+            for stopped in await asyncio.gather(*running.values(), return_exceptions=True):
+                if isinstance(stopped, StepResult):
+                    self._record(stopped)
+            raise
         if out_of_budget is not None and not failures:
             raise _BudgetExhausted(out_of_budget)
         return failures
@@ -430,6 +614,7 @@ class AgentTask:
 
     def _record(self, result: StepResult) -> None:
         self._results.append(result)
+        self._steps_total += 1
         outcome = (
             output_text(result)[:200] if result.status == StepStatus.SUCCEEDED else result.error
         )
@@ -450,6 +635,22 @@ class AgentTask:
             "tool": spec.name,
             "args": args,
         }
+        if spec.runs_as == "human":
+            decision = await self._ask(PendingKind.QUESTION, step.id, str(args["question"]))
+            return StepResult(**call, status=StepStatus.SUCCEEDED, output={"answer": decision.text})
+        if spec.requires_approval:
+            decision = await self._ask(
+                PendingKind.APPROVAL,
+                step.id,
+                f"{spec.name}({_short(args)})",
+                spec.cost_per_call_usd,
+            )
+            if not decision.approved:
+                error = f"rejected by {decision.by or 'a person'}: {decision.text}"
+                return StepResult(**call, status=StepStatus.FAILED, error=error)
+            started = workflow.time()  # the wait for a person is not the tool's latency
+        if spec.runs_as == "subagent":
+            return await self._delegate(version, step, spec, call)
         cache_kind = f"tool.{spec.name}"
         if spec.cache is not None:
             hit = await self._cache_lookup(
@@ -488,6 +689,9 @@ class AgentTask:
                 result_type=ToolOutput,
                 task_queue=queues.name(queue),
                 start_to_close_timeout=timedelta(seconds=spec.timeout_s),
+                heartbeat_timeout=TOOL_HEARTBEAT_TIMEOUT,
+                # a cancelled task waits until its tools have really stopped
+                cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
                 retry_policy=RetryPolicy(
                     initial_interval=timedelta(milliseconds=200),
                     maximum_attempts=spec.max_attempts if spec.idempotent else 1,
@@ -495,6 +699,13 @@ class AgentTask:
                 ),
                 summary=f"{spec.name}: {_short(args)} (${spec.cost_per_call_usd:.3f})",
             )
+        except asyncio.CancelledError:
+            # the call stopped half way: booked at its reservation, like a failure
+            self._book_tool(
+                spec, step.id, spec.cost_per_call_usd, workflow.time() - started, ok=False
+            )
+            self._event(f"{step.id}: cancelled")
+            raise
         except ActivityError as err:
             cause = _cause(err)
             message = cause.message if cause else str(err.cause or err)
@@ -674,30 +885,167 @@ class AgentTask:
         """Pick up where the previous run stopped when it continued as new."""
         self._short_term = carried.short_term
         self._ledger = carried.ledger
-        for result in carried.results:
-            self._results.append(result)
+        self._results = list(carried.results)
+        for result in [*carried.outputs, *carried.results]:
             if result.status == StepStatus.SUCCEEDED:
                 self._outputs[result.step_id] = result
+        self._steps_total = carried.steps_total
+        self._human.interventions = carried.human_interventions
         self._carried_failures = carried.failures
         self._replans = carried.replans
         self._first_version = carried.plan_version + 1
         self._runs = carried.runs + 1
-        self._event(f"continued as new (run {self._runs}), {len(carried.results)} results carried")
+        if carried.plan is not None:
+            self._resume_plan = (carried.plan, set(carried.settled), set(carried.skipped))
+        self._event(f"continued as new (run {self._runs}), {carried.steps_total} steps done before")
 
-    def _continue_as_new(self, request: TaskRequest, failures: list[str], version: int) -> None:
-        """History is getting long: start a fresh run with the compact state (Temporal
-        suggests this well before its limits)."""
-        self._event(f"continuing as new after plan v{version}")
+    def _continue_as_new(
+        self,
+        request: TaskRequest,
+        failures: list[str],
+        version: int,
+        progress: tuple[Plan, set[str], set[str]] | None = None,
+    ) -> None:
+        """History is getting long: start a fresh run with compact state (Temporal suggests
+        this well before its limits). It carries the ledger summed per model and tool, the
+        short-term summary, the last results, and, in the middle of a plan, only the steps
+        still to run with the settled steps and outputs they depend on."""
+        self._event(f"continuing as new after {self._steps_total} steps (plan v{version})")
+        plan: Plan | None = None
+        settled: set[str] = set()
+        skipped: set[str] = set()
+        if progress is not None:
+            full, done, gone = progress
+            left = [s for s in full.steps if s.id not in done]
+            needed = {d for s in left for d in s.depends_on}
+            plan = full.model_copy(update={"steps": left})
+            settled, skipped = done & needed, gone & needed
+        else:
+            needed = set()
         carried = CarriedState(
             short_term=self._short_term.carried(),
-            ledger=self._ledger,
-            results=self._results,
-            failures=failures,
+            ledger=self._ledger.compacted(),
+            results=self._results[-RESULTS_CARRIED:],
+            outputs=[r for i, r in self._outputs.items() if i in needed],
+            failures=failures[-RESULTS_CARRIED:],
             replans=self._replans,
             plan_version=version,
             runs=self._runs,
+            steps_total=self._steps_total,
+            human_interventions=self._human.interventions,
+            plan=plan,
+            settled=sorted(settled),
+            skipped=sorted(skipped),
         )
         workflow.continue_as_new(request.model_copy(update={"carried": carried}))
+
+    # --- people and sub-agents -----------------------------------------------------------
+
+    async def _ask(
+        self, kind: PendingKind, request_id: str, text: str, cost_usd: float = 0.0
+    ) -> Decision:
+        """Wait for a person to decide (an approval) or answer (a question)."""
+        assert self._request is not None
+        pending = PendingRequest(
+            kind=kind, id=request_id, text=text, expected_cost_usd=cost_usd, asked_at=workflow.now()
+        )
+        if not self._status.is_waiting:
+            self._working_status = self._status
+        self._human.open(pending)
+        self._show_waiting()
+        try:
+            return await self._human.wait(pending, self._request.human, self._escalate)
+        finally:
+            self._show_waiting()
+
+    def _show_waiting(self) -> None:
+        kind = self._human.waiting_for()
+        ids = ", ".join(self._human.pending)
+        if kind == PendingKind.APPROVAL:
+            self._set_status(TaskStatus.AWAITING_APPROVAL, f"waiting for approval: {ids}")
+        elif kind == PendingKind.QUESTION:
+            self._set_status(TaskStatus.AWAITING_ANSWER, f"waiting for an answer: {ids}")
+        elif self._status.is_waiting:
+            self._set_status(self._working_status, "a person decided; going on")
+
+    async def _escalate(self, pending: PendingRequest, waited_s: float) -> None:
+        """Nobody decided in time: tell someone (then the task keeps waiting)."""
+        self._event(f"{pending.id}: no decision after {waited_s:g} s; escalating")
+        try:
+            await workflow.execute_activity(
+                "notify_human",
+                Notification(
+                    workflow_id=workflow.info().workflow_id,
+                    user_id=self._user_id,
+                    kind=pending.kind,
+                    id=pending.id,
+                    text=pending.text,
+                    waited_s=waited_s,
+                ),
+                task_queue=workflow.info().task_queue,
+                start_to_close_timeout=NOTIFY_TIMEOUT,
+                retry_policy=MEMORY_RETRY,
+                summary=f"notify: {pending.kind.value} {pending.id} waited {waited_s:g} s",
+            )
+        except ActivityError as err:
+            self._event(f"{pending.id}: the notification failed: {err.cause or err}")
+
+    async def _delegate(
+        self, version: int, step: PlanStep, spec: ToolSpec, call: dict[str, Any]
+    ) -> StepResult:
+        """Run the step as a child AgentTask of the named sub-agent, with its own tools and
+        the step's reservation as its budget; its whole spend is booked here."""
+        assert self._request is not None
+        agent = self._subagents[spec.name]
+        task = str(call["args"]["task"])
+        tokens = self._remaining_tokens()
+        budget = Budget(
+            usd=min(agent.budget_usd, self._remaining_usd()),
+            tokens=None if tokens is None else max(1, tokens),
+        )
+        child = TaskRequest(
+            task=task,
+            user_id=self._user_id,
+            budget=budget,
+            max_replans=self._request.max_replans,
+            allowed_tools=agent.tools,
+            human=self._request.human,
+            subagents=[],
+        )
+        started = workflow.time()
+        try:
+            result: TaskResult = await workflow.execute_child_workflow(
+                "AgentTask",
+                child,
+                id=f"{workflow.info().workflow_id}.{agent.name}.v{version}.{step.id}",
+                task_queue=workflow.info().task_queue,
+                result_type=TaskResult,
+                search_attributes=sa.initial(self._user_id),
+                static_summary=f"{agent.name}: {task[:100]} (budget ${budget.usd:g})",
+            )
+        except (ChildWorkflowError, asyncio.CancelledError) as err:
+            # how much it spent is unknown: booked at its whole slice
+            self._book_agent(agent.name, step.id, Ledger(), budget.usd, workflow.time() - started)
+            if isinstance(err, asyncio.CancelledError):
+                raise
+            error = f"sub-agent {agent.name} failed: {err.cause or err}"
+            self._event(f"{step.id}: {error}")
+            return StepResult(**call, status=StepStatus.FAILED, error=error, cost_usd=budget.usd)
+        self._book_agent(agent.name, step.id, result.ledger, None, workflow.time() - started)
+        self._human.interventions += result.human_interventions
+        spent = result.ledger.total_usd
+        if result.status != TaskStatus.COMPLETED:
+            error = f"sub-agent {agent.name} ended {result.status.value}: {result.error}"
+            self._event(f"{step.id}: {error}")
+            return StepResult(**call, status=StepStatus.FAILED, error=error, cost_usd=spent)
+        self._event(f"{step.id}: {agent.name} answered (${spent:.4f})")
+        return StepResult(
+            **call,
+            status=StepStatus.SUCCEEDED,
+            output={"answer": result.answer, "status": result.status.value},
+            cost_usd=spent,
+            latency_ms=(workflow.time() - started) * 1000,
+        )
 
     # --- memory --------------------------------------------------------------------------
 
@@ -843,6 +1191,22 @@ class AgentTask:
             LedgerEntry(kind=kind, name=name, step_id=step_id, usd=0.0, cached=True)
         )
 
+    def _book_agent(
+        self, name: str, step_id: str, ledger: Ledger, usd: float | None, seconds: float
+    ) -> None:
+        """One entry for a sub-agent's whole spend (its own ledger has the details)."""
+        self._ledger.entries.append(
+            LedgerEntry(
+                kind="agent",
+                name=name,
+                step_id=step_id,
+                input_tokens=sum(e.input_tokens for e in ledger.entries),
+                output_tokens=sum(e.output_tokens for e in ledger.entries),
+                usd=ledger.total_usd if usd is None else usd,
+                latency_ms=seconds * 1000,
+            )
+        )
+
     def _book_tool(
         self, spec: ToolSpec, step_id: str, usd: float, seconds: float, ok: bool
     ) -> None:
@@ -868,9 +1232,14 @@ class AgentTask:
     def _set_status(self, status: TaskStatus, event: str) -> None:
         self._status = status
         self._event(event)
-        workflow.upsert_search_attributes(
-            [sa.STATUS.value_set(status.value), sa.COST_USD.value_set(self._ledger.total_usd)]
-        )
+        updates: list[SearchAttributeUpdate[Any]] = [
+            sa.STATUS.value_set(status.value),
+            sa.COST_USD.value_set(self._ledger.total_usd),
+        ]
+        if status.is_final:  # the completion-rate metric: done with no person stepping in
+            without_human = status == TaskStatus.COMPLETED and self._human.interventions == 0
+            updates.append(sa.WITHOUT_HUMAN.value_set(without_human))
+        workflow.upsert_search_attributes(updates)
 
     def _publish_cost(self) -> None:
         workflow.upsert_search_attributes([sa.COST_USD.value_set(self._ledger.total_usd)])
