@@ -18,11 +18,14 @@ install: $(STAMP)
 # Debian packages, installed only when missing: Java 17 (a JDK: the Neo4j launcher is
 # compiled) and Maven, which fetches Neo4j's jars from Maven Central for the graph tests;
 # bubblewrap and Debian's python3, the sandbox and the interpreter in it; PostgreSQL, the
-# database the tests give `sql_query`.
-SYSTEM_PACKAGES := openjdk-17-jdk-headless maven bubblewrap python3 postgresql
+# database the tests give `sql_query`; Chromium and its chromedriver, the headless browser
+# that tests the Temporal Web UI (tests/test_web_ui.py).
+SYSTEM_PACKAGES := openjdk-17-jdk-headless maven bubblewrap python3 postgresql \
+	chromium chromium-driver
 system-deps:
 	@command -v javac >/dev/null && command -v mvn >/dev/null && command -v bwrap >/dev/null \
-		&& test -x /usr/bin/python3 && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+		&& test -x /usr/bin/python3 && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+		&& test -x /usr/bin/chromium && test -x /usr/bin/chromedriver || { \
 		echo "Installing Debian packages: $(SYSTEM_PACKAGES)"; \
 		apt-get update -q && apt-get install -y -q $(SYSTEM_PACKAGES); }
 

@@ -6,13 +6,14 @@ Qdrant local mode; tests share them and keep apart by unique task texts and work
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from pydantic import BaseModel, Field
@@ -23,14 +24,17 @@ from activities.models.router import ModelRouter
 from activities.models.scripted import ScriptedModel
 from activities.tools.builtin import default_registry
 from activities.tools.registry import Tool, ToolContext, define_tool
+from keel.contracts import SideEffects
 from keel.queues import Queues
 from keel.settings import Settings
 from temporal.devserver import start_test_environment
+from temporal.devserver import web_ui_url as devserver_web_ui_url
 from workers.components import Components
 from workers.neo4j.server import Neo4jServer
 from workers.process import build_all, workers_running
 
 REPO = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 NEO4J_PASSWORD = "keel-test-password"
 
 
@@ -51,7 +55,7 @@ def scripted_components(settings: Settings, queues: Queues) -> tuple[Components,
     """Scripted workers; escalations go to the same scripts under a large model's price."""
     model = ScriptedModel()
     registry = default_registry(settings)
-    for tool in unreliable_tools():
+    for tool in [*unreliable_tools(), *guarded_tools()]:
         registry.add(tool)
     components = Components(
         settings=settings,
@@ -98,6 +102,41 @@ def unreliable_tools() -> list[Tool]:
     ]
 
 
+class TransferInput(BaseModel):
+    to: str
+    usd: float = Field(gt=0)
+
+
+class TransferOutput(BaseModel):
+    text: str
+
+
+TRANSFERS: list[TransferInput] = []
+
+
+async def _transfer(args: TransferInput, ctx: ToolContext) -> TransferOutput:
+    TRANSFERS.append(args)
+    return TransferOutput(text=f"sent ${args.usd:g} to {args.to}")
+
+
+def guarded_tools() -> list[Tool]:
+    """A tool with real-world effects that a person must approve (`requires_approval`);
+    TRANSFERS records the calls that actually ran."""
+    return [
+        define_tool(
+            "transfer",
+            "Send money to someone.",
+            _transfer,
+            TransferInput,
+            TransferOutput,
+            cost_per_call_usd=0.001,
+            side_effects=SideEffects.WRITE,
+            idempotent=False,
+            requires_approval=True,
+        )
+    ]
+
+
 @pytest.fixture(scope="session")
 async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     env = await start_test_environment()
@@ -105,6 +144,12 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
         yield env
     finally:
         await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+def web_ui_url(temporal_env: WorkflowEnvironment) -> str:
+    """The base URL of the session dev server's Web UI, e.g. http://127.0.0.1:PORT."""
+    return devserver_web_ui_url(temporal_env)
 
 
 @pytest.fixture(scope="session")
@@ -141,6 +186,22 @@ def neo4j() -> Iterator[Neo4jAccess]:
 def scripted_plan(*steps: dict[str, Any]) -> str:
     """A plan as the scripted planner should answer it (steps depend on nothing by default)."""
     return json.dumps({"steps": [{"depends_on": [], **step} for step in steps]})
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T | None]], what: str, timeout_s: float = 30
+) -> T:
+    """Poll `check` until it returns something other than None (or False); fail after
+    `timeout_s` saying what never happened. For states another process reaches (a workflow
+    starting to wait, visibility catching up), never a fixed sleep."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        value = await check()
+        if value is not None and value is not False:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+        await asyncio.sleep(0.05)
 
 
 def unique(text: str) -> str:

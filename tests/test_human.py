@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
-from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 
 from keel import search_attributes as sa
-from keel.client import start_task
+from keel.client import connect, start_task
 from keel.contracts import (
     Approval,
     HumanAnswer,
@@ -23,7 +24,18 @@ from keel.contracts import (
     TaskResult,
     TaskStatus,
 )
-from tests.conftest import TRANSFERS, Stack, eventually, scripted_plan, unique
+from keel.queues import Queues
+from temporal.devserver import DevServer, free_port
+from tests.conftest import (
+    TRANSFERS,
+    Stack,
+    eventually,
+    scripted_components,
+    scripted_plan,
+    unique,
+)
+from workers.components import Components
+from workers.process import build_all, workers_running
 
 TRANSFER = {"id": "s1", "tool": "transfer", "args": {"to": "bob", "usd": 5}}
 
@@ -223,3 +235,48 @@ async def test_a_late_decision_escalates_then_the_task_keeps_waiting(stack: Stac
     assert (await handle.query("status")).get("status") == "awaiting_approval"
     await handle.execute_update("approve", Approval(step_id="s1"))
     assert (await handle.result()).status == TaskStatus.COMPLETED
+
+
+async def test_a_wait_survives_worker_and_server_restarts_and_adds_no_events(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """The task waits on its own dev server (a SQLite file); workers and server are stopped
+    and started again while it waits, and its history does not grow until the approval."""
+    server = DevServer(tmp_path / "temporal.db", port=free_port(), ui_port=free_port())
+    settings = stack.settings.model_copy(update={"home": tmp_path / "home"})
+    task = unique("Send bob five dollars (across restarts)")
+
+    async def workers_and_client() -> tuple[Client, Components]:
+        client = await connect(settings, address=server.address)
+        components, model = scripted_components(settings, Queues())
+        model.script(task, "plan", scripted_plan(TRANSFER))
+        return client, components
+
+    server.start()
+    try:
+        client, components = await workers_and_client()
+        try:
+            async with workers_running(build_all(client, components)):
+                handle = await start_task(client, TaskRequest(task=task), queues=Queues())
+                await waiting_for(handle, "s1")
+                waiting = len((await handle.fetch_history()).events)
+        finally:
+            components.close_memory()
+        server.stop()
+        server.start()
+
+        client, components = await workers_and_client()
+        try:
+            async with workers_running(build_all(client, components)):
+                handle = client.get_workflow_handle(handle.id, result_type=TaskResult)
+                [pending] = await waiting_for(handle, "s1")  # replayed by a new worker
+                assert pending.text == "transfer(to=bob, usd=5)"
+                assert len((await handle.fetch_history()).events) == waiting
+                await handle.execute_update("approve", Approval(step_id="s1"))
+                result = await handle.result()
+        finally:
+            components.close_memory()
+    finally:
+        server.stop()
+    assert result.status == TaskStatus.COMPLETED
+    assert result.steps[0].output == {"text": "sent $5 to bob"}

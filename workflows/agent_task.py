@@ -554,7 +554,7 @@ class AgentTask:
                     if result.status == StepStatus.FAILED:
                         failures.append(_failure(result))
                 self._publish_cost()
-        except BaseException:
+        except (Exception, asyncio.CancelledError):  # not GeneratorExit: evicted from cache
             # cancelled, or a wait for a person gave up: stop the other steps (their tool
             # activities are cancelled and their reservations booked) before going on
             for task in running.values():
@@ -954,9 +954,12 @@ class AgentTask:
         self._human.open(pending)
         self._show_waiting()
         try:
-            return await self._human.wait(pending, self._request.human, self._escalate)
-        finally:
+            decision = await self._human.wait(pending, self._request.human, self._escalate)
+        except (TimedOutWaiting, asyncio.CancelledError):
             self._show_waiting()
+            raise
+        self._show_waiting()
+        return decision
 
     def _show_waiting(self) -> None:
         kind = self._human.waiting_for()
