@@ -24,6 +24,7 @@ from keel.plans import output_text
 
 MAX_PLAN_STEPS = 6
 PLAN_MAX_TOKENS = 400
+PLAN_TOKENS_PER_STEP = 70  # a long plan (TaskRequest.max_plan_steps) may write this much a step
 RESULT_PREVIEW = 300
 
 SYSTEM = """You are the planner of an agent. Break the task into tool calls.
@@ -54,19 +55,28 @@ class _Draft(BaseModel):
     steps: list[_DraftStep]
 
 
-def step_ids(done: Collection[str]) -> list[str]:
+def step_ids(done: Collection[str], limit: int = MAX_PLAN_STEPS) -> list[str]:
     """Ids a new plan may use: `s1`, `s2`, ... skipping those completed steps already hold."""
-    free = (f"s{i}" for i in range(1, MAX_PLAN_STEPS + len(done) + 1) if f"s{i}" not in done)
-    return list(free)[:MAX_PLAN_STEPS]
+    free = (f"s{i}" for i in range(1, limit + len(done) + 1) if f"s{i}" not in done)
+    return list(free)[:limit]
+
+
+def plan_max_tokens(max_steps: int | None) -> int:
+    return (
+        PLAN_MAX_TOKENS
+        if max_steps is None
+        else max(PLAN_MAX_TOKENS, PLAN_TOKENS_PER_STEP * max_steps)
+    )
 
 
 def plan_output_schema(
     tools: list[ToolSpec],
     files: list[str],
     done: Collection[str] = (),
+    limit: int = MAX_PLAN_STEPS,
 ) -> dict[str, Any]:
     """The grammar the model decodes under: one branch per tool with that tool's arguments."""
-    ids = step_ids(done)
+    ids = step_ids(done, limit)
     deps = ids + sorted(done)
     branches = []
     for spec in tools:
@@ -95,7 +105,7 @@ def plan_output_schema(
                 "type": "array",
                 "items": {"anyOf": branches},
                 "minItems": 1,
-                "maxItems": MAX_PLAN_STEPS,
+                "maxItems": limit,
             }
         },
         "required": ["steps"],
@@ -209,8 +219,10 @@ class PlanningActivities:
             request.role,
             ModelRequest(
                 messages=planning_prompt(request, files),
-                max_tokens=PLAN_MAX_TOKENS,
-                json_schema=plan_output_schema(request.tools, files, done),
+                max_tokens=plan_max_tokens(request.max_steps),
+                json_schema=plan_output_schema(
+                    request.tools, files, done, request.max_steps or MAX_PLAN_STEPS
+                ),
                 meta=planning_meta(request, synthesis_usd),
             ),
             max_usd=request.max_usd,

@@ -88,8 +88,12 @@ class TaskRequest(BaseModel):
     max_steps: int = Field(
         default=12, ge=1, le=100, description="react: at most this many tool calls"
     )
-    max_plan_steps: int = Field(
-        default=16, ge=1, le=2000, description="plan: at most this many steps in one plan"
+    max_plan_steps: int | None = Field(
+        default=None,
+        ge=1,
+        le=2000,
+        description="plan: allow plans this long (batch work); None: the planner's default "
+        "(the small model writes at most 6 steps, a plan may have 16)",
     )
     human: HumanPolicy = Field(default_factory=HumanPolicy)
     subagents: list[SubAgent] | None = Field(
@@ -589,6 +593,9 @@ class PlanRequest(BaseModel):
     completed: list[StepResult] = Field(default_factory=list)
     failures: list[str] = Field(default_factory=list)
     version: int = 1
+    max_steps: int | None = Field(
+        default=None, description="a longer plan than the planner's default may be written"
+    )
 
 
 class PlanResponse(BaseModel):

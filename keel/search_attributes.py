@@ -18,7 +18,6 @@ ALL = (STATUS, COST_USD, USER, WITHOUT_HUMAN)
 WAITING_QUERY = 'KeelStatus IN ("awaiting_approval", "awaiting_answer")'
 
 
-
 def initial(user_id: str) -> TypedSearchAttributes:
     return TypedSearchAttributes(
         [

@@ -6,6 +6,7 @@ production implements the same `SandboxBackend.run` and reports the same `Sandbo
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
@@ -45,6 +46,7 @@ class StopReason(StrEnum):
     MEMORY = "memory"
     OUTPUT_LIMIT = "output_limit"
     SIGNAL = "signal"  # killed by a signal it did not ask for
+    CANCELLED = "cancelled"  # killed because its caller cancelled the run
 
 
 class SandboxResult(BaseModel):
@@ -71,6 +73,8 @@ class SandboxResult(BaseModel):
             how = f"exited with code {self.exit_code}"
         elif self.stopped is StopReason.SIGNAL:
             how = f"killed by signal {self.signal}"
+        elif self.stopped is StopReason.CANCELLED:
+            how = "cancelled"
         else:
             how = f"stopped: {self.stopped.value} limit"
         return f"{how} after {self.wall_ms:.0f} ms wall, {self.cpu_ms:.0f} ms CPU"
@@ -90,6 +94,10 @@ class Run:
 class SandboxBackend(Protocol):
     name: str
 
-    def run(self, run: Run) -> SandboxResult:
-        """Run to completion or to a limit; blocking (call from a thread in async code)."""
+    def run(self, run: Run, cancel: threading.Event | None = None) -> SandboxResult:
+        """Run to completion or to a limit; blocking (call from a thread in async code).
+
+        Setting `cancel` (from any thread) stops the run within a fraction of a second:
+        every process of it is killed before `run` returns, and the result says
+        `cancelled`. A `cancel` already set when the run starts stops it at once."""
         ...

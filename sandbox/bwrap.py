@@ -14,8 +14,9 @@ Each run:
   (/work, also HOME) and /tmp, which vanish with the run;
 - has a clean environment; its input files and stdin are copied in from memory;
 - is killed with its whole PID namespace at the wall-clock limit, when its output passes the
-  cap or its CPU passes the limit; at the end of every run its pid 1 (which bwrap reports on
-  --info-fd) is killed from outside, so nothing of it outlives `run()`.
+  cap, when its CPU passes the limit or when the caller cancels it (the `cancel` event, polled
+  every POLL_S); at the end of every run its pid 1 (which bwrap reports on --info-fd) is
+  killed from outside, so nothing of it outlives `run()`.
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ class BwrapBackend:
         self.read_only = read_only  # host paths shown read-only at the same place
         self.cgroups = Cgroups.detect() if use_cgroups and os.geteuid() == 0 else None
 
-    def run(self, run: Run) -> SandboxResult:
+    def run(self, run: Run, cancel: threading.Event | None = None) -> SandboxResult:
         uid = self.uids.take() if os.geteuid() == 0 else os.geteuid()
         if uid == 0:
             raise SandboxError("sandboxed code must not run as root")
@@ -121,7 +122,7 @@ class BwrapBackend:
             if self.cgroups is not None:
                 group = self.cgroups.create(uid, _total_memory(run.limits), run.limits.processes)
                 argv = _joining(group, argv)
-            return self._supervise(argv, run, uid, stdin, fds, info_read, group)
+            return self._supervise(argv, run, uid, stdin, fds, info_read, group, cancel)
         finally:
             for fd in (*fds, info_read, stdin):
                 os.close(fd)
@@ -217,6 +218,7 @@ class BwrapBackend:
         fds: list[int],
         info_read: int,
         group: RunCgroup | None,
+        cancel: threading.Event | None,
     ) -> SandboxResult:
         limits = run.limits
         started = time.monotonic()
@@ -242,11 +244,11 @@ class BwrapBackend:
         # our copy of the info pipe's write end (taken off the list, never closed twice: its
         # number may belong to another run's descriptor a moment later)
         os.close(fds.pop(0))
-        watch = _Watch(proc, info_read, limits, group, started + limits.wall_s)
+        watch = _Watch(proc, info_read, limits, group, started + limits.wall_s, cancel)
         try:
             stopped = watch.pump()
-            if stopped is None and not _exits_by(proc.pid, watch.deadline):
-                stopped = StopReason.WALL_TIME  # it closed its outputs but kept running
+            if stopped is None:  # it closed its outputs: it may still be running
+                stopped = watch.wait_exit()
         except BaseException as err:
             _kill_group(proc.pid)
             watch.kill_sandbox()
@@ -293,11 +295,12 @@ class BwrapBackend:
         )
 
 
-CPU_POLL_S = 0.1
+POLL_S = 0.1  # how often the run's CPU (where a cgroup counts it) and `cancel` are checked
 
 
 class _Watch:
-    """One run seen from outside: its output, its pid 1, its CPU, its deadline."""
+    """One run seen from outside: its output, its pid 1, its CPU, its deadline, whether its
+    caller cancelled it."""
 
     def __init__(
         self,
@@ -306,27 +309,31 @@ class _Watch:
         limits: Limits,
         group: RunCgroup | None,
         deadline: float,
+        cancel: threading.Event | None = None,
     ) -> None:
         assert proc.stdout and proc.stderr
         self.proc, self.limits, self.group, self.deadline = proc, limits, group, deadline
+        self.cancel = cancel
+        # without a cgroup to read or a cancel to notice, waiting blocks until the deadline
+        self.poll_s = POLL_S if group is not None or cancel is not None else None
         self.out, self.err = _Capture(limits.output_bytes), _Capture(limits.output_bytes)
         self.info_read, self.info = info_read, b""
         self.pid1: int | None = None  # a pidfd of the sandbox's pid 1
 
     def pump(self) -> StopReason | None:
         """Collect output until both outputs close (the run ended), the deadline passes, the
-        output cap is hit or the run's CPU (all its processes, where a cgroup counts them)
-        passes its limit; the reason it had to stop, if any."""
+        output cap is hit, the run's CPU (all its processes, where a cgroup counts them)
+        passes its limit or the run is cancelled; the reason it had to stop, if any."""
         assert self.proc.stdout and self.proc.stderr
         with selectors.DefaultSelector() as sel:
             sel.register(self.proc.stdout, selectors.EVENT_READ, self.out)
             sel.register(self.proc.stderr, selectors.EVENT_READ, self.err)
             sel.register(self.info_read, selectors.EVENT_READ, None)
             while sel.get_map():
-                left = self.deadline - time.monotonic()
-                if left <= 0:
-                    return StopReason.WALL_TIME
-                for key, _ in sel.select(timeout=min(left, CPU_POLL_S) if self.group else left):
+                stop = self._stop()
+                if stop is not None:
+                    return stop
+                for key, _ in sel.select(timeout=self._timeout()):
                     chunk = os.read(key.fd, _READ_CHUNK)
                     if not chunk:
                         sel.unregister(key.fileobj)
@@ -339,6 +346,32 @@ class _Watch:
                 if self.group and self.group.cpu_ms() > self.limits.cpu_s * 1000:
                     return StopReason.CPU_TIME  # several processes, each under RLIMIT_CPU
         return None
+
+    def wait_exit(self) -> StopReason | None:
+        """After both outputs closed: None once bwrap exits (it is not reaped here), or the
+        reason to stop a run that closed its outputs but kept running."""
+        fd = os.pidfd_open(self.proc.pid)
+        try:
+            with selectors.DefaultSelector() as sel:
+                sel.register(fd, selectors.EVENT_READ)
+                while not sel.select(timeout=self._timeout()):
+                    stop = self._stop()
+                    if stop is not None:
+                        return stop
+                return None
+        finally:
+            os.close(fd)
+
+    def _stop(self) -> StopReason | None:
+        """Why the run must stop now, if it must: cancelled, or past its deadline."""
+        if self.cancel is not None and self.cancel.is_set():
+            return StopReason.CANCELLED
+        return StopReason.WALL_TIME if time.monotonic() >= self.deadline else None
+
+    def _timeout(self) -> float:
+        """How long to wait for the run before looking again."""
+        left = max(0.0, self.deadline - time.monotonic())
+        return left if self.poll_s is None else min(left, self.poll_s)
 
     def _learn_pid1(self) -> None:
         try:
@@ -407,17 +440,6 @@ def _joining(group: RunCgroup, argv: list[str]) -> list[str]:
     """argv, started by a shell that first moves itself into the run's cgroups."""
     joins = " && ".join(f"echo $$ > {shlex.quote(str(f))}" for f in group.procs_files)
     return ["/bin/sh", "-c", f'{joins} && exec "$@"', "keel-sandbox", *argv]
-
-
-def _exits_by(pid: int, deadline: float) -> bool:
-    """Whether the process exits before the deadline (it is not reaped here)."""
-    fd = os.pidfd_open(pid)
-    try:
-        with selectors.DefaultSelector() as sel:
-            sel.register(fd, selectors.EVENT_READ)
-            return bool(sel.select(timeout=max(0.0, deadline - time.monotonic())))
-    finally:
-        os.close(fd)
 
 
 def _memfd(name: str, content: bytes) -> int:

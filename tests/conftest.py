@@ -7,6 +7,7 @@ Qdrant local mode; tests share them and keep apart by unique task texts and work
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections import Counter
@@ -166,6 +167,21 @@ async def stack(temporal_env: WorkflowEnvironment, settings: Settings) -> AsyncI
             yield Stack(temporal_env, temporal_env.client, settings, model, components)
     finally:
         components.close_memory()
+
+
+@contextlib.asynccontextmanager
+async def own_stack(home: Path, *dev_server_args: str) -> AsyncIterator[Stack]:
+    """A second dev server with its own flags (say, an early continue-as-new suggestion)
+    and its own scripted workers, for a module that needs a differently configured server."""
+    env = await start_test_environment(*dev_server_args, ui=False)
+    settings = Settings(home=home, planner_model="scripted", reasoner_model="scripted")
+    components, model = scripted_components(settings, Queues())
+    try:
+        async with workers_running(build_all(env.client, components)):
+            yield Stack(env, env.client, settings, model, components)
+    finally:
+        components.close_memory()
+        await env.shutdown()
 
 
 @dataclass(frozen=True)

@@ -20,12 +20,8 @@ from keel.contracts import (
     TaskRequest,
     TaskStatus,
 )
-from keel.queues import Queues
-from keel.settings import Settings
 from keel.short_term import SUMMARY_CHARS, WINDOW_CHARS, WINDOW_ENTRIES, ShortTermMemory
-from temporal.devserver import start_test_environment
-from tests.conftest import Stack, scripted_components, scripted_plan, unique
-from workers.process import build_all, workers_running
+from tests.conftest import Stack, own_stack, scripted_plan, unique
 
 
 def test_the_window_stays_bounded_and_folds_into_the_summary() -> None:
@@ -98,19 +94,9 @@ async def test_a_continued_task_resumes_from_its_carried_state(stack: Stack) -> 
 async def eager_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
     """A second dev server that suggests continue-as-new after 20 history events (the
     default is 4K), with its own workers, so a short task continues as new for real."""
-    env = await start_test_environment(
-        "--dynamic-config-value", "limit.historyCount.suggestContinueAsNew=20"
-    )
-    settings = Settings(
-        home=tmp_path_factory.mktemp("eager"), planner_model="scripted", reasoner_model="scripted"
-    )
-    components, model = scripted_components(settings, Queues())
-    try:
-        async with workers_running(build_all(env.client, components)):
-            yield Stack(env, env.client, settings, model, components)
-    finally:
-        components.close_memory()
-        await env.shutdown()
+    flags = ("--dynamic-config-value", "limit.historyCount.suggestContinueAsNew=20")
+    async with own_stack(tmp_path_factory.mktemp("eager"), *flags) as stack:
+        yield stack
 
 
 async def test_a_long_history_continues_as_new_with_its_state(eager_server: Stack) -> None:

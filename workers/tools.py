@@ -3,6 +3,8 @@ worker per allowlisted HTTP API (`keel-http-<api>`, see activities/tools/http.py
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from temporalio.client import Client
 from temporalio.worker import Worker
 
@@ -11,6 +13,10 @@ from activities.tools.http import HTTP_QUEUE, api_queues
 from keel.queues import TOOLS
 from workers.components import Components
 
+# Tools heartbeat every second; the SDK would otherwise hold heartbeats back for up to 0.8 of
+# the heartbeat timeout, and a cancelled task would wait that long for its tools to stop.
+HEARTBEAT_THROTTLE = timedelta(seconds=1)
+
 
 def build(client: Client, components: Components) -> list[Worker]:
     tools = ToolActivities(components.registry, components.settings)
@@ -18,6 +24,7 @@ def build(client: Client, components: Components) -> list[Worker]:
         client,
         task_queue=components.queues.tools,
         activities=[tools.list_tools, *tools.for_queue(TOOLS)],
+        max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
     )
     return [catalog, *build_http(client, components, tools)]
 
@@ -35,6 +42,7 @@ def build_http(client: Client, components: Components, tools: ToolActivities) ->
                     task_queue=components.queues.name(queue),
                     activities=tools.for_queue(HTTP_QUEUE),
                     max_task_queue_activities_per_second=rate,
+                    max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
                 )
             )
     return workers

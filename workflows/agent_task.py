@@ -67,7 +67,14 @@ with workflow.unsafe.imports_passed_through():
         Triple,
     )
     from keel.errors import BUDGET_EXCEEDED, INVALID_INPUT, INVALID_OUTPUT, TOOL_ERROR
-    from keel.plans import budget_error, output_text, ready_steps, resolve_args, validate_plan
+    from keel.plans import (
+        MAX_STEPS,
+        budget_error,
+        output_text,
+        ready_steps,
+        resolve_args,
+        validate_plan,
+    )
     from keel.queues import Queues
     from keel.short_term import ShortTermMemory
     from keel.workflow_tools import ASK_HUMAN, DEFAULT_SUBAGENTS, subagent_spec
@@ -372,7 +379,7 @@ class AgentTask:
                 problem = f"plan v{version} was not usable: {response.error}"
             else:
                 errors = validate_plan(
-                    plan, tools, done=self._outputs, max_steps=request.max_plan_steps
+                    plan, tools, done=self._outputs, max_steps=request.max_plan_steps or MAX_STEPS
                 )
                 money = budget_error(plan, self._remaining_usd())
                 over_budget = money is not None and not errors
@@ -470,6 +477,7 @@ class AgentTask:
                 completed=self._results,
                 failures=failures,
                 version=version,
+                max_steps=request.max_plan_steps,
             ),
             PlanResponse,
             queues.planner,

@@ -4,12 +4,20 @@
 tool itself, output validation, size cap); the activities run it, and so does anything else
 that calls Keel tools outside a workflow (the MCP server, keel/mcp_server.py), so the same
 refusals and caps hold everywhere.
+
+A tool activity heartbeats while its tool runs (`heartbeating`): the heartbeat is how a worker
+learns that the activity was cancelled (its workflow cancelled the step or the task). The
+worker then cancels the activity's task, the tool stops what it started (a sandbox run is
+killed, a SQL query cancelled on the server, a connection closed) and the cancellation goes
+back up, so Temporal records the activity as cancelled with nothing of it still running.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import structlog
@@ -28,10 +36,42 @@ from keel.settings import Settings
 LIST_TOOLS = "list_tools"
 WARN_OUTPUT_BYTES = 256 * 1024
 MAX_OUTPUT_BYTES = 1024 * 1024  # Temporal caps payloads at 2 MB
+HEARTBEAT_S = 1.0  # at most this long between heartbeats (less with a short heartbeat timeout)
 
 
 def activity_name(tool_name: str) -> str:
     return f"tool.{tool_name}"
+
+
+def heartbeat_interval() -> float:
+    """Seconds between the current activity's heartbeats: HEARTBEAT_S, or a third of its
+    heartbeat timeout where that is shorter (so that two beats can be lost in a row)."""
+    timeout = activity.info().heartbeat_timeout
+    if timeout is None or timeout.total_seconds() <= 0:
+        return HEARTBEAT_S
+    return min(HEARTBEAT_S, timeout.total_seconds() / 3)
+
+
+@asynccontextmanager
+async def heartbeating() -> AsyncIterator[None]:
+    """Heartbeat the current activity every `heartbeat_interval()` while the block runs.
+
+    The first beat comes one interval in, so a quick tool sends none. A cancel request
+    reaches the worker with a heartbeat's answer; the worker then cancels the activity's
+    task, which is the block's task: the block sees CancelledError at its `await`."""
+    interval = heartbeat_interval()
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(interval)
+            activity.heartbeat()
+
+    beats = asyncio.create_task(beat(), name="tool heartbeat")
+    try:
+        yield
+    finally:
+        beats.cancel()
+        await asyncio.wait([beats])
 
 
 class ToolRefused(Exception):
@@ -69,7 +109,11 @@ class ToolActivities:
     async def _run(self, tool: Tool, call: ToolCall) -> ToolOutput:
         log = activity_logger().bind(tool=tool.spec.name, step_id=call.step_id)
         try:
-            return await self.execute(tool, call, log)
+            async with heartbeating():
+                return await self.execute(tool, call, log)
+        except asyncio.CancelledError:
+            log.info("tool cancelled")  # and stopped: the tool ended what it started
+            raise
         except ToolRefused as refused:
             raise ApplicationError(refused.message, type=refused.kind, non_retryable=True) from None
 

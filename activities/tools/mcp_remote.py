@@ -22,7 +22,9 @@ reach workflow history; a value a server echoes back is redacted from outputs an
 
 Each call opens its own session (for a stdio server, its own process): no state crosses from
 one task or user to another, a crashed or hung server costs one call, which the activity's
-retry repeats on a fresh one, and no connection outlives the activity that opened it.
+retry repeats on a fresh one, and no connection outlives the activity that opened it. A
+cancelled call shuts its session down as the SDK does even when cancelled: a stdio server's
+stdin is closed, and its process tree is terminated if it has not exited 2 s later.
 """
 
 from __future__ import annotations

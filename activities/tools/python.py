@@ -3,12 +3,19 @@
 The program's failure is the tool's result, not the tool's failure: a traceback, a non-zero
 exit or a limit hit comes back as output for the planner to read. Only a sandbox that cannot
 run at all (bwrap missing, misconfigured) fails the call.
+
+Cancelling the call (the activity's task, when its workflow cancels it) cancels the run: the
+sandbox kills it, and the call ends, re-raising the cancellation, only once every process of
+the run is gone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from pydantic import BaseModel, Field
 
@@ -18,6 +25,7 @@ from sandbox import Limits, Run, SandboxBackend, SandboxError, build_backend, li
 
 MAIN = "main.py"
 MAX_CODE = 64 * 1024
+T = TypeVar("T")
 
 
 class RunPythonInput(BaseModel):
@@ -65,7 +73,7 @@ class RunPython:
             stdin=args.stdin.encode(),
             limits=self.limits,
         )
-        result = await asyncio.to_thread(backend.run, run)
+        result = await in_thread_cancellable(lambda cancel: backend.run(run, cancel))
         text = result.stdout.strip() or result.stderr.strip()[-500:]
         return RunPythonOutput(
             stdout=result.stdout,
@@ -76,3 +84,24 @@ class RunPython:
             cpu_ms=round(result.cpu_ms, 1),
             text=text if result.ok else f"{result.describe()}: {text}",
         )
+
+
+async def in_thread_cancellable(fn: Callable[[threading.Event], T]) -> T:
+    """`fn(cancel)` in a worker thread. Cancelling the awaiting task sets `cancel` and waits
+    for `fn` to return (it must stop promptly once `cancel` is set) before re-raising the
+    cancellation: nothing `fn` started is still running when the caller moves on. A thread
+    cannot be stopped from outside, which is why plain `asyncio.to_thread` would leave it."""
+    cancel = threading.Event()
+    thread = asyncio.ensure_future(asyncio.to_thread(fn, cancel))
+    try:
+        return await asyncio.shield(thread)
+    except asyncio.CancelledError:
+        cancel.set()
+        while not thread.done():
+            try:
+                await asyncio.wait([thread])
+            except asyncio.CancelledError:  # cancelled again: the thread still has to end
+                continue
+        if not thread.cancelled():
+            thread.exception()  # retrieved: an error after cancelling is not reported
+        raise

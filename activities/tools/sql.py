@@ -23,6 +23,12 @@ database itself enforces (a function that writes, `nextval`, server files ...).
 Refusals (the query's fault) raise ValueError, which the tool activity turns into a
 non-retryable error the planner can act on; an unreachable database raises an ordinary
 exception, retried by Temporal. The URL's password never appears in an error or output.
+
+A cancelled call (its activity cancelled with its task) stops its statement on the server, not
+only here: psycopg (3.2 and later) answers the cancellation of a task waiting on a statement
+with a cancel request to the server and waits for the statement to end; the connection is
+then closed. Merely closing it would leave the query running until it next wrote to the
+client. tests/test_tool_cancel.py checks that no query of the reader stays active.
 """
 
 from __future__ import annotations

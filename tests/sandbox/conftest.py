@@ -19,6 +19,9 @@ PYTHON = "/usr/bin/python3"
 # a uid range of this test session's own: other sessions' and workers' sandboxes never count
 UID_BASE = 100_000 + 1000 * (os.getpid() % 500)
 UID_COUNT = 1000
+# A line of Python that renames the process (PR_SET_NAME), so a test sees from outside, in
+# /proc/<pid>/comm, that a sandboxed program got past a point: see `ready_processes`.
+MARK_READY = "import ctypes; ctypes.CDLL(None).prctl(15, b'keel-ready')"
 # where an escaped write would most likely land on the host
 HOST_DIRS = (Path("/"), Path("/tmp"), Path("/root"), Path("/etc"), Path("/usr"), Path.cwd())
 
@@ -48,6 +51,17 @@ def sandbox_processes(uid_base: int = UID_BASE, uid_count: int = UID_COUNT) -> l
             if uid_base <= uid < uid_base + uid_count and running(int(entry.name)):
                 pids.append(int(entry.name))
     return pids
+
+
+def ready_processes(uid_base: int = UID_BASE, uid_count: int = UID_COUNT) -> int:
+    """How many of the sandbox processes ran MARK_READY."""
+    ready = 0
+    for pid in sandbox_processes(uid_base, uid_count):
+        try:
+            ready += Path(f"/proc/{pid}/comm").read_text().strip() == "keel-ready"
+        except FileNotFoundError:
+            continue
+    return ready
 
 
 @dataclass

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,11 +21,20 @@ from activities.tools.registry import ToolContext
 from keel.client import start_task
 from keel.contracts import TaskRequest, TaskStatus
 from keel.settings import Settings
-from sandbox import Limits, Run, SandboxError, StopReason, build_backend
+from sandbox import Limits, Run, SandboxError, SandboxResult, StopReason, build_backend
 from sandbox.bwrap import BwrapBackend, UidPool
 from sandbox.cgroups import Cgroups
 from tests.conftest import Stack, scripted_plan, unique
-from tests.sandbox.conftest import PYTHON, UID_BASE, UID_COUNT, run_code, sandbox_processes
+from tests.sandbox.conftest import (
+    MARK_READY,
+    PYTHON,
+    UID_BASE,
+    UID_COUNT,
+    Host,
+    ready_processes,
+    run_code,
+    sandbox_processes,
+)
 
 
 def test_output_exit_code_stdin_and_files(backend: BwrapBackend) -> None:
@@ -255,3 +265,84 @@ def test_a_dead_worker_s_cgroups_are_swept_and_a_live_one_s_kept(backend: BwrapB
     assert all(path.exists() for path in live.values())
     for path in live.values():
         path.rmdir()
+
+
+CANCEL_S = 1.0  # a cancelled run ends within this (the supervisor looks every 0.1 s)
+# Runs that would go on for a minute, once ready: (the program, how many processes mark
+# themselves ready). One writes its output, one closed its outputs (the supervisor then only
+# waits for it to exit), one left a daemon in a session of its own.
+LONG_RUNS = {
+    "sleeping": (f"import time\nprint('up', flush=True)\n{MARK_READY}\ntime.sleep(60)\n", 1),
+    "outputs_closed": (
+        f"import os, time\nos.close(1)\nos.close(2)\n{MARK_READY}\ntime.sleep(60)\n",
+        1,
+    ),
+    "daemon": (
+        "import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+        f"        {MARK_READY}\n        time.sleep(60)\n    os._exit(0)\n"
+        f"print('up', flush=True)\n{MARK_READY}\ntime.sleep(60)\n",
+        2,
+    ),
+}
+
+
+def cancel_when_ready(
+    backend: BwrapBackend, code: str, ready: int, uids: tuple[int, int] = (UID_BASE, UID_COUNT)
+) -> tuple[SandboxResult, float]:
+    """Run `code` in a thread with a minute's wall limit and cancel it once `ready` of its
+    processes marked themselves ready; the result and the seconds from cancel to return."""
+    cancel = threading.Event()
+    run = Run([PYTHON, "-c", code], limits=Limits(wall_s=60))
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(backend.run, run, cancel)
+        deadline = time.monotonic() + 20
+        while ready_processes(*uids) < ready:
+            assert time.monotonic() < deadline and not future.done(), "the run never got ready"
+            time.sleep(0.01)  # poll interval
+        cancelled_at = time.monotonic()
+        cancel.set()
+        result = future.result(timeout=10)
+        return result, time.monotonic() - cancelled_at
+
+
+@pytest.mark.parametrize("kind", list(LONG_RUNS))
+def test_a_cancelled_run_is_killed_at_once(backend: BwrapBackend, host: Host, kind: str) -> None:
+    """Setting `cancel` from another thread kills the whole run, daemons included, and `run`
+    returns within a second saying so (`host` checks that no process of it is left)."""
+    code, ready = LONG_RUNS[kind]
+    result, took = cancel_when_ready(backend, code, ready)
+    assert took < CANCEL_S, f"the run ended {took:.2f} s after its cancel"
+    assert (result.stopped, result.exit_code, result.ok) == (StopReason.CANCELLED, None, False)
+    assert result.describe().startswith("cancelled after")
+    assert result.wall_ms < 20_000
+    assert sandbox_processes() == []  # gone when `run` returns, not some time later
+    if backend.cgroups is not None:
+        base = backend.cgroups.bases["pids"]
+        assert list(base.glob(f"run-{os.getpid()}-*")) == []  # its cgroup was removed
+
+
+def test_a_cancelled_run_without_cgroups_leaves_nothing() -> None:
+    """Without a cgroup to empty, killing the run's pid 1 ends its PID namespace: a daemon
+    in a session of its own dies with it."""
+    uids = (UID_BASE + UID_COUNT + 700, 10)
+    backend = BwrapBackend(uid_base=uids[0], uid_count=uids[1], use_cgroups=False)
+    code, ready = LONG_RUNS["daemon"]
+    result, took = cancel_when_ready(backend, code, ready, uids)
+    assert result.stopped is StopReason.CANCELLED and not result.cgroup
+    assert took < CANCEL_S, f"the run ended {took:.2f} s after its cancel"
+    deadline = time.monotonic() + 5
+    while sandbox_processes(*uids):
+        assert time.monotonic() < deadline, "a process of the run outlived its cancel"
+        time.sleep(0.01)  # poll interval
+
+
+def test_a_run_cancelled_before_it_starts_stops_at_once(backend: BwrapBackend) -> None:
+    cancel = threading.Event()
+    cancel.set()
+    started = time.monotonic()
+    result = backend.run(
+        Run([PYTHON, "-c", "import time; time.sleep(60)"], limits=Limits(wall_s=60)), cancel
+    )
+    assert result.stopped is StopReason.CANCELLED
+    assert time.monotonic() - started < CANCEL_S
+    assert sandbox_processes() == []

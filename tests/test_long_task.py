@@ -1,0 +1,83 @@
+"""A task of 500+ steps runs to completion across continue-as-new, with every run's history
+bounded and the state carried between runs compact."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from temporalio.client import WorkflowExecutionStatus
+
+from keel.client import start_task
+from keel.contracts import Budget, StepStatus, TaskRequest, TaskStatus
+from tests.conftest import Stack, own_stack, scripted_plan, unique
+
+STEPS = 520
+WIDTH = 4
+SUGGEST_AT = 400  # events; Temporal's default is 4K, too many for a quick test
+# After the suggestion the running step settles and the run continues as new: a few events.
+HISTORY_BOUND = SUGGEST_AT + 40
+
+
+@pytest.fixture(scope="module")
+async def long_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    flags = ("--dynamic-config-value", f"limit.historyCount.suggestContinueAsNew={SUGGEST_AT}")
+    async with own_stack(tmp_path_factory.mktemp("long"), *flags) as stack:
+        yield stack
+
+
+async def test_a_task_of_500_steps_completes_with_bounded_history(long_server: Stack) -> None:
+    stack = long_server
+    task = unique(f"Count to {STEPS}, one step at a time")
+    # WIDTH chains counting up side by side, chain c from c: step i adds one to step i - WIDTH
+    chain = [
+        {"id": f"s{i}", "tool": "calculator", "args": {"expression": str(i)}}
+        if i <= WIDTH
+        else {
+            "id": f"s{i}",
+            "tool": "calculator",
+            # "+ 0*i": no two calls are alike, so none is answered by reusing another
+            "args": {"expression": f"{{{{s{i - WIDTH}}}}} + 1 + 0*{i}"},
+            "depends_on": [f"s{i - WIDTH}"],
+        }
+        for i in range(1, STEPS + 1)
+    ]
+    stack.model.script(task, "plan", scripted_plan(*chain))
+    # writing a plan this long takes many output tokens: more than the default budget buys
+    request = TaskRequest(task=task, max_plan_steps=STEPS, budget=Budget(usd=1.0))
+    handle = await start_task(stack.client, request)
+    result = await handle.result()
+
+    assert result.status == TaskStatus.COMPLETED, result.error
+    assert result.steps_total == STEPS
+    [last] = [r for r in result.steps if r.step_id == f"s{STEPS}"]
+    assert last.status == StepStatus.SUCCEEDED
+    # every step of its chain ran, in order
+    assert last.output is not None and last.output["value"] == WIDTH + STEPS // WIDTH - 1
+    assert len(result.steps) < STEPS // 2  # the last run's and a few before, not all of them
+
+    # every tool call is in the ledger, summed into a handful of entries
+    calculator = [e for e in result.ledger.entries if e.name == "calculator"]
+    assert sum(e.calls for e in calculator) == STEPS
+    assert len(result.ledger.entries) < STEPS // 5  # the last run's calls, and sums
+
+    runs = sorted(
+        [run async for run in stack.client.list_workflows(f'WorkflowId="{handle.id}"')],
+        key=lambda run: run.start_time,
+    )
+    assert len(runs) >= 4
+    assert [r.status for r in runs] == [WorkflowExecutionStatus.CONTINUED_AS_NEW] * (
+        len(runs) - 1
+    ) + [WorkflowExecutionStatus.COMPLETED]
+    carried = []
+    for run in runs:
+        history = await stack.client.get_workflow_handle(
+            handle.id, run_id=run.run_id
+        ).fetch_history()
+        assert len(history.events) <= HISTORY_BOUND
+        started = history.events[0].workflow_execution_started_event_attributes
+        carried.append(len(started.input.payloads[0].data))
+    # what a run carries is the steps still to run plus a bounded rest: it shrinks run by
+    # run instead of growing with what was done
+    assert carried[1:] == sorted(carried[1:], reverse=True)
+    assert carried[-1] < 30_000
