@@ -34,7 +34,7 @@ from selenium.webdriver.support.wait import WebDriverWait
 from temporalio.client import Client
 
 from keel.client import new_workflow_id, start_task
-from keel.contracts import TaskRequest, TaskStatus
+from keel.contracts import Approval, TaskRequest, TaskStatus
 from tests.conftest import REPO, Stack, scripted_plan, unique
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -237,3 +237,44 @@ async def test_web_ui_shows_a_completed_task(
         "KeelStatus completed among the search attributes",
     )
     screenshot(browser, "web-ui-search-attributes-keel-status-completed")
+
+
+async def test_web_ui_lists_tasks_awaiting_approval_with_their_cost(
+    browser: WebDriver, stack: Stack, web_ui_url: str
+) -> None:
+    """The operator's console: filter KeelStatus="awaiting_approval", read the cost column.
+    (The dev server's SQLite visibility refuses ORDER BY, so the order is checked here; an
+    Elasticsearch-backed cluster can sort with `ORDER BY KeelCostUsd DESC`.)"""
+    transfer = {"id": "s2", "tool": "transfer", "args": {"to": "bob", "usd": 5}}
+    cheap, dear = unique("Send bob five dollars"), unique("Think, then send bob five dollars")
+    stack.model.script(cheap, "plan", scripted_plan(transfer))
+    stack.model.script(
+        dear,
+        "plan",
+        scripted_plan(
+            {"id": "s1", "tool": "ask_reasoner", "args": {"question": "Is it wise?"}},
+            {**transfer, "depends_on": ["s1"]},
+        ),
+    )
+    handles = {
+        name: await start_task(stack.client, TaskRequest(task=task))
+        for name, task in (("cheap", cheap), ("dear", dear))
+    }
+    ids = " OR ".join(f'WorkflowId="{h.id}"' for h in handles.values())
+    query = f'KeelStatus="awaiting_approval" AND ({ids})'
+    await until_listed(stack.client, query, count=2)
+
+    show_columns(browser, web_ui_url, "KeelStatus", "KeelCostUsd")
+    rows = workflow_rows(browser, web_ui_url, query)
+    screenshot(browser, "web-ui-awaiting-approval-with-cost")
+    by_cost = sorted(rows, key=lambda row: float(row["KeelCostUsd"]), reverse=True)
+    assert [row["Workflow ID"] for row in by_cost] == [handles["dear"].id, handles["cheap"].id]
+    assert {row["KeelStatus"] for row in rows} == {"awaiting_approval"}
+    for name, handle in handles.items():
+        [row] = [r for r in rows if r["Workflow ID"] == handle.id]
+        spent = (await handle.query("status"))["total_usd"]
+        assert math.isclose(float(row["KeelCostUsd"]), spent, rel_tol=1e-9), name
+
+    for handle in handles.values():  # nothing is left waiting for the rest of the session
+        await handle.execute_update("approve", Approval(step_id="s2"))
+        assert (await handle.result()).status == TaskStatus.COMPLETED
