@@ -72,6 +72,7 @@ async def start_task(
         task_queue=queues.agent,
         result_type=TaskResult,
         search_attributes=search_attributes.initial(request.user_id),
+        memo=search_attributes.memo(request),
         static_summary=(
             f"{request.task[:120]} (budget ${request.budget.usd:g}, user {request.user_id})"
         ),

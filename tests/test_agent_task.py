@@ -43,6 +43,7 @@ async def test_task_completes_and_ledger_matches_bookings(stack: Stack) -> None:
     assert attrs.get(sa.STATUS) == "completed"
     assert attrs.get(sa.USER) == "alice"
     assert math.isclose(attrs.get(sa.COST_USD) or 0.0, result.ledger.total_usd, rel_tol=1e-9)
+    assert await description.memo() == {"task": task, "budget_usd": 0.05, "user": "alice"}
 
 
 async def test_model_backed_tool_is_booked_as_model_calls(stack: Stack) -> None:

@@ -38,6 +38,7 @@ async def test_a_step_delegates_to_a_sub_agent_whose_spend_the_parent_books(
     described = await child.describe()
     assert described.status == WorkflowExecutionStatus.COMPLETED
     assert described.parent_id == handle.id
+    assert (await described.memo())["budget_usd"] == 0.01
     child_result = await child.result()
     assert [s.tool for s in child_result.steps] == ["calculator"]
     assert child_result.ledger.budget_usd == 0.01  # the coder's slice, not the parent's 0.05

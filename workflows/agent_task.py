@@ -1032,6 +1032,7 @@ class AgentTask:
                 task_queue=workflow.info().task_queue,
                 result_type=TaskResult,
                 search_attributes=sa.initial(self._user_id),
+                memo=sa.memo(child),
                 static_summary=f"{agent.name}: {task[:100]} (budget ${budget.usd:g})",
             )
         except (ChildWorkflowError, asyncio.CancelledError) as err:
