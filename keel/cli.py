@@ -7,25 +7,44 @@ import asyncio
 import contextlib
 import ipaddress
 import json
+import logging
 import os
 import signal
 import sys
 import time
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
-from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.client import (
+    Client,
+    WorkflowExecutionDescription,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
+from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import CancelledError as TemporalCancelledError
+from temporalio.service import RPCError, RPCStatusCode
 
 from keel import logging as keel_logging
+from keel import search_attributes as sa
 from keel.client import TemporalUnreachable, connect, memorize, start_task
 from keel.contracts import (
+    Approval,
     Budget,
     Document,
+    HumanAnswer,
+    HumanPolicy,
     MemorizeRequest,
+    PendingKind,
+    PendingRequest,
+    Rejection,
     TaskProgress,
     TaskRequest,
     TaskResult,
@@ -116,9 +135,29 @@ async def _has_pollers(client: Client, queue: str) -> bool:
 # --- keel run ----------------------------------------------------------------------------
 
 
+def _waiting_line(workflow_id: str, pending: PendingRequest) -> str:
+    """What a task waits for, and the command that gives it."""
+    escalated = " (escalated)" if pending.escalated else ""
+    if pending.kind == PendingKind.APPROVAL:
+        return (
+            f"waiting for approval of {pending.id}: {pending.text}{escalated} — approve with: "
+            f"keel approve {workflow_id} {pending.id} "
+            f"(or: keel reject {workflow_id} {pending.id} --reason TEXT)"
+        )
+    return (
+        f"waiting for an answer to {pending.id}: {pending.text}{escalated} — answer with: "
+        f"keel answer {workflow_id} TEXT --question {pending.id}"
+    )
+
+
+async def _pending(handle: WorkflowHandle[Any, Any]) -> list[PendingRequest]:
+    return await handle.query("pending", result_type=list[PendingRequest])
+
+
 async def _follow(handle: WorkflowHandle[Any, TaskResult], show: bool) -> TaskResult:
     result_task = asyncio.ensure_future(handle.result())
     printed = 0
+    shown: set[tuple[str, datetime]] = set()  # waits already announced (id, asked at)
     while True:
         done, _ = await asyncio.wait({result_task}, timeout=POLL_S)
         if show:
@@ -128,6 +167,11 @@ async def _follow(handle: WorkflowHandle[Any, TaskResult], show: bool) -> TaskRe
                 for event in progress.events[first_new:]:
                     _out(f"  · {event}")
                 printed = progress.events_total
+                if progress.status.is_waiting and not done:
+                    for pending in await _pending(handle):
+                        if (pending.id, pending.asked_at) not in shown:
+                            shown.add((pending.id, pending.asked_at))
+                            _out(f"  ⏸ {_waiting_line(handle.id, pending)}")
         if done:
             return result_task.result()
 
@@ -156,6 +200,20 @@ def _print_result(result: TaskResult, settings: Settings) -> None:
     _out(f"Temporal UI: {settings.ui_link(result.workflow_id)}")
 
 
+def _human_policy(args: argparse.Namespace) -> HumanPolicy:
+    """The --approve-above / --wait-timeout / --on-timeout flags; unset ones keep defaults."""
+    if args.approve_above is not None and args.approve_above < 0:
+        raise UsageError("--approve-above must be 0 or more (USD)")
+    if args.wait_timeout is not None and args.wait_timeout <= 0:
+        raise UsageError("--wait-timeout must be more than 0 seconds")
+    given = {
+        "approve_plans_above_usd": args.approve_above,
+        "wait_timeout_s": args.wait_timeout,
+        "on_timeout": args.on_timeout,
+    }
+    return HumanPolicy.model_validate({k: v for k, v in given.items() if v is not None})
+
+
 async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         request = TaskRequest(
@@ -164,6 +222,7 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             budget=Budget(usd=args.budget, tokens=args.max_tokens),
             max_replans=args.max_replans,
             strategy=args.strategy,
+            human=_human_policy(args),
         )
     except ValidationError as err:
         raise UsageError(describe_validation_error(err, "task")) from None
@@ -174,6 +233,14 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         try:
             result = await _follow(handle, show=not args.json)
         except WorkflowFailureError as err:
+            if isinstance(err.cause, TemporalCancelledError):
+                progress = await handle.query("status", result_type=TaskProgress)
+                if args.json:
+                    ended = {"workflow_id": handle.id, "status": progress.status.value}
+                    _out(json.dumps({**ended, "total_usd": progress.total_usd}, indent=2))
+                else:
+                    _out(f"Task {handle.id} was cancelled; spent ${progress.total_usd:.6f}")
+                return 3
             raise UsageError(f"task {handle.id} failed: {err.cause or err}") from None
     if args.json:
         _out(json.dumps(result.model_dump(mode="json"), indent=2))
@@ -228,15 +295,19 @@ async def cmd_memorize(args: argparse.Namespace, settings: Settings) -> int:
 # --- keel status -------------------------------------------------------------------------
 
 
+async def _describe(
+    handle: WorkflowHandle[Any, TaskResult], settings: Settings
+) -> WorkflowExecutionDescription:
+    try:
+        return await handle.describe()
+    except Exception as err:  # RPCError NOT_FOUND and friends
+        raise UsageError(f"no task {handle.id!r} on {settings.temporal_address}: {err}") from None
+
+
 async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     client = await connect(settings)
     handle = client.get_workflow_handle(args.workflow_id, result_type=TaskResult)
-    try:
-        description = await handle.describe()
-    except Exception as err:  # RPCError NOT_FOUND and friends
-        raise UsageError(
-            f"no task {args.workflow_id!r} on {settings.temporal_address}: {err}"
-        ) from None
+    description = await _describe(handle, settings)
     _out(f"Workflow {args.workflow_id}: {description.status.name if description.status else '?'}")
     progress = await handle.query("status", result_type=TaskProgress)
     _out(
@@ -245,9 +316,172 @@ async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     )
     for event in progress.events:
         _out(f"  · {event}")
+    if progress.status.is_waiting:
+        for pending in await _pending(handle):
+            _out(f"  ⏸ {_waiting_line(handle.id, pending)}")
     if progress.status.is_final:
-        _print_result(await handle.result(), settings)
+        try:
+            result = await handle.result()
+        except WorkflowFailureError as err:  # cancelled: there is no TaskResult
+            _out(f"No result: {err.cause or err}")
+        else:
+            _print_result(result, settings)
     return 0
+
+
+# --- a person in the loop: keel pending / approve / reject / answer / cancel -------------
+
+
+PENDING_QUERY_CONCURRENCY = 8
+
+
+def _visibility_string(value: str, flag: str) -> str:
+    if any(c in value for c in "\"\\'") or not value.isprintable():
+        raise UsageError(
+            f"{flag} {value!r}: quotes, backslashes and control characters cannot be searched for"
+        )
+    return f'"{value}"'
+
+
+async def cmd_pending(args: argparse.Namespace, settings: Settings) -> int:
+    if args.limit < 1:
+        raise UsageError("--limit must be 1 or more")
+    query = f'({sa.WAITING_QUERY}) AND ExecutionStatus = "Running"'
+    if args.user is not None:
+        query += f" AND {sa.USER.name} = {_visibility_string(args.user, '--user')}"
+    client = await connect(settings)
+    try:
+        listed = [wf async for wf in client.list_workflows(query, limit=args.limit)]
+    except RPCError as err:
+        if err.status == RPCStatusCode.INVALID_ARGUMENT and "search attribute" in err.message:
+            raise UsageError(
+                f"{settings.temporal_address} does not know Keel's search attributes "
+                f"({err.message}): `keel dev` registers them, or run the README's "
+                "`temporal operator search-attribute create` commands"
+            ) from None
+        raise UsageError(f"cannot list the waiting tasks: {err.message}") from None
+    gate = asyncio.Semaphore(PENDING_QUERY_CONCURRENCY)
+
+    async def waits_for(workflow_id: str) -> list[PendingRequest] | str:
+        async with gate:
+            try:
+                return await _pending(client.get_workflow_handle(workflow_id))
+            except Exception as err:  # a task closing meanwhile, no worker to answer, ...
+                return f"(cannot ask it: {str(err).splitlines()[0] if str(err) else err!r})"
+
+    answers = await asyncio.gather(*(waits_for(wf.id) for wf in listed))
+    shown = 0
+    for wf, pending in zip(listed, answers, strict=True):
+        if isinstance(pending, list) and not pending:
+            continue  # it moved on after visibility listed it
+        attrs = wf.typed_search_attributes
+        cost = attrs.get(sa.COST_USD) or 0.0
+        if isinstance(pending, str):
+            waits = pending
+        else:
+            waits = "; ".join(
+                f"{p.kind.value} {p.id}: {p.text}" + (" (escalated)" if p.escalated else "")
+                for p in pending
+            )
+        _out(
+            f"{wf.id}  user {attrs.get(sa.USER) or '?'}  {attrs.get(sa.STATUS) or '?'}  "
+            f"${cost:.6f}  {waits}"
+        )
+        shown += 1
+    whose = f" of user {args.user}" if args.user is not None else ""
+    if not shown:
+        _out(f"No task{whose} is waiting for a person.")
+        return 0
+    if len(listed) == args.limit:
+        _out(f"(listed at most {args.limit} tasks; there may be more: raise --limit)")
+    _out(
+        "Decide with: keel approve ID STEP | keel reject ID STEP --reason TEXT | "
+        "keel answer ID TEXT [--question STEP]"
+    )
+    return 0
+
+
+async def _update(settings: Settings, workflow_id: str, name: str, arg: Any) -> int:
+    """Send a person's decision; a refusal by the task's validator is one line, exit 2."""
+    client = await connect(settings)
+    handle = client.get_workflow_handle(workflow_id)
+    try:
+        done = await handle.execute_update(name, arg, result_type=str)
+    except WorkflowUpdateFailedError as err:
+        cause = err.cause
+        raise UsageError(
+            cause.message if isinstance(cause, ApplicationError) else str(cause or err)
+        ) from None
+    except RPCError as err:
+        if err.status != RPCStatusCode.NOT_FOUND:
+            raise UsageError(f"cannot {name} in task {workflow_id!r}: {err.message}") from None
+        try:
+            ended = (await handle.describe()).status
+        except RPCError:
+            raise UsageError(
+                f"no task {workflow_id!r} on {settings.temporal_address}; "
+                "`keel pending` lists the tasks waiting for a person"
+            ) from None
+        raise UsageError(
+            f"task {workflow_id!r} has already ended ({ended.name if ended else '?'}): "
+            "it waits for no decision"
+        ) from None
+    _out(f"{workflow_id}: {done}")
+    return 0
+
+
+def _decision(model: type[Approval | Rejection | HumanAnswer], what: str, **fields: Any) -> Any:
+    try:
+        return model(**fields)
+    except ValidationError as err:
+        raise UsageError(describe_validation_error(err, what)) from None
+
+
+async def cmd_approve(args: argparse.Namespace, settings: Settings) -> int:
+    approval = _decision(Approval, "approval", step_id=args.step, by=args.by)
+    return await _update(settings, args.workflow_id, "approve", approval)
+
+
+async def cmd_reject(args: argparse.Namespace, settings: Settings) -> int:
+    rejection = _decision(Rejection, "rejection", step_id=args.step, reason=args.reason, by=args.by)
+    return await _update(settings, args.workflow_id, "reject", rejection)
+
+
+async def cmd_answer(args: argparse.Namespace, settings: Settings) -> int:
+    answer = _decision(HumanAnswer, "answer", text=args.text, question_id=args.question, by=args.by)
+    return await _update(settings, args.workflow_id, "answer", answer)
+
+
+async def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
+    client = await connect(settings)
+    handle = client.get_workflow_handle(args.workflow_id, result_type=TaskResult)
+    description = await _describe(handle, settings)
+    if description.status != WorkflowExecutionStatus.RUNNING:
+        state = description.status.name if description.status else "?"
+        raise UsageError(
+            f"task {args.workflow_id!r} has already ended ({state}): nothing to cancel"
+        )
+    try:
+        await handle.cancel()
+    except RPCError as err:  # it ended between the two calls
+        raise UsageError(f"cannot cancel task {args.workflow_id!r}: {err.message}") from None
+    if args.no_wait:
+        _out(
+            f"Cancellation of {args.workflow_id} requested; `keel status {args.workflow_id}` "
+            "shows when it has stopped"
+        )
+        return 0
+    _out(f"Cancelling {args.workflow_id}: waiting for its in-flight work to stop")
+    with contextlib.suppress(WorkflowFailureError):  # a cancelled task has no result
+        await handle.result()
+    described = await handle.describe()
+    progress = await handle.query("status", result_type=TaskProgress)
+    _out(
+        f"Task {args.workflow_id}: {progress.status.value} "
+        f"(Temporal: {described.status.name if described.status else '?'}); "
+        f"spent ${progress.total_usd:.6f}"
+    )
+    return 0 if progress.status == TaskStatus.CANCELLED else 3
 
 
 # --- keel dev / keel worker --------------------------------------------------------------
@@ -382,6 +616,27 @@ def parser() -> argparse.ArgumentParser:
         "react: the naive one-call-per-step loop, for comparison",
     )
     run.add_argument("--json", action="store_true", help="print the TaskResult as JSON")
+    run.add_argument(
+        "--approve-above",
+        type=float,
+        default=None,
+        metavar="USD",
+        help="a plan expected to cost more than this waits for approval of step 'plan'",
+    )
+    run.add_argument(
+        "--wait-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="how long one wait for a person may take (default 86400)",
+    )
+    run.add_argument(
+        "--on-timeout",
+        choices=["escalate", "fail"],
+        default=None,
+        help="when nobody decides in time: escalate (notify, keep waiting; the default) "
+        "or fail (end as timed_out_waiting)",
+    )
     run.set_defaults(handler=cmd_run)
 
     mem = sub.add_parser("memorize", help="put text files into a user's long-term memory")
@@ -392,6 +647,40 @@ def parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show a task's status, events and result")
     status.add_argument("workflow_id")
     status.set_defaults(handler=cmd_status)
+
+    pending = sub.add_parser("pending", help="list the tasks waiting for a person")
+    pending.add_argument("--user", default=None, help="only this user's tasks")
+    pending.add_argument("--limit", type=int, default=100, help="list at most this many (100)")
+    pending.set_defaults(handler=cmd_pending)
+
+    approve = sub.add_parser("approve", help="approve a step (or 'plan') a task waits on")
+    approve.add_argument("workflow_id")
+    approve.add_argument("step", help="the step id, as `keel pending` shows it")
+    approve.add_argument("--by", default="", help="who approves (kept in the task's history)")
+    approve.set_defaults(handler=cmd_approve)
+
+    reject = sub.add_parser("reject", help="reject a step (or 'plan'); the planner reads why")
+    reject.add_argument("workflow_id")
+    reject.add_argument("step", help="the step id, as `keel pending` shows it")
+    reject.add_argument("--reason", required=True, help="why (the planner reads it)")
+    reject.add_argument("--by", default="", help="who rejects")
+    reject.set_defaults(handler=cmd_reject)
+
+    answer = sub.add_parser("answer", help="answer a question a task asked")
+    answer.add_argument("workflow_id")
+    answer.add_argument("text", help="the answer")
+    answer.add_argument(
+        "--question", default=None, help="the question's step id (needed when several are open)"
+    )
+    answer.add_argument("--by", default="", help="who answers")
+    answer.set_defaults(handler=cmd_answer)
+
+    cancel = sub.add_parser("cancel", help="cancel a task: stop its in-flight work and end it")
+    cancel.add_argument("workflow_id")
+    cancel.add_argument(
+        "--no-wait", action="store_true", help="only request it; do not wait for the task to end"
+    )
+    cancel.set_defaults(handler=cmd_cancel)
 
     dev = sub.add_parser("dev", help="run a Temporal dev server and every worker in one process")
     dev.add_argument("workers", nargs="*", help="only these workers (default all)")
@@ -444,7 +733,7 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def main(argv: list[str] | None = None) -> int:
+def _run(argv: list[str] | None) -> int:
     args = parser().parse_args(argv)
     # SIGTERM unwinds like Ctrl-C so an embedded dev server is stopped, not orphaned.
     signal.signal(signal.SIGTERM, _interrupt)
@@ -456,6 +745,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    code = _run(argv)
+    if argv is None:
+        # The `keel` program: leave without interpreter teardown, during which the Temporal
+        # client's Rust threads can abort the process (SIGABRT, "PyGILState_Release: thread
+        # state ... must be current"; temporalio/sdk-python#300), turning a finished command
+        # into exit code 134 about one run in ten. Everything has been done and closed by now.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -39,8 +39,7 @@ class _ClearJSONConverter(PydanticJSONPlainPayloadConverter):
         except ValidationError as err:
             name = getattr(type_hint, "__name__", str(type_hint))
             raise ApplicationError(
-                describe_validation_error(err, name)
-                + " (fix the input JSON and start the task again)",
+                describe_validation_error(err, name) + " (fix the input JSON and send it again)",
                 type=INVALID_INPUT,
                 non_retryable=True,
             ) from None

@@ -961,11 +961,8 @@ class AgentTask:
             self._working_status = self._status
         self._human.open(pending)
         self._show_waiting()
-        try:
-            decision = await self._human.wait(pending, self._request.human, self._escalate)
-        except (TimedOutWaiting, asyncio.CancelledError):
-            self._show_waiting()
-            raise
+        # a wait that ends otherwise (cancelled, timed out) ends the task, which says so
+        decision = await self._human.wait(pending, self._request.human, self._escalate)
         self._show_waiting()
         return decision
 
