@@ -6,14 +6,13 @@ Keel's search attributes are registered at start, so the UI can filter tasks rig
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
-from weakref import WeakKeyDictionary
 
+from keel.ports import LOCALHOST, port_open
 from temporal.search_attributes import DEV_SERVER_FLAGS
 
 if TYPE_CHECKING:
@@ -35,55 +34,26 @@ def temporal_cli() -> Path:
     )
 
 
-# The Web UI of each environment that start_test_environment started with one.
-_WEB_UI_URLS: WeakKeyDictionary[WorkflowEnvironment, str] = WeakKeyDictionary()
-
-
-async def start_test_environment(*extra_args: str, ui: bool = True) -> WorkflowEnvironment:
+async def start_test_environment(
+    *extra_args: str, ui_port: int | None = None
+) -> WorkflowEnvironment:
     """A throwaway dev server (in memory, free ports) for tests, benchmarks and recording
-    histories: Keel's converter and search attributes, and any extra dev-server flags.
-    With `ui`, its Web UI listens on a free port too: see `web_ui_url`."""
+    histories: Keel's converter and search attributes, and any extra dev-server flags; with
+    `ui_port`, its Web UI at http://127.0.0.1:<ui_port>."""
     from temporalio.testing import WorkflowEnvironment
 
     from keel import search_attributes
     from keel.converter import data_converter
 
-    ip = "127.0.0.1"
-    ui_port = free_port(ip) if ui else None
-    env = await WorkflowEnvironment.start_local(
+    return await WorkflowEnvironment.start_local(
         data_converter=data_converter,
-        ip=ip,
-        ui=ui,
+        ip=LOCALHOST,
+        ui=ui_port is not None,
         ui_port=ui_port,
         dev_server_existing_path=str(temporal_cli()),
         search_attributes=list(search_attributes.ALL),
         dev_server_extra_args=list(extra_args),
     )
-    if ui_port is not None:
-        _WEB_UI_URLS[env] = f"http://{ip}:{ui_port}"
-    return env
-
-
-def web_ui_url(env: WorkflowEnvironment) -> str:
-    """The base URL of the Web UI of an environment from start_test_environment."""
-    try:
-        return _WEB_UI_URLS[env]
-    except KeyError:
-        raise LookupError("this environment was started without a Web UI") from None
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on right now (the OS picks it)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def port_open(host: str, port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((host, port)) == 0
 
 
 class DevServer:

@@ -26,10 +26,10 @@ from activities.models.scripted import ScriptedModel
 from activities.tools.builtin import default_registry
 from activities.tools.registry import Tool, ToolContext, define_tool
 from keel.contracts import SideEffects
+from keel.ports import LOCALHOST, free_port
 from keel.queues import Queues
 from keel.settings import Settings
 from temporal.devserver import start_test_environment
-from temporal.devserver import web_ui_url as devserver_web_ui_url
 from workers.components import Components
 from workers.neo4j.server import Neo4jServer
 from workers.process import build_all, workers_running
@@ -139,8 +139,13 @@ def guarded_tools() -> list[Tool]:
 
 
 @pytest.fixture(scope="session")
-async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
-    env = await start_test_environment()
+def web_ui_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+async def temporal_env(web_ui_port: int) -> AsyncIterator[WorkflowEnvironment]:
+    env = await start_test_environment(ui_port=web_ui_port)
     try:
         yield env
     finally:
@@ -148,9 +153,9 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
 
 
 @pytest.fixture(scope="session")
-def web_ui_url(temporal_env: WorkflowEnvironment) -> str:
-    """The base URL of the session dev server's Web UI, e.g. http://127.0.0.1:PORT."""
-    return devserver_web_ui_url(temporal_env)
+def web_ui_url(temporal_env: WorkflowEnvironment, web_ui_port: int) -> str:
+    """The base URL of the session dev server's Web UI."""
+    return f"http://{LOCALHOST}:{web_ui_port}"
 
 
 @pytest.fixture(scope="session")
@@ -173,7 +178,7 @@ async def stack(temporal_env: WorkflowEnvironment, settings: Settings) -> AsyncI
 async def own_stack(home: Path, *dev_server_args: str) -> AsyncIterator[Stack]:
     """A second dev server with its own flags (say, an early continue-as-new suggestion)
     and its own scripted workers, for a module that needs a differently configured server."""
-    env = await start_test_environment(*dev_server_args, ui=False)
+    env = await start_test_environment(*dev_server_args)
     settings = Settings(home=home, planner_model="scripted", reasoner_model="scripted")
     components, model = scripted_components(settings, Queues())
     try:

@@ -32,7 +32,6 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -42,6 +41,7 @@ from typing import Any
 
 import psycopg
 
+from keel.ports import free_port
 from workers.service import LocalServer, stop_process
 
 HOST = "127.0.0.1"
@@ -76,12 +76,6 @@ def find_bindir() -> Path:
 def _major(path: str) -> int:
     version = Path(path).parent.parent.name
     return int(version) if version.isdigit() else 0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def _seed_sql(reader_password: str) -> list[str]:

@@ -24,8 +24,9 @@ from keel.contracts import (
     TaskResult,
     TaskStatus,
 )
+from keel.ports import free_port
 from keel.queues import Queues
-from temporal.devserver import DevServer, free_port
+from temporal.devserver import DevServer
 from tests.conftest import (
     TRANSFERS,
     Stack,

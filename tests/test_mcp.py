@@ -39,10 +39,10 @@ from keel.client import start_task
 from keel.contracts import SideEffects, StepStatus, TaskRequest, TaskStatus, ToolCall
 from keel.errors import TOOL_ERROR
 from keel.mcp_server import KeelMcpServer
+from keel.ports import free_port
 from keel.queues import TOOLS, Queues
 from keel.settings import Settings, SettingsError
 from tests.conftest import REPO, scripted_components, scripted_plan, unique
-from tests.servers import free_port
 from workers.process import build_all, workers_running
 from workers.service import stop_process
 

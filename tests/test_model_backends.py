@@ -44,6 +44,7 @@ from activities.reasoning import ReasoningActivities
 from activities.tools.builtin import default_registry
 from keel.client import start_task
 from keel.contracts import PlanRequest, Synthesis, SynthesisRequest, TaskRequest, TaskStatus
+from keel.ports import free_port
 from keel.queues import Queues
 from keel.settings import Settings
 from tests.conftest import Stack
@@ -53,7 +54,6 @@ from tests.servers import (
     anthropic_error,
     anthropic_text,
     anthropic_tool_use,
-    free_port,
 )
 from workers.components import Components
 from workers.process import build_all, workers_running

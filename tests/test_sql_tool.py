@@ -25,10 +25,11 @@ from activities.tools.sql import SqlUnavailable, _Database, _Limits, check_read_
 from keel.client import start_task
 from keel.contracts import SideEffects, StepStatus, TaskRequest, TaskStatus, ToolCall
 from keel.errors import TOOL_ERROR
+from keel.ports import free_port
 from keel.queues import TOOLS, Queues
 from keel.settings import Settings, SettingsError
 from tests.conftest import scripted_components, scripted_plan, unique
-from tests.postgres_server import READER, PostgresServer, free_port
+from tests.postgres_server import READER, PostgresServer
 from workers.process import build_all, workers_running
 
 # What an agent writes when asked "how do all these relate?": ten tables joined on a

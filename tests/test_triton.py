@@ -21,12 +21,13 @@ from activities.models.provider_errors import MODEL_UNAVAILABLE
 from activities.models.triton import TritonModel
 from keel.client import start_task
 from keel.contracts import TaskRequest, TaskStatus
+from keel.ports import free_port
 from keel.queues import Queues
 from tests.conftest import Stack
 from workers import planner
 from workers.components import Components
 from workers.process import build_all, workers_running
-from workers.triton.server import MODEL_REPOSITORY, TritonError, TritonServer, free_port
+from workers.triton.server import MODEL_REPOSITORY, TritonError, TritonServer
 
 PERSON = {
     "type": "object",
@@ -89,7 +90,7 @@ async def test_errors_say_whether_a_retry_can_help(
         await unattached.complete(ModelRequest(ASK))
     assert nowhere.value.non_retryable
 
-    nobody = TritonModel(f"127.0.0.1:{free_port('127.0.0.1')}")
+    nobody = TritonModel(f"127.0.0.1:{free_port()}")
     with pytest.raises(ApplicationError, match="unreachable") as down:
         await nobody.complete(ModelRequest(ASK))
     assert down.value.type == MODEL_UNAVAILABLE and not down.value.non_retryable

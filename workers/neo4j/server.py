@@ -23,7 +23,6 @@ import re
 import select
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from keel.errors import ServiceStartError
+from keel.ports import free_port, port_open
 from workers.service import LocalServer, stop_process
 
 HERE = Path(__file__).resolve().parent
@@ -198,18 +198,6 @@ def ensure_launcher(home: Path, java: Java, lib: Path) -> Path:
     return classes
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((HOST, port)) == 0
-
-
 class Neo4jServer(LocalServer):
     """Start with `start()` (or `with`), stop with `stop()`; `uri` is the Bolt address.
 
@@ -266,11 +254,11 @@ class Neo4jServer(LocalServer):
         java = find_java()
         lib = ensure_jars(self.home)
         classpath = f"{ensure_launcher(self.home, java, lib)}{os.pathsep}{lib}/*"
-        if self.port is not None and _port_open(self.port):
+        if self.port is not None and port_open(HOST, self.port):
             raise Neo4jError(f"port {self.port} is already in use: stop what listens there")
         chosen = self.port
         for attempt in range(1, PORT_ATTEMPTS + 1):
-            self.port = chosen or free_port()
+            self.port = chosen or free_port(HOST)
             data_dir = self.data_dir or self._fresh_data_dir()
             self._say(f"Starting Neo4j on {self.uri} (data: {data_dir}; log: {self.log_file}) ...")
             reason = self._launch(self.command(java, classpath, self.port, data_dir))
@@ -366,7 +354,7 @@ def main() -> None:
         settings.home,
         data_dir=settings.home / "neo4j" / "data",
         password=settings.neo4j_password,
-        port=7687 if not _port_open(7687) else None,
+        port=7687 if not port_open(HOST, 7687) else None,
     )
     try:
         server.start()

@@ -21,7 +21,6 @@ import importlib.util
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from keel.errors import ServiceStartError
+from keel.ports import free_port, port_open
 from workers.service import LocalServer, stop_process
 
 MODEL_REPOSITORY = Path(__file__).resolve().parent / "model_repository"
@@ -82,18 +82,6 @@ class TritonInstall:
                     f"{what} is missing ({path}): reinstall nvidia-pytriton (`make install`)"
                 )
         return install
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def _port_open(host: str, port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((host, port)) == 0
 
 
 def _link(target: Path, link: Path) -> None:
@@ -200,7 +188,7 @@ class TritonServer(LocalServer):
         install = TritonInstall.find()
         if not self.models:
             raise TritonError(f"no model in {self.model_repository} (no */config.pbtxt)")
-        if self.port is not None and _port_open(self.host, self.port):
+        if self.port is not None and port_open(self.host, self.port):
             raise TritonError(
                 f"port {self.port} is already in use: a Triton server may be running there "
                 "(attach to it with KEEL_TRITON_URL) or stop it"
