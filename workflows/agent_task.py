@@ -107,10 +107,6 @@ class _BudgetExhausted(Exception):
     pass
 
 
-class _Cancelled(Exception):
-    """Raised once the task has been cancelled and its in-flight work has stopped."""
-
-
 def _cause(err: ActivityError) -> ApplicationError | None:
     cause = err.cause
     return cause if isinstance(cause, ApplicationError) else None
@@ -232,18 +228,19 @@ class AgentTask:
             self._short_term.add(f"user asked: {request.task}")
         workflow.upsert_search_attributes([sa.USER.value_set(request.user_id)])
         try:
-            status, error, answer = await self._work(request, queues)
-        except TimedOutWaiting as err:
-            error = str(err)
-            status, answer = TaskStatus.TIMED_OUT_WAITING, f"The task stopped waiting: {err}"
-        except (asyncio.CancelledError, _Cancelled):
+            try:
+                status, error, answer = await self._work(request, queues)
+            except TimedOutWaiting as err:
+                error = str(err)
+                status, answer = TaskStatus.TIMED_OUT_WAITING, f"The task stopped waiting: {err}"
+            if workflow.info().parent is None:  # a sub-agent's episode is its parent's
+                await self._remember(request, answer, status, queues)
+        except asyncio.CancelledError:
             self._set_status(TaskStatus.CANCELLED, "cancelled; in-flight work stopped")
             if workflow.info().parent is not None:
                 # the parent books what a cancelled sub-agent spent from this result
                 return self._result(TaskStatus.CANCELLED, "", "cancelled")
             raise
-        if workflow.info().parent is None:  # a sub-agent's episode is its parent's
-            await self._remember(request, answer, status, queues)
         self._set_status(status, f"finished: {status.value}")
         return self._result(status, answer, error)
 
