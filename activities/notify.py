@@ -25,11 +25,11 @@ class Notifier:
 
     @activity.defn(name="notify_human")
     async def notify_human(self, notification: Notification) -> None:
-        line = notification.model_dump_json()
+        payload = notification.model_dump(mode="json")
         path = self.settings.notifications_path
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a", encoding="utf-8") as out:
-            out.write(line + "\n")
+            out.write(json.dumps(payload) + "\n")
         activity_logger().warning(
             "a task is waiting for a person",
             workflow_id=notification.workflow_id,
@@ -38,5 +38,5 @@ class Notifier:
         )
         if self.settings.notify_url:
             async with httpx.AsyncClient(timeout=WEBHOOK_TIMEOUT_S, trust_env=False) as client:
-                response = await client.post(self.settings.notify_url, json=json.loads(line))
+                response = await client.post(self.settings.notify_url, json=payload)
                 response.raise_for_status()

@@ -200,18 +200,27 @@ def _print_result(result: TaskResult, settings: Settings) -> None:
     _out(f"Temporal UI: {settings.ui_link(result.workflow_id)}")
 
 
+_POLICY_FLAGS = {
+    "approve_plans_above_usd": "--approve-above",
+    "wait_timeout_s": "--wait-timeout",
+    "on_timeout": "--on-timeout",
+}
+
+
 def _human_policy(args: argparse.Namespace) -> HumanPolicy:
-    """The --approve-above / --wait-timeout / --on-timeout flags; unset ones keep defaults."""
-    if args.approve_above is not None and args.approve_above < 0:
-        raise UsageError("--approve-above must be 0 or more (USD)")
-    if args.wait_timeout is not None and args.wait_timeout <= 0:
-        raise UsageError("--wait-timeout must be more than 0 seconds")
+    """The --approve-above / --wait-timeout / --on-timeout flags; unset ones keep defaults.
+    HumanPolicy's own bounds check them; a refusal names the flag."""
     given = {
         "approve_plans_above_usd": args.approve_above,
         "wait_timeout_s": args.wait_timeout,
         "on_timeout": args.on_timeout,
     }
-    return HumanPolicy.model_validate({k: v for k, v in given.items() if v is not None})
+    try:
+        return HumanPolicy.model_validate({k: v for k, v in given.items() if v is not None})
+    except ValidationError as err:
+        first = err.errors()[0]
+        flag = _POLICY_FLAGS[str(first["loc"][0])]
+        raise UsageError(f"{flag} {first['input']!r}: {first['msg']}") from None
 
 
 async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:

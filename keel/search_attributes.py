@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from temporalio.common import (
     SearchAttributeKey,
     SearchAttributePair,
     TypedSearchAttributes,
 )
 
-if TYPE_CHECKING:
-    from keel.contracts import TaskRequest
+from keel.contracts import TaskRequest, TaskStatus
 
 STATUS = SearchAttributeKey.for_keyword("KeelStatus")
 COST_USD = SearchAttributeKey.for_float("KeelCostUsd")
@@ -20,7 +17,9 @@ USER = SearchAttributeKey.for_keyword("KeelUser")
 WITHOUT_HUMAN = SearchAttributeKey.for_bool("KeelWithoutHuman")
 
 ALL = (STATUS, COST_USD, USER, WITHOUT_HUMAN)
-WAITING_QUERY = 'KeelStatus IN ("awaiting_approval", "awaiting_answer")'
+# The tasks waiting for a person (`keel pending`).
+_WAITING = ", ".join(f'"{status.value}"' for status in TaskStatus if status.is_waiting)
+WAITING_QUERY = f"{STATUS.name} IN ({_WAITING})"
 
 
 def memo(request: TaskRequest) -> dict[str, object]:

@@ -210,10 +210,10 @@ async def test_unknown_tasks_and_bad_input_are_refused_in_one_line(stack: Stack)
         '--user \'x" OR "1"="1\': quotes, backslashes and control characters cannot be'
     )
     assert await keel_refused(stack, "run", "hi", "--wait-timeout", "0") == (
-        "--wait-timeout must be more than 0 seconds"
+        "--wait-timeout 0.0: Input should be greater than 0"
     )
     assert await keel_refused(stack, "run", "hi", "--approve-above", "-1") == (
-        "--approve-above must be 0 or more (USD)"
+        "--approve-above -1.0: Input should be greater than or equal to 0"
     )
     code, _, err = await keel(stack, "run", "hi", "--on-timeout", "wait")
     assert code == 2 and "argument --on-timeout: invalid choice: 'wait'" in err

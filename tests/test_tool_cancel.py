@@ -3,8 +3,9 @@
 Each test runs a real tool activity (ToolActivities, as a worker registers it) in Temporal's
 ActivityEnvironment, lets the tool get busy for a minute, then cancels the activity as a
 worker does when its workflow cancels it, and checks that the activity heartbeated while it
-ran, ended cancelled within CANCEL_S, and left nothing running: no sandboxed process and no
-cgroup, no active query on the database, no open connection, no MCP server process.
+ran, ended cancelled long before its work would have, and left nothing running: no
+sandboxed process and no cgroup, no active query on the database, no open connection, no MCP
+server process. (tests/test_cancel.py cancels a whole task on the dev server.)
 """
 
 from __future__ import annotations
@@ -14,40 +15,36 @@ import dataclasses
 import json
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from temporalio import activity, workflow
-from temporalio.api.enums.v1 import EventType
-from temporalio.client import WorkflowFailureError
-from temporalio.common import RetryPolicy
-from temporalio.exceptions import CancelledError
-from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
-from temporalio.worker import Worker
+from temporalio import activity
+from temporalio.testing import ActivityEnvironment
 
 from activities.tools.activity import (
     HEARTBEAT_S,
     ToolActivities,
-    activity_name,
     heartbeat_interval,
 )
 from activities.tools.builtin import builtin_tools
 from activities.tools.http import HttpApis, http_get_tool
 from activities.tools.mcp_remote import discover_tools, load_servers
 from activities.tools.registry import Tool, ToolRegistry
-from keel.contracts import ToolCall, ToolOutput
+from keel.contracts import ToolCall
 from keel.settings import Settings
 from sandbox.cgroups import Cgroups, running
+from tests.conftest import eventually
 from tests.postgres_server import PostgresServer
 from tests.sandbox.conftest import MARK_READY, UID_BASE, ready_processes, sandbox_processes
 from tests.test_sql_tool import reader_backends, sql_settings, wait_reader_gone
 
-CANCEL_S = 2.0  # a cancelled tool activity ends within this
 BUSY_S = 60  # what each tool would take, were it not cancelled
+# A cancelled tool ends long before BUSY_S: the cancel stopped it, not its work ending (it
+# takes milliseconds; the bound leaves room for a loaded machine).
+CANCEL_S = BUSY_S / 4
 WAIT_S = 30.0  # deadline for a tool to get busy
 HEARTBEAT_TIMEOUT = timedelta(seconds=1.5)  # beats every 0.5 s: a third of it
 
@@ -61,19 +58,20 @@ class Running:
     beats: list[float]
 
     async def until(self, condition: Callable[[], bool], what: str) -> None:
-        """Poll `condition` (the activity runs meanwhile) until it holds or WAIT_S passes."""
-        deadline = time.monotonic() + WAIT_S
-        while not condition():
+        """Poll `condition` (the activity runs meanwhile) until it holds."""
+
+        async def check() -> bool:
             assert not self.task.done(), f"the activity ended before {what}: {self.task!r}"
-            assert time.monotonic() < deadline, f"no {what} within {WAIT_S:g} s"
-            await asyncio.sleep(0.01)  # poll interval
+            return condition()
+
+        await eventually(check, what, WAIT_S)
 
     async def cancel(self) -> float:
         """Cancel the activity as a worker does on a cancel request; the seconds until it
         ended, which it must do by raising CancelledError."""
         started = time.monotonic()
         self.env.cancel()
-        await asyncio.wait([self.task], timeout=CANCEL_S * 5)
+        await asyncio.wait([self.task], timeout=CANCEL_S)
         took = time.monotonic() - started
         assert self.task.done(), "the activity was still running long after its cancel"
         assert self.task.cancelled(), f"the activity did not end cancelled: {self.task!r}"
@@ -191,68 +189,10 @@ async def test_cancelling_run_python_outside_an_activity_kills_its_sandbox(
         await asyncio.sleep(0.01)  # poll interval
     started = time.monotonic()
     task.cancel()
-    await asyncio.wait([task], timeout=CANCEL_S * 5)
+    await asyncio.wait([task], timeout=CANCEL_S)
     assert task.cancelled() and time.monotonic() - started < CANCEL_S
     assert sandbox_processes() == []
     assert run_cgroups() == []
-
-
-@workflow.defn(sandboxed=False)
-class CallOneTool:
-    """One tool call as AgentTask makes it: with a heartbeat timeout, and a cancel that waits
-    until the tool has stopped."""
-
-    @workflow.run
-    async def run(self, call: ToolCall) -> ToolOutput:
-        return await workflow.execute_activity(
-            activity_name(call.tool),
-            call,
-            result_type=ToolOutput,
-            start_to_close_timeout=timedelta(seconds=4 * BUSY_S),
-            heartbeat_timeout=HEARTBEAT_TIMEOUT,
-            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-            retry_policy=RetryPolicy(maximum_attempts=1),
-        )
-
-
-async def test_cancelling_the_workflow_stops_the_tool_on_a_real_worker(
-    temporal_env: WorkflowEnvironment, settings: Settings
-) -> None:
-    """The whole way on the dev server: the worker learns of the cancel request from a
-    heartbeat's answer (heartbeats are sent at most every 0.8 x the heartbeat timeout), the
-    sandbox is killed, and the activity is recorded as cancelled before the workflow ends."""
-    mine = sandbox_settings(settings)
-    (tool,) = [t for t in builtin_tools(mine) if t.spec.name == "run_python"]
-    activities = ToolActivities(ToolRegistry([tool]), mine).for_queue(tool.spec.queue)
-    queue = f"tool-cancel-{uuid.uuid4().hex[:8]}"
-    client = temporal_env.client
-    code = f"import time\n{MARK_READY}\ntime.sleep({BUSY_S})\n"
-    async with Worker(client, task_queue=queue, workflows=[CallOneTool], activities=activities):
-        handle = await client.start_workflow(
-            CallOneTool.run, tool_call("run_python", {"code": code}), id=queue, task_queue=queue
-        )
-
-        async def heartbeat_recorded() -> bool:
-            pending = (await handle.describe()).raw_description.pending_activities
-            return bool(pending) and pending[0].HasField("last_heartbeat_time")
-
-        deadline = time.monotonic() + WAIT_S
-        while ready_processes() < 1 or not await heartbeat_recorded():
-            assert time.monotonic() < deadline, "the tool never got busy and heartbeating"
-            await asyncio.sleep(0.05)  # poll interval
-
-        started = time.monotonic()
-        await handle.cancel()
-        with pytest.raises(WorkflowFailureError) as info:
-            await asyncio.wait_for(handle.result(), WAIT_S)
-        took = time.monotonic() - started
-        print(f"cancel request -> workflow end: {took * 1000:.0f} ms")  # shown with -s
-    assert isinstance(info.value.cause, CancelledError)
-    assert sandbox_processes() == []  # the workflow waited for the tool to stop
-    assert run_cgroups() == []
-    assert took < HEARTBEAT_TIMEOUT.total_seconds() + CANCEL_S
-    events = [e.event_type for e in (await handle.fetch_history()).events]
-    assert EventType.EVENT_TYPE_ACTIVITY_TASK_CANCELED in events
 
 
 # --- sql_query: the database ---------------------------------------------------------------

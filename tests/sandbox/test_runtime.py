@@ -267,7 +267,9 @@ def test_a_dead_worker_s_cgroups_are_swept_and_a_live_one_s_kept(backend: BwrapB
         path.rmdir()
 
 
-CANCEL_S = 1.0  # a cancelled run ends within this (the supervisor looks every 0.1 s)
+# A cancelled run ends long before its minute is up: the cancel stopped it, not the program.
+# (The supervisor looks every 0.1 s; the bound leaves room for a loaded machine.)
+CANCEL_S = 10.0
 # Runs that would go on for a minute, once ready: (the program, how many processes mark
 # themselves ready). One writes its output, one closed its outputs (the supervisor then only
 # waits for it to exit), one left a daemon in a session of its own.
@@ -308,7 +310,7 @@ def cancel_when_ready(
 @pytest.mark.parametrize("kind", list(LONG_RUNS))
 def test_a_cancelled_run_is_killed_at_once(backend: BwrapBackend, host: Host, kind: str) -> None:
     """Setting `cancel` from another thread kills the whole run, daemons included, and `run`
-    returns within a second saying so (`host` checks that no process of it is left)."""
+    returns at once saying so (`host` checks that no process of it is left)."""
     code, ready = LONG_RUNS[kind]
     result, took = cancel_when_ready(backend, code, ready)
     assert took < CANCEL_S, f"the run ended {took:.2f} s after its cancel"
