@@ -138,6 +138,18 @@ def guarded_tools() -> list[Tool]:
     ]
 
 
+# Plan steps the people-in-the-loop tests share: a guarded step, and a question whose answer
+# the next step squares.
+TRANSFER_STEP = {"id": "s1", "tool": "transfer", "args": {"to": "bob", "usd": 5}}
+QUESTION_STEP = {"id": "s1", "tool": "ask_human", "args": {"question": "Which number?"}}
+SQUARE_STEP = {
+    "id": "s2",
+    "tool": "calculator",
+    "args": {"expression": "{{s1}}*{{s1}}"},
+    "depends_on": ["s1"],
+}
+
+
 @pytest.fixture(scope="session")
 def web_ui_port() -> int:
     return free_port()

@@ -25,16 +25,18 @@ from keel.contracts import (
     TaskResult,
     TaskStatus,
 )
-from tests.conftest import REPO, TRANSFERS, Stack, eventually, scripted_plan, unique
+from tests.conftest import (
+    QUESTION_STEP,
+    REPO,
+    SQUARE_STEP,
+    TRANSFER_STEP,
+    TRANSFERS,
+    Stack,
+    eventually,
+    scripted_plan,
+    unique,
+)
 
-TRANSFER = {"id": "s1", "tool": "transfer", "args": {"to": "bob", "usd": 5}}
-QUESTION = {"id": "s1", "tool": "ask_human", "args": {"question": "Which number?"}}
-SQUARE = {
-    "id": "s2",
-    "tool": "calculator",
-    "args": {"expression": "{{s1}}*{{s1}}"},
-    "depends_on": ["s1"],
-}
 CLI_TIMEOUT_S = 60
 
 
@@ -103,7 +105,7 @@ async def start_waiting(stack: Stack, user: str, *plans: str) -> WorkflowHandle[
 
 async def test_pending_lists_a_waiting_task_and_approve_lets_it_run(stack: Stack) -> None:
     user = f"alice-{uuid.uuid4().hex[:8]}"
-    handle = await start_waiting(stack, user, scripted_plan(TRANSFER))
+    handle = await start_waiting(stack, user, scripted_plan(TRANSFER_STEP))
     before = len(TRANSFERS)
 
     async def listed() -> str | None:
@@ -147,7 +149,7 @@ async def test_pending_lists_a_waiting_task_and_approve_lets_it_run(stack: Stack
 async def test_reject_needs_a_reason_and_the_planner_reads_it(stack: Stack) -> None:
     calculator = {"id": "s2", "tool": "calculator", "args": {"expression": "5*1"}}
     handle = await start_waiting(
-        stack, "anonymous", scripted_plan(TRANSFER), scripted_plan(calculator)
+        stack, "anonymous", scripted_plan(TRANSFER_STEP), scripted_plan(calculator)
     )
     code, _, err = await keel(stack, "reject", handle.id, "s1")
     assert code == 2 and "the following arguments are required: --reason" in err
@@ -166,7 +168,7 @@ async def test_reject_needs_a_reason_and_the_planner_reads_it(stack: Stack) -> N
 
 async def test_answer_a_question_and_refusals_are_one_line(stack: Stack) -> None:
     task = unique("Ask me which number to square, then square it")
-    stack.model.script(task, "plan", scripted_plan(QUESTION, SQUARE))
+    stack.model.script(task, "plan", scripted_plan(QUESTION_STEP, SQUARE_STEP))
     handle = await start_task(stack.client, TaskRequest(task=task))
     await waiting_for(handle, "s1")
 
@@ -220,7 +222,7 @@ async def test_unknown_tasks_and_bad_input_are_refused_in_one_line(stack: Stack)
 
 
 async def test_cancel_waits_for_the_task_to_end_and_says_what_it_spent(stack: Stack) -> None:
-    handle = await start_waiting(stack, "anonymous", scripted_plan(TRANSFER))
+    handle = await start_waiting(stack, "anonymous", scripted_plan(TRANSFER_STEP))
     spent = (await handle.query("status", result_type=TaskProgress)).total_usd
 
     out = await keel_ok(stack, "cancel", handle.id)
@@ -270,7 +272,7 @@ async def test_keel_run_shows_what_it_waits_for_and_how_to_decide(stack: Stack) 
     """`keel run --approve-above` waits for the plan, then for the guarded step; each time it
     prints the command that decides, and running that command lets it go on."""
     task = unique("Send bob five dollars, with a cost check")
-    stack.model.script(task, "plan", scripted_plan(TRANSFER))
+    stack.model.script(task, "plan", scripted_plan(TRANSFER_STEP))
     process = await _spawn(stack, "run", task, "--approve-above", "0.0005")
     seen: list[str] = []
     try:
@@ -296,7 +298,7 @@ async def test_keel_run_shows_what_it_waits_for_and_how_to_decide(stack: Stack) 
 
 async def test_keel_run_passes_the_timeout_policy(stack: Stack) -> None:
     task = unique("Send bob five dollars (nobody answers)")
-    stack.model.script(task, "plan", scripted_plan(TRANSFER))
+    stack.model.script(task, "plan", scripted_plan(TRANSFER_STEP))
     code, out, err = await keel(
         stack, "run", task, "--wait-timeout", "1", "--on-timeout", "fail", "--json"
     )
@@ -307,7 +309,7 @@ async def test_keel_run_passes_the_timeout_policy(stack: Stack) -> None:
 
 async def test_keel_cancel_no_wait_ends_a_task_that_keel_run_follows(stack: Stack) -> None:
     task = unique("Send bob five dollars (then changed my mind)")
-    stack.model.script(task, "plan", scripted_plan(TRANSFER))
+    stack.model.script(task, "plan", scripted_plan(TRANSFER_STEP))
     process = await _spawn(stack, "run", task)
     seen: list[str] = []
     try:

@@ -28,6 +28,9 @@ from keel.ports import free_port
 from keel.queues import Queues
 from temporal.devserver import DevServer
 from tests.conftest import (
+    QUESTION_STEP,
+    SQUARE_STEP,
+    TRANSFER_STEP,
     TRANSFERS,
     Stack,
     eventually,
@@ -37,8 +40,6 @@ from tests.conftest import (
 )
 from workers.components import Components
 from workers.process import build_all, workers_running
-
-TRANSFER = {"id": "s1", "tool": "transfer", "args": {"to": "bob", "usd": 5}}
 
 
 async def waiting_for(
@@ -66,7 +67,7 @@ def history_has_updates(events: list[Any]) -> int:
 
 async def test_a_step_needing_approval_waits_then_runs_once_approved(stack: Stack) -> None:
     task = unique("Send bob five dollars")
-    stack.model.script(task, "plan", scripted_plan(TRANSFER))
+    stack.model.script(task, "plan", scripted_plan(TRANSFER_STEP))
     before = len(TRANSFERS)
     handle = await start_task(stack.client, TaskRequest(task=task))
 
@@ -113,7 +114,7 @@ async def test_a_rejected_step_is_not_run_and_the_reason_reaches_the_planner(
     stack.model.script(
         task,
         "plan",
-        scripted_plan(TRANSFER),
+        scripted_plan(TRANSFER_STEP),
         scripted_plan({"id": "s2", "tool": "calculator", "args": {"expression": "5*1"}}),
     )
     before = len(TRANSFERS)
@@ -144,7 +145,7 @@ def _activity_inputs(history: Any, activity_type: str) -> list[dict[str, Any]]:
 
 async def test_an_expensive_plan_waits_for_approval_of_the_whole_plan(stack: Stack) -> None:
     task = unique("Send bob five dollars (costly)")
-    stack.model.script(task, "plan", scripted_plan(TRANSFER))
+    stack.model.script(task, "plan", scripted_plan(TRANSFER_STEP))
     request = TaskRequest(task=task, human=HumanPolicy(approve_plans_above_usd=0.0005))
     handle = await start_task(stack.client, request)
 
@@ -165,15 +166,7 @@ async def test_ask_human_pauses_for_an_answer(stack: Stack) -> None:
     stack.model.script(
         task,
         "plan",
-        scripted_plan(
-            {"id": "s1", "tool": "ask_human", "args": {"question": "Which number?"}},
-            {
-                "id": "s2",
-                "tool": "calculator",
-                "args": {"expression": "{{s1}}*{{s1}}"},
-                "depends_on": ["s1"],
-            },
-        ),
+        scripted_plan(QUESTION_STEP, SQUARE_STEP),
     )
     handle = await start_task(stack.client, TaskRequest(task=task))
     [pending] = await waiting_for(handle, "s1")
@@ -195,7 +188,7 @@ async def test_ask_human_pauses_for_an_answer(stack: Stack) -> None:
 
 async def test_no_answer_in_time_ends_the_task_as_timed_out_waiting(stack: Stack) -> None:
     task = unique("Send bob five dollars (nobody is there)")
-    stack.model.script(task, "plan", scripted_plan(TRANSFER))
+    stack.model.script(task, "plan", scripted_plan(TRANSFER_STEP))
     policy = HumanPolicy(wait_timeout_s=1, on_timeout="fail")
     handle = await start_task(stack.client, TaskRequest(task=task, human=policy))
 
@@ -210,7 +203,7 @@ async def test_no_answer_in_time_ends_the_task_as_timed_out_waiting(stack: Stack
 
 async def test_a_late_decision_escalates_then_the_task_keeps_waiting(stack: Stack) -> None:
     task = unique("Send bob five dollars (slow approver)")
-    stack.model.script(task, "plan", scripted_plan(TRANSFER))
+    stack.model.script(task, "plan", scripted_plan(TRANSFER_STEP))
     policy = HumanPolicy(wait_timeout_s=1, on_timeout="escalate")
     handle = await start_task(stack.client, TaskRequest(task=task, human=policy))
 
@@ -250,7 +243,7 @@ async def test_a_wait_survives_worker_and_server_restarts_and_adds_no_events(
     async def workers_and_client() -> tuple[Client, Components]:
         client = await connect(settings, address=server.address)
         components, model = scripted_components(settings, Queues())
-        model.script(task, "plan", scripted_plan(TRANSFER))
+        model.script(task, "plan", scripted_plan(TRANSFER_STEP))
         return client, components
 
     server.start()

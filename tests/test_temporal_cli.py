@@ -15,9 +15,16 @@ from temporalio.exceptions import ApplicationError
 
 from keel.contracts import TaskResult, TaskStatus
 from temporal.devserver import temporal_cli
-from tests.conftest import TRANSFERS, Stack, eventually, scripted_plan, unique
-
-TRANSFER = {"id": "s1", "tool": "transfer", "args": {"to": "bob", "usd": 5}}
+from tests.conftest import (
+    QUESTION_STEP,
+    SQUARE_STEP,
+    TRANSFER_STEP,
+    TRANSFERS,
+    Stack,
+    eventually,
+    scripted_plan,
+    unique,
+)
 
 
 async def _temporal_run(stack: Stack, *args: str) -> tuple[int, str]:
@@ -156,7 +163,7 @@ async def test_a_task_needing_approval_is_driven_with_the_temporal_cli_alone(
     stack: Stack,
 ) -> None:
     task = unique("Send bob five dollars")
-    stack.model.script(task, "plan", scripted_plan(TRANSFER))
+    stack.model.script(task, "plan", scripted_plan(TRANSFER_STEP))
     user = f"cli-{uuid.uuid4().hex[:8]}"
     before = len(TRANSFERS)
     human = {"wait_timeout_s": 3600, "on_timeout": "escalate"}
@@ -197,7 +204,7 @@ async def test_a_task_needing_approval_is_driven_with_the_temporal_cli_alone(
 async def test_a_step_is_rejected_with_the_temporal_cli(stack: Stack) -> None:
     task = unique("Send bob five dollars, or tell me why not")
     calculator = {"id": "s2", "tool": "calculator", "args": {"expression": "5*1"}}
-    stack.model.script(task, "plan", scripted_plan(TRANSFER), scripted_plan(calculator))
+    stack.model.script(task, "plan", scripted_plan(TRANSFER_STEP), scripted_plan(calculator))
     workflow_id = await _start(stack, {"task": task})
     await _waiting(stack, workflow_id, "s1")
 
@@ -216,14 +223,7 @@ async def test_a_step_is_rejected_with_the_temporal_cli(stack: Stack) -> None:
 
 async def test_a_question_is_answered_with_the_temporal_cli(stack: Stack) -> None:
     task = unique("Ask me which number to square, then square it")
-    question = {"id": "s1", "tool": "ask_human", "args": {"question": "Which number?"}}
-    square = {
-        "id": "s2",
-        "tool": "calculator",
-        "args": {"expression": "{{s1}}*{{s1}}"},
-        "depends_on": ["s1"],
-    }
-    stack.model.script(task, "plan", scripted_plan(question, square))
+    stack.model.script(task, "plan", scripted_plan(QUESTION_STEP, SQUARE_STEP))
     workflow_id = await _start(stack, {"task": task})
     [pending] = await _waiting(stack, workflow_id, "s1")
     assert pending["kind"] == "question" and pending["text"] == "Which number?"
@@ -241,7 +241,7 @@ async def test_a_question_is_answered_with_the_temporal_cli(stack: Stack) -> Non
 
 async def test_a_waiting_task_is_cancelled_with_the_temporal_cli(stack: Stack) -> None:
     task = unique("Send bob five dollars (then changed my mind)")
-    stack.model.script(task, "plan", scripted_plan(TRANSFER))
+    stack.model.script(task, "plan", scripted_plan(TRANSFER_STEP))
     workflow_id = await _start(stack, {"task": task})
     await _waiting(stack, workflow_id, "s1")
     spent = (await _query(stack, workflow_id, "status"))["total_usd"]

@@ -35,7 +35,7 @@ from temporalio.client import Client
 
 from keel.client import new_workflow_id, start_task
 from keel.contracts import Approval, TaskRequest, TaskStatus
-from tests.conftest import REPO, Stack, scripted_plan, unique
+from tests.conftest import REPO, TRANSFER_STEP, Stack, scripted_plan, unique
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -245,7 +245,7 @@ async def test_web_ui_lists_tasks_awaiting_approval_with_their_cost(
     """The operator's console: filter KeelStatus="awaiting_approval", read the cost column.
     (The dev server's SQLite visibility refuses ORDER BY, so the order is checked here; an
     Elasticsearch-backed cluster can sort with `ORDER BY KeelCostUsd DESC`.)"""
-    transfer = {"id": "s2", "tool": "transfer", "args": {"to": "bob", "usd": 5}}
+    transfer = {**TRANSFER_STEP, "id": "s2"}
     cheap, dear = unique("Send bob five dollars"), unique("Think, then send bob five dollars")
     stack.model.script(cheap, "plan", scripted_plan(transfer))
     stack.model.script(
