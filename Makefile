@@ -3,15 +3,53 @@ PY      ?= python3.11
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
+PIP_VERSION := 26.3
 
-.PHONY: install system-deps run dev test lint bench clean
+# Python packages come from requirements.lock (exact versions, tested together; `make lock`
+# refreshes it from pyproject.toml's ranges). llama-cpp-python is built from source here,
+# for any x86-64 CPU with AVX2 (x86-64-v3: Intel Haswell 2013+, AMD Excavator 2015+ and
+# every Zen), never for the CPU that builds it: a -march=native build segfaults on some
+# AVX-512/AMX machines and crashes on older ones. The wheel is cached outside the checkout,
+# keyed by version and flags, so the next install (or a fresh clone) reuses it.
+LLAMA_VERSION := $(shell sed -n 's/^llama[-_]cpp[-_]python==//p' requirements.lock)
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON \
+	-DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_AVX_VNNI=OFF \
+	-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAVA_BUILD=OFF
+LLAMA_KEY := $(shell echo '$(LLAMA_VERSION) $(LLAMA_CMAKE_ARGS)' | sha1sum | cut -c1-12)
+KEEL_WHEELS ?= $(HOME)/.cache/keel/wheels/llama-cpp-python-$(LLAMA_KEY)
 
-$(STAMP): pyproject.toml
+.PHONY: install llama-wheel lock system-deps run dev test lint bench clean
+
+llama-wheel:  ## the portable llama-cpp-python wheel, built once into $(KEEL_WHEELS)
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	@echo "Installing Keel and its dependencies (llama-cpp-python builds from source the first time: ~5 min)"
-	$(BIN)/pip install --quiet -e '.[dev]'
+	@ls $(KEEL_WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl >/dev/null 2>&1 || { \
+		echo "Building llama-cpp-python $(LLAMA_VERSION) for any AVX2 x86-64 CPU (once, about 10 min on 2 cores; cached in $(KEEL_WHEELS))"; \
+		command -v cmake >/dev/null && command -v g++ >/dev/null \
+			|| { apt-get update -q && apt-get install -y -q cmake g++; }; \
+		mkdir -p $(KEEL_WHEELS) && CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" \
+		$(BIN)/pip wheel --quiet --no-deps --no-cache-dir --no-binary llama-cpp-python \
+			-w $(KEEL_WHEELS) llama-cpp-python==$(LLAMA_VERSION); }
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet pip==$(PIP_VERSION)
+	@$(MAKE) --no-print-directory llama-wheel
+	@echo "Installing Keel and its locked dependencies"
+	$(BIN)/pip install --quiet --no-deps --force-reinstall $(KEEL_WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl
+	$(BIN)/pip install --quiet --only-binary llama-cpp-python --find-links $(KEEL_WHEELS) \
+		-r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
 	@touch $(STAMP)
+
+# Re-resolve pyproject.toml's ranges in a scratch environment and pin what they give.
+lock: llama-wheel
+	rm -rf .lock-venv && $(PY) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet pip==$(PIP_VERSION)
+	.lock-venv/bin/pip install --quiet --only-binary llama-cpp-python --find-links $(KEEL_WHEELS) '.[dev]'
+	{ echo "# pip install -r requirements.lock: every dependency at the version it was tested with."; \
+	  echo "# Regenerate with \`make lock\` after changing pyproject.toml."; \
+	  .lock-venv/bin/pip freeze --exclude-editable | grep -v '^keel @'; } > requirements.lock
+	rm -rf .lock-venv
 
 install: $(STAMP)
 

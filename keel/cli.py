@@ -11,10 +11,13 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import time
-from collections.abc import AsyncIterator
-from datetime import datetime
-from typing import Any
+import traceback
+from collections.abc import AsyncIterator, Awaitable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar, cast
 
 from pydantic import ValidationError
 from temporalio.api.enums.v1 import TaskQueueType
@@ -34,7 +37,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from keel import logging as keel_logging
 from keel import search_attributes as sa
-from keel.client import TemporalUnreachable, connect, memorize, start_task
+from keel.client import TemporalUnreachable, connect, memorize, start_task, until_serving
 from keel.contracts import (
     Approval,
     Budget,
@@ -54,12 +57,18 @@ from keel.converter import describe_validation_error
 from keel.errors import ServiceStartError
 from keel.queues import Queues
 from keel.settings import Settings, SettingsError, get_settings
+from keel.stalls import STALL_AFTER_S, stalls, unanswered
+
+T = TypeVar("T")
 
 DEFAULT_TASK = (
     "Compute 17*7*24 (the hours in 17 weeks) and say what handbook.md says about deployments."
 )
 POLL_S = 0.3
 POLLER_FRESH_S = 90
+STALL_CHECK_S = 4.0  # how often a waiting command asks what no worker is taking
+QUERY_TIMEOUT = timedelta(seconds=STALL_AFTER_S)  # a query no worker answers fails by then
+STATUS_QUERY_WAIT_S = 20.0  # `keel status` of a running task with no worker: gives up then
 
 
 class UsageError(Exception):
@@ -81,6 +90,8 @@ async def _stack(settings: Settings, quiet: bool) -> AsyncIterator[Client]:
     from workers.process import build_workers, run_workers
 
     server = None
+    if settings.uses_embedded_temporal:
+        _refuse_leftover_server(settings)
     try:
         client = await connect(settings)
     except TemporalUnreachable:
@@ -96,6 +107,7 @@ async def _stack(settings: Settings, quiet: bool) -> AsyncIterator[Client]:
     stop = asyncio.Event()
     runner = None
     try:
+        await until_serving(client)
         queues = Queues(settings.queue_prefix)
         if not await _has_pollers(client, queues.agent):
             from workers.components import Components
@@ -117,6 +129,15 @@ async def _stack(settings: Settings, quiet: bool) -> AsyncIterator[Client]:
             await runner
         if server:
             server.stop()
+
+
+def _refuse_leftover_server(settings: Settings) -> None:
+    from temporal.devserver import leftover_dev_server
+
+    _, _, port = settings.temporal_address.rpartition(":")
+    problem = leftover_dev_server(int(port), settings.temporal_db)
+    if problem:
+        raise UsageError(problem)
 
 
 async def _has_pollers(client: Client, queue: str) -> bool:
@@ -154,15 +175,52 @@ async def _pending(handle: WorkflowHandle[Any, Any]) -> list[PendingRequest]:
     return await handle.query("pending", result_type=list[PendingRequest])
 
 
-async def _follow(handle: WorkflowHandle[Any, TaskResult], show: bool) -> TaskResult:
+class _StallWatch:
+    """Tells the user, once per queue, what a task waits on that no worker takes."""
+
+    def __init__(self, client: Client, workflow_id: str, to_stderr: bool) -> None:
+        self.client, self.workflow_id, self.to_stderr = client, workflow_id, to_stderr
+        self._next = time.monotonic() + STALL_CHECK_S
+        self._told: set[tuple[str, str]] = set()
+
+    async def check(self) -> None:
+        if time.monotonic() < self._next:
+            return
+        self._next = time.monotonic() + STALL_CHECK_S
+        try:
+            found = await stalls(self.client, self.workflow_id)
+        except RPCError:
+            return  # the next check asks again
+        for stall in found:
+            if (stall.queue, stall.what) not in self._told:
+                self._told.add((stall.queue, stall.what))
+                print(f"  ⚠ {stall.line()}", file=sys.stderr if self.to_stderr else sys.stdout)
+
+
+def _gave_up(workflow_id: str, timeout_s: float) -> UsageError:
+    return UsageError(
+        f"stopped waiting after {timeout_s:g} s (--timeout); task {workflow_id} goes on where "
+        f"workers serve it: `keel status {workflow_id}` shows it"
+    )
+
+
+async def _follow(
+    handle: WorkflowHandle[Any, TaskResult],
+    show: bool,
+    watch: _StallWatch,
+    timeout_s: float | None = None,
+) -> TaskResult:
     result_task = asyncio.ensure_future(handle.result())
+    started = time.monotonic()
     printed = 0
     shown: set[tuple[str, datetime]] = set()  # waits already announced (id, asked at)
     while True:
         done, _ = await asyncio.wait({result_task}, timeout=POLL_S)
         if show:
             with contextlib.suppress(Exception):  # a query can race the workflow's start
-                progress = await handle.query("status", result_type=TaskProgress)
+                progress = await handle.query(
+                    "status", result_type=TaskProgress, rpc_timeout=QUERY_TIMEOUT
+                )
                 first_new = max(0, len(progress.events) - (progress.events_total - printed))
                 for event in progress.events[first_new:]:
                     _out(f"  · {event}")
@@ -174,6 +232,10 @@ async def _follow(handle: WorkflowHandle[Any, TaskResult], show: bool) -> TaskRe
                             _out(f"  ⏸ {_waiting_line(handle.id, pending)}")
         if done:
             return result_task.result()
+        await watch.check()
+        if timeout_s is not None and time.monotonic() - started > timeout_s:
+            result_task.cancel()
+            raise _gave_up(handle.id, timeout_s)
 
 
 def _print_result(result: TaskResult, settings: Settings) -> None:
@@ -240,7 +302,8 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         if not args.json:
             _out(f"Started task {handle.id}: {request.task}")
         try:
-            result = await _follow(handle, show=not args.json)
+            watch = _StallWatch(client, handle.id, to_stderr=args.json)
+            result = await _follow(handle, not args.json, watch, _timeout(args))
         except WorkflowFailureError as err:
             if isinstance(err.cause, TemporalCancelledError):
                 progress = await handle.query("status", result_type=TaskProgress)
@@ -317,18 +380,31 @@ async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     client = await connect(settings)
     handle = client.get_workflow_handle(args.workflow_id, result_type=TaskResult)
     description = await _describe(handle, settings)
+    running = description.status == WorkflowExecutionStatus.RUNNING
     _out(f"Workflow {args.workflow_id}: {description.status.name if description.status else '?'}")
-    progress = await handle.query("status", result_type=TaskProgress)
-    _out(
-        f"Status: {progress.status.value}; steps done {progress.steps_done}; "
-        f"re-plans {progress.replans}; spent ${progress.total_usd:.6f}"
-    )
-    for event in progress.events:
-        _out(f"  · {event}")
-    if progress.status.is_waiting:
-        for pending in await _pending(handle):
-            _out(f"  ⏸ {_waiting_line(handle.id, pending)}")
-    if progress.status.is_final:
+    try:  # the task's worker answers the query: say so within seconds when none does
+        progress = await _await_answered(
+            client,
+            args.workflow_id,
+            handle.query("status", result_type=TaskProgress, rpc_timeout=QUERY_TIMEOUT * 4),
+            _timeout(args) or STATUS_QUERY_WAIT_S,
+        )
+    except (RPCError, UsageError) as err:
+        if running:
+            message = err.message if isinstance(err, RPCError) else str(err)
+            raise UsageError(f"task {args.workflow_id} did not answer: {message}") from None
+        progress = None  # an ended task's result is kept by the server: show that
+    if progress is not None:
+        _out(
+            f"Status: {progress.status.value}; steps done {progress.steps_done}; "
+            f"re-plans {progress.replans}; spent ${progress.total_usd:.6f}"
+        )
+        for event in progress.events:
+            _out(f"  · {event}")
+        if progress.status.is_waiting:
+            for pending in await _pending(handle):
+                _out(f"  ⏸ {_waiting_line(handle.id, pending)}")
+    if not running:
         try:
             result = await handle.result()
         except WorkflowFailureError as err:  # cancelled: there is no TaskResult
@@ -410,12 +486,48 @@ async def cmd_pending(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-async def _update(settings: Settings, workflow_id: str, name: str, arg: Any) -> int:
+async def _await_answered(
+    client: Client, workflow_id: str, call: Awaitable[T], timeout_s: float | None
+) -> T:
+    """`call` (an Update or a query to a task), saying after a few seconds when no worker
+    answers it, and giving up after `timeout_s` when one is set."""
+    task = asyncio.ensure_future(call)
+    started = time.monotonic()
+    told = False
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=POLL_S)
+        if done:
+            return task.result()
+        waited = time.monotonic() - started
+        if not told and waited >= STALL_AFTER_S:
+            told = True
+            with contextlib.suppress(RPCError):
+                stall = await unanswered(client, workflow_id, waited)
+                print(f"  ⚠ {stall.line()}", file=sys.stderr, flush=True)
+        if timeout_s is not None and waited > timeout_s:
+            task.cancel()
+            raise UsageError(
+                f"no answer from task {workflow_id} within {timeout_s:g} s (--timeout): "
+                "nothing was changed"
+            )
+
+
+def _timeout(args: argparse.Namespace) -> float | None:
+    if args.timeout is not None and not args.timeout > 0:
+        raise UsageError(f"--timeout {args.timeout!r}: give a number of seconds above 0")
+    return cast(float | None, args.timeout)
+
+
+async def _update(
+    settings: Settings, workflow_id: str, name: str, arg: Any, timeout_s: float | None
+) -> int:
     """Send a person's decision; a refusal by the task's validator is one line, exit 2."""
     client = await connect(settings)
     handle = client.get_workflow_handle(workflow_id)
     try:
-        done = await handle.execute_update(name, arg, result_type=str)
+        done = await _await_answered(
+            client, workflow_id, handle.execute_update(name, arg, result_type=str), timeout_s
+        )
     except WorkflowUpdateFailedError as err:
         cause = err.cause
         raise UsageError(
@@ -448,17 +560,17 @@ def _decision(model: type[Approval | Rejection | HumanAnswer], what: str, **fiel
 
 async def cmd_approve(args: argparse.Namespace, settings: Settings) -> int:
     approval = _decision(Approval, "approval", step_id=args.step, by=args.by)
-    return await _update(settings, args.workflow_id, "approve", approval)
+    return await _update(settings, args.workflow_id, "approve", approval, _timeout(args))
 
 
 async def cmd_reject(args: argparse.Namespace, settings: Settings) -> int:
     rejection = _decision(Rejection, "rejection", step_id=args.step, reason=args.reason, by=args.by)
-    return await _update(settings, args.workflow_id, "reject", rejection)
+    return await _update(settings, args.workflow_id, "reject", rejection, _timeout(args))
 
 
 async def cmd_answer(args: argparse.Namespace, settings: Settings) -> int:
     answer = _decision(HumanAnswer, "answer", text=args.text, question_id=args.question, by=args.by)
-    return await _update(settings, args.workflow_id, "answer", answer)
+    return await _update(settings, args.workflow_id, "answer", answer, _timeout(args))
 
 
 async def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
@@ -505,12 +617,15 @@ async def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
     keel_logging.configure(settings.log_level)
     server = None
     host, _, port = settings.temporal_address.rpartition(":")
+    if settings.uses_embedded_temporal:
+        _refuse_leftover_server(settings)
     if settings.uses_embedded_temporal and not port_open(host, int(port)):
         server = DevServer(settings.temporal_db).start()
         _out(f"Temporal dev server on {server.address}, data in {settings.temporal_db}")
         _out(f"Web UI: {settings.temporal_ui_url}")
     try:
         client = await connect(settings)
+        await until_serving(client)
         added = await ensure_registered(client)
         if added:
             _out(f"Registered search attributes: {', '.join(added)}")
@@ -646,6 +761,14 @@ def parser() -> argparse.ArgumentParser:
         help="when nobody decides in time: escalate (notify, keep waiting; the default) "
         "or fail (end as timed_out_waiting)",
     )
+    run.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop waiting after this long (exit 2); the task goes on where workers serve "
+        "it. Without it keel run waits, saying within seconds when no worker takes its work",
+    )
     run.set_defaults(handler=cmd_run)
 
     mem = sub.add_parser("memorize", help="put text files into a user's long-term memory")
@@ -655,6 +778,13 @@ def parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="show a task's status, events and result")
     status.add_argument("workflow_id")
+    status.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="give up after this long when the task does not answer (exit 2)",
+    )
     status.set_defaults(handler=cmd_status)
 
     pending = sub.add_parser("pending", help="list the tasks waiting for a person")
@@ -666,6 +796,13 @@ def parser() -> argparse.ArgumentParser:
     approve.add_argument("workflow_id")
     approve.add_argument("step", help="the step id, as `keel pending` shows it")
     approve.add_argument("--by", default="", help="who approves (kept in the task's history)")
+    approve.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="give up after this long when the task does not answer (exit 2)",
+    )
     approve.set_defaults(handler=cmd_approve)
 
     reject = sub.add_parser("reject", help="reject a step (or 'plan'); the planner reads why")
@@ -673,6 +810,13 @@ def parser() -> argparse.ArgumentParser:
     reject.add_argument("step", help="the step id, as `keel pending` shows it")
     reject.add_argument("--reason", required=True, help="why (the planner reads it)")
     reject.add_argument("--by", default="", help="who rejects")
+    reject.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="give up after this long when the task does not answer (exit 2)",
+    )
     reject.set_defaults(handler=cmd_reject)
 
     answer = sub.add_parser("answer", help="answer a question a task asked")
@@ -682,6 +826,13 @@ def parser() -> argparse.ArgumentParser:
         "--question", default=None, help="the question's step id (needed when several are open)"
     )
     answer.add_argument("--by", default="", help="who answers")
+    answer.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="give up after this long when the task does not answer (exit 2)",
+    )
     answer.set_defaults(handler=cmd_answer)
 
     cancel = sub.add_parser("cancel", help="cancel a task: stop its in-flight work and end it")
@@ -752,8 +903,31 @@ def _run(argv: list[str] | None) -> int:
     except (UsageError, SettingsError, TemporalUnreachable, ServiceStartError) as err:
         print(f"keel: error: {err}", file=sys.stderr)
         return 2
+    except RPCError as err:  # the server refused or failed a call ("shard status unknown")
+        address = get_settings().temporal_address
+        print(
+            f"keel: error: the Temporal server at {address} answered {err.status.name}: "
+            f"{err.message}; if it keeps saying so, restart it",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as err:  # a bug: one line here, the traceback in a file
+        return _unexpected(err)
+
+
+def _unexpected(err: Exception) -> int:
+    path = Path(tempfile.gettempdir()) / f"keel-error-{os.getpid()}.log"
+    with contextlib.suppress(OSError):
+        path.write_text("".join(traceback.format_exception(err)))
+    first = str(err).splitlines()[0] if str(err) else ""
+    print(
+        f"keel: error: unexpected {type(err).__name__}: {first} (traceback in {path}; "
+        "please report it)",
+        file=sys.stderr,
+    )
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,9 +3,13 @@ documents."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 
+from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client, TLSConfig, WorkflowHandle
+from temporalio.service import RPCError
 
 from keel import search_attributes
 from keel.contracts import Memorized, MemorizeRequest, TaskRequest, TaskResult
@@ -93,3 +97,30 @@ async def memorize(
         result_type=Memorized,
         static_summary=f"memorize {sources[:120]} for user {request.user_id}",
     )
+
+
+SERVING_TIMEOUT_S = 60.0
+
+
+async def until_serving(client: Client, timeout_s: float = SERVING_TIMEOUT_S) -> None:
+    """Return once the server answers requests in the client's namespace. A dev server opens
+    its port before its frontend is healthy and its namespace registered; a task started in
+    between fails ("Frontend is not healthy yet")."""
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while True:
+        try:
+            if await client.service_client.check_health():
+                await client.workflow_service.describe_namespace(
+                    DescribeNamespaceRequest(namespace=client.namespace)
+                )
+                return
+            last = "its health check says it is not serving yet"
+        except RPCError as err:
+            last = err.message
+        if time.monotonic() > deadline:
+            raise TemporalUnreachable(
+                f"the Temporal server at {client.service_client.config.target_host} is not "
+                f"ready after {timeout_s:.0f} s ({last}); see its log, or restart it"
+            )
+        await asyncio.sleep(0.2)

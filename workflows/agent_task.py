@@ -87,6 +87,9 @@ MODEL_RETRY = RetryPolicy(
 MEMORY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=5)
 NON_RETRYABLE_TOOL_ERRORS = [TOOL_ERROR, INVALID_OUTPUT, BUDGET_EXCEEDED, INVALID_INPUT]
 MODEL_TIMEOUT = timedelta(minutes=5)
+# Model calls heartbeat every second while they wait on the model (activities/heartbeat.py):
+# a killed planner or llm worker costs this long, not MODEL_TIMEOUT.
+MODEL_HEARTBEAT_TIMEOUT = timedelta(seconds=15)
 MEMORY_TIMEOUT = timedelta(seconds=15)
 CACHE_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_attempts=2)
 # With no memory worker polling, a cache call gives up after this and counts as a miss.
@@ -1150,6 +1153,7 @@ class AgentTask:
                 result_type=result_type,
                 task_queue=queue,
                 start_to_close_timeout=MODEL_TIMEOUT,
+                heartbeat_timeout=MODEL_HEARTBEAT_TIMEOUT,
                 retry_policy=MODEL_RETRY,
                 summary=summary,
             )

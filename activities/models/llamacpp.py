@@ -1,20 +1,29 @@
-"""In-process GGUF model through llama-cpp-python; JSON schemas become decoding grammars."""
+"""The local GGUF model (SmolLM2 by default), decoded by llama.cpp in a supervised child
+process (activities/models/llama_server.py) and spoken to as an OpenAI-compatible server.
+JSON schemas become decoding grammars there (`response_format` json_object + schema).
+
+Only the model's vocabulary is loaded here, to count prompt tokens before a call; the
+weights and every matrix kernel live in the child, so a native crash costs one retried call.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import json
-import threading
-import time
-from functools import lru_cache
+import atexit
 from pathlib import Path
-from typing import Any
+
+from temporalio.exceptions import ApplicationError
 
 from activities.models.base import Completion, Message, ModelClient, ModelRequest
 from activities.models.gguf_tokens import gguf_tokenizer
+from activities.models.llama_server import LlamaServer
+from activities.models.openai_chat import OpenAIModel
+from activities.models.provider_errors import MODEL_UNAVAILABLE
 
 SMOLLM2_NAME = "smollm2-135m-instruct"
-N_CTX = 4096
+# A call on 2 cores may queue behind others in the child; the activity heartbeats meanwhile.
+CALL_TIMEOUT_S = 280.0
+
+_servers: dict[tuple[str, int, str], LlamaServer] = {}
 
 
 def default_model_path() -> Path:
@@ -26,51 +35,60 @@ def default_model_path() -> Path:
     return found[0]
 
 
-@lru_cache(maxsize=4)
-def _load(path: str, threads: int) -> Any:
-    from llama_cpp import Llama
+def shared_server(path: Path, alias: str, threads: int, log_path: Path) -> LlamaServer:
+    """One child per model and thread count in a process: roles on the same model share it."""
+    key = (str(path), threads, alias)
+    if key not in _servers:
+        _servers[key] = LlamaServer(path, alias, threads, log_path)
+    return _servers[key]
 
-    return Llama(model_path=path, n_ctx=N_CTX, n_threads=threads, verbose=False)
 
-
-@lru_cache(maxsize=64)
-def _grammar(schema_json: str) -> Any:
-    from llama_cpp import LlamaGrammar
-
-    return LlamaGrammar.from_json_schema(schema_json, verbose=False)
+@atexit.register
+def _stop_servers() -> None:  # a clean exit stops them at once; a crash kills them anyway
+    for server in _servers.values():
+        server.stop()
 
 
 class LlamaCppModel(ModelClient):
-    def __init__(self, model_path: Path | None = None, threads: int = 2) -> None:
+    def __init__(
+        self, model_path: Path | None = None, threads: int = 2, home: Path | None = None
+    ) -> None:
         self.path = model_path or default_model_path()
         self.name = SMOLLM2_NAME if model_path is None else self.path.stem.lower()
-        self._llm = _load(str(self.path), threads)
-        # One llama context is not thread safe; calls on this model are serialised.
-        self._lock = threading.Lock()
+        if home is None:
+            from keel.settings import get_settings
+
+            home = get_settings().home
+        self.server = shared_server(self.path, self.name, threads, home / "llama-server.log")
+        self._client: OpenAIModel | None = None
+        self._client_port = 0
 
     def count_tokens(self, messages: list[Message]) -> int:
         return gguf_tokenizer(str(self.path)).count(messages)
 
-    async def complete(self, request: ModelRequest) -> Completion:
-        return await asyncio.to_thread(self._complete, request)
-
-    def _complete(self, request: ModelRequest) -> Completion:
-        kwargs: dict[str, Any] = {}
-        if request.json_schema is not None:
-            kwargs["grammar"] = _grammar(json.dumps(request.json_schema))
-        with self._lock:
-            started = time.perf_counter()
-            out = self._llm.create_chat_completion(
-                messages=[{"role": m.role, "content": m.content} for m in request.messages],
-                max_tokens=request.max_tokens,
-                temperature=request.temperature,
-                **kwargs,
+    def _openai(self) -> OpenAIModel:
+        if self._client is None or self._client_port != self.server.port:  # a new child
+            self._client = OpenAIModel(
+                self.name,
+                api_key=self.server.api_key,
+                base_url=self.server.base_url,
+                structured_output="json_object",  # llama-cpp-python's schema form
+                timeout_s=CALL_TIMEOUT_S,
             )
-            latency = (time.perf_counter() - started) * 1000
-        usage = out["usage"]
-        return Completion(
-            text=out["choices"][0]["message"]["content"] or "",
-            input_tokens=usage["prompt_tokens"],
-            output_tokens=usage["completion_tokens"],
-            latency_ms=latency,
+            self._client_port = self.server.port
+        return self._client
+
+    async def complete(self, request: ModelRequest) -> Completion:
+        await self.server.ensure_running()
+        try:
+            return await self._openai().complete(request)
+        except ApplicationError:
+            died = await self.server.ended_after_failure()
+            if died is None:
+                raise
+        # The next attempt (Temporal retries MODEL_UNAVAILABLE) starts a fresh child.
+        raise ApplicationError(
+            f"the local model process ({self.name}) {died} during this call; "
+            "a new one is started for the retry",
+            type=MODEL_UNAVAILABLE,
         )

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import structlog
 from temporalio.exceptions import ApplicationError
 
+from activities.heartbeat import heartbeating
 from activities.models.base import ModelClient, ModelRequest
 from activities.models.prices import price_of
 from keel.contracts import ModelUsage
@@ -48,7 +49,9 @@ def build_model(spec: str, settings: Settings) -> ModelClient:
     if backend == "llamacpp":
         from activities.models.llamacpp import LlamaCppModel
 
-        return LlamaCppModel(settings.llamacpp_model_path, settings.llamacpp_threads)
+        return LlamaCppModel(
+            settings.llamacpp_model_path, settings.llamacpp_threads, home=settings.home
+        )
     if backend == "scripted":
         from activities.models.scripted import ScriptedModel
 
@@ -121,7 +124,10 @@ class ModelRouter:
                 non_retryable=True,
             )
         meta = {**request.meta, "role": role}
-        completion = await model.complete(dataclasses.replace(request, max_tokens=limit, meta=meta))
+        async with heartbeating():  # a dead worker is noticed in seconds, not at the timeout
+            completion = await model.complete(
+                dataclasses.replace(request, max_tokens=limit, meta=meta)
+            )
         usd = price.actual(
             completion.input_tokens, completion.output_tokens, completion.latency_ms / 1000
         )

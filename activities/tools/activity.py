@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -25,6 +24,7 @@ from pydantic import ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.heartbeat import heartbeating
 from activities.models.router import ModelRouter
 from activities.tools.registry import Tool, ToolContext, ToolRegistry
 from keel.contracts import ToolCall, ToolOutput, ToolSpec
@@ -36,42 +36,10 @@ from keel.settings import Settings
 LIST_TOOLS = "list_tools"
 WARN_OUTPUT_BYTES = 256 * 1024
 MAX_OUTPUT_BYTES = 1024 * 1024  # Temporal caps payloads at 2 MB
-HEARTBEAT_S = 1.0  # at most this long between heartbeats (less with a short heartbeat timeout)
 
 
 def activity_name(tool_name: str) -> str:
     return f"tool.{tool_name}"
-
-
-def heartbeat_interval() -> float:
-    """Seconds between the current activity's heartbeats: HEARTBEAT_S, or a third of its
-    heartbeat timeout where that is shorter (so that two beats can be lost in a row)."""
-    timeout = activity.info().heartbeat_timeout
-    if timeout is None or timeout.total_seconds() <= 0:
-        return HEARTBEAT_S
-    return min(HEARTBEAT_S, timeout.total_seconds() / 3)
-
-
-@asynccontextmanager
-async def heartbeating() -> AsyncIterator[None]:
-    """Heartbeat the current activity every `heartbeat_interval()` while the block runs.
-
-    The first beat comes one interval in, so a quick tool sends none. A cancel request
-    reaches the worker with a heartbeat's answer; the worker then cancels the activity's
-    task, which is the block's task: the block sees CancelledError at its `await`."""
-    interval = heartbeat_interval()
-
-    async def beat() -> None:
-        while True:
-            await asyncio.sleep(interval)
-            activity.heartbeat()
-
-    beats = asyncio.create_task(beat(), name="tool heartbeat")
-    try:
-        yield
-    finally:
-        beats.cancel()
-        await asyncio.wait([beats])
 
 
 class ToolRefused(Exception):

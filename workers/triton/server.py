@@ -32,6 +32,7 @@ from pathlib import Path
 
 from keel.errors import ServiceStartError
 from keel.ports import free_port, port_open
+from workers.lifeline import bound_to_this_process
 from workers.service import LocalServer, stop_process
 
 MODEL_REPOSITORY = Path(__file__).resolve().parent / "model_repository"
@@ -217,7 +218,7 @@ class TritonServer(LocalServer):
         started = time.monotonic()
         with self.log_file.open("ab") as log:
             self._process = subprocess.Popen(
-                self.command(install, backends, self.port),
+                bound_to_this_process(self.command(install, backends, self.port)),
                 env=self._environment(install),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
