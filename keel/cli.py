@@ -37,7 +37,14 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from keel import logging as keel_logging
 from keel import search_attributes as sa
-from keel.client import TemporalUnreachable, connect, memorize, start_task, until_serving
+from keel.client import (
+    TemporalUnreachable,
+    connect,
+    connect_when_serving,
+    memorize,
+    start_task,
+    until_serving,
+)
 from keel.contracts import (
     Approval,
     Budget,
@@ -66,7 +73,7 @@ DEFAULT_TASK = (
 )
 POLL_S = 0.3
 POLLER_FRESH_S = 90
-STALL_CHECK_S = 4.0  # how often a waiting command asks what no worker is taking
+STALL_CHECK_S = 2.0  # how often a waiting command asks what no worker is taking
 QUERY_TIMEOUT = timedelta(seconds=STALL_AFTER_S)  # a query no worker answers fails by then
 STATUS_QUERY_WAIT_S = 20.0  # `keel status` of a running task with no worker: gives up then
 
@@ -102,8 +109,8 @@ async def _stack(settings: Settings, quiet: bool) -> AsyncIterator[Client]:
                 f"No Temporal server at {settings.temporal_address}: starting an embedded dev "
                 f"server for this run (data in {settings.temporal_db})"
             )
-        server = DevServer(settings.temporal_db).start()
-        client = await connect(settings)
+        server = DevServer.embedded(settings).start()
+        client = await connect_when_serving(settings)
     stop = asyncio.Event()
     runner = None
     try:
@@ -620,11 +627,11 @@ async def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
     if settings.uses_embedded_temporal:
         _refuse_leftover_server(settings)
     if settings.uses_embedded_temporal and not port_open(host, int(port)):
-        server = DevServer(settings.temporal_db).start()
+        server = DevServer.embedded(settings).start()
         _out(f"Temporal dev server on {server.address}, data in {settings.temporal_db}")
         _out(f"Web UI: {settings.temporal_ui_url}")
     try:
-        client = await connect(settings)
+        client = await (connect_when_serving(settings) if server else connect(settings))
         await until_serving(client)
         added = await ensure_registered(client)
         if added:

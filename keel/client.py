@@ -102,6 +102,22 @@ async def memorize(
 SERVING_TIMEOUT_S = 60.0
 
 
+async def connect_when_serving(settings: Settings, timeout_s: float = SERVING_TIMEOUT_S) -> Client:
+    """Connect to a server that has just been started: it refuses clients ("Frontend is not
+    healthy yet") for a moment after its port opens; then wait until it serves."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            client = await connect(settings)
+            break
+        except TemporalUnreachable:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+    await until_serving(client, max(1.0, deadline - time.monotonic()))
+    return client
+
+
 async def until_serving(client: Client, timeout_s: float = SERVING_TIMEOUT_S) -> None:
     """Return once the server answers requests in the client's namespace. A dev server opens
     its port before its frontend is healthy and its namespace registered; a task started in

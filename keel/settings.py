@@ -18,7 +18,8 @@ from pydantic import BaseModel, Field, ValidationError
 M = TypeVar("M", bound=BaseModel)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_TEMPORAL_ADDRESS = "127.0.0.1:7233"
+DEFAULT_DEV_PORT = 7233
+DEFAULT_TEMPORAL_ADDRESS = f"127.0.0.1:{DEFAULT_DEV_PORT}"
 
 
 class SettingsError(ValueError):
@@ -36,6 +37,9 @@ class Settings(BaseModel):
     temporal_tls_ca: Path | None = None
     temporal_api_key: str | None = None
     temporal_ui_url: str = "http://127.0.0.1:8233"
+    # The embedded dev server's port (its Web UI on this + 1000) when KEEL_TEMPORAL_ADDRESS
+    # is unset: two checkouts on one machine, or a test, each get their own.
+    dev_port: int = Field(default=7233, ge=1024, le=64535)
     queue_prefix: str = ""
     # Model specs are `backend[:model]`: llamacpp, scripted, triton, openai:<model>,
     # anthropic:<model> (see activities/models/router.py).
@@ -127,6 +131,7 @@ _ENV = {
     "KEEL_TEMPORAL_TLS_CA": "temporal_tls_ca",
     "KEEL_TEMPORAL_API_KEY": "temporal_api_key",
     "KEEL_TEMPORAL_UI_URL": "temporal_ui_url",
+    "KEEL_DEV_PORT": "dev_port",
     "KEEL_QUEUE_PREFIX": "queue_prefix",
     "KEEL_PLANNER_MODEL": "planner_model",
     "KEEL_REASONER_MODEL": "reasoner_model",
@@ -192,6 +197,11 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         field = str(first["loc"][0])
         var = next(v for v, f in _ENV.items() if f == field)
         raise SettingsError(f"{var}={env.get(var)!r} is invalid: {first['msg']}") from None
+    if not settings.temporal_address_set and settings.dev_port != DEFAULT_DEV_PORT:
+        update: dict[str, object] = {"temporal_address": f"127.0.0.1:{settings.dev_port}"}
+        if "temporal_ui_url" not in values:
+            update["temporal_ui_url"] = f"http://127.0.0.1:{settings.dev_port + 1000}"
+        settings = settings.model_copy(update=update)
     if settings.temporal_api_key and not settings.temporal_address_set:
         raise SettingsError(
             "KEEL_TEMPORAL_API_KEY is set but KEEL_TEMPORAL_ADDRESS is not: "

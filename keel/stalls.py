@@ -27,8 +27,9 @@ from temporalio.client import Client
 
 from keel.queues import AGENT, LLM, MEMORY, PLANNER, TOOLS
 
-STALL_AFTER_S = 8.0  # scheduled this long and not started: nobody takes the queue's work
+STALL_AFTER_S = 6.0  # scheduled this long and not started: nobody takes the queue's work
 # The worker (`keel worker NAME`) that serves each queue, by the queue's base name.
+HTTP = "keel-http"  # activities/tools/http.py HTTP_QUEUE (not imported: keel stays light)
 WORKER_OF = {AGENT: "agent", PLANNER: "planner", LLM: "llm", TOOLS: "tools", MEMORY: "memory"}
 
 
@@ -41,23 +42,21 @@ class Stall:
 
     @property
     def worker(self) -> str:
-        """`keel worker <name>` for this queue: by its base name, prefix or not; a
-        per-API queue of the tool worker ends `keel-tools-<api>`."""
-        for base, name in WORKER_OF.items():
-            if self.queue.endswith(base) or f"{TOOLS}-" in self.queue and name == "tools":
-                return name
-        return "agent"
+        """`keel worker <name>` for this queue: by its base name, prefix or not; the tool
+        worker also serves the per-API queues `keel-http-<api>`."""
+        if f"{HTTP}-" in self.queue:
+            return "tools"
+        return next((n for base, n in WORKER_OF.items() if self.queue.endswith(base)), "agent")
 
     def line(self) -> str:
-        polled = (
-            "no worker has ever polled it"
+        why = (
+            "no worker has polled it"
             if self.last_poll_s is None
-            else f"its last worker poll was {self.last_poll_s:.0f} s ago"
+            else f"its last poll was {self.last_poll_s:.0f} s ago: its workers are gone or busy"
         )
         return (
-            f"{self.what} has waited {self.waited_s:.0f} s on task queue {self.queue}: no "
-            f"worker is taking its work ({polled}; or all its workers are busy). Start one "
-            f"with `keel worker {self.worker}` (or `keel dev`)"
+            f"{self.what} has waited {self.waited_s:.0f} s on task queue {self.queue} ({why}); "
+            f"start a worker with `keel worker {self.worker}` (or `keel dev`)"
         )
 
 

@@ -25,6 +25,8 @@ from workers.service import stop_process
 if TYPE_CHECKING:
     from temporalio.testing import WorkflowEnvironment
 
+    from keel.settings import Settings
+
 START_TIMEOUT_S = 60.0
 
 
@@ -70,6 +72,11 @@ class DevServer:
         self.db_file, self.host, self.port, self.ui_port = db_file, host, port, ui_port
         self.log_file = db_file.with_suffix(".log")
         self._process: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def embedded(cls, settings: Settings) -> DevServer:
+        """The dev server `keel run` and `keel dev` start: KEEL_DEV_PORT, UI 1000 above."""
+        return cls(settings.temporal_db, port=settings.dev_port, ui_port=settings.dev_port + 1000)
 
     @property
     def address(self) -> str:
@@ -174,9 +181,9 @@ def _start_dev_db(pid: int) -> tuple[Path | None, int] | None:
 
 def leftover_dev_server(port: int, db_file: Path) -> str | None:
     """One line saying what is wrong, when the dev server on `port` cannot be trusted: one
-    whose data file is gone (it serves tasks nobody can inspect later), or one that an
-    earlier `keel` started on Keel's own data file and left behind when it crashed (no
-    worker polls it). None when no such server listens there."""
+    whose data file is gone (it serves tasks nobody can inspect later), or one on Keel's own
+    data file that no running `keel` started (an older `keel` that crashed left it: nothing
+    polls it, and it dies with nobody). None when no such server listens there."""
     pid = listener_pid(port)
     found = _start_dev_db(pid) if pid is not None else None
     if pid is None or found is None:
@@ -189,17 +196,17 @@ def leftover_dev_server(port: int, db_file: Path) -> str | None:
         )
     if db is not None and db.resolve() == db_file.resolve() and not _is_keel(parent):
         return (
-            f"a Temporal dev server left by an earlier keel run (pid {pid}, data {db}) holds "
+            f"a Temporal dev server that no running keel started (pid {pid}, data {db}) holds "
             f"port {port}: stop it with `kill {pid}` and run again"
         )
     return None
 
 
 def _is_keel(pid: int) -> bool:
-    """Whether `pid` is a live `keel` (or Python running Keel): the parent of every dev
-    server Keel starts on its data file, for as long as it runs."""
+    """Whether `pid` is a live `keel` command (`keel ...` or `python -m keel.cli ...`): the
+    parent of every dev server Keel starts on its data file, for as long as it runs."""
     try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes()
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
     except OSError:
         return False
-    return b"keel" in argv
+    return any(Path(a).name == "keel" for a in argv[:2]) or "keel.cli" in argv
