@@ -514,8 +514,9 @@ async def _await_answered(
         if timeout_s is not None and waited > timeout_s:
             task.cancel()
             raise UsageError(
-                f"no answer from task {workflow_id} within {timeout_s:g} s (--timeout): "
-                "nothing was changed"
+                f"no answer from task {workflow_id} within {timeout_s:g} s (--timeout); the "
+                f"request may still reach it once its worker runs: `keel status {workflow_id}` "
+                "shows it"
             )
 
 
