@@ -1,11 +1,12 @@
-"""The planner model through Triton Inference Server against in-process llama.cpp: the same
-GGUF, the same real planning prompts and plan grammar, one request at a time and 8 at once.
+"""The planner model through Triton Inference Server against the `llamacpp` backend
+(llama.cpp's own server in a child process): the same GGUF, the same real planning prompts
+and plan grammar, one request at a time and 8 at once.
 
     .venv/bin/python bench/triton.py [--quick] [--single N] [--concurrent M] [--instances K]
 
-Latency is per request, as the caller sees it (Triton: HTTP and queueing included; in-process:
-waiting for the model's lock included). Tokens/s is output tokens over wall time. Prints a
-table and writes bench/results/triton.json.
+Latency is per request, as the caller sees it (HTTP and queueing included for both).
+Tokens/s is output tokens over wall time. Prints a table and writes
+bench/results/triton.json.
 """
 
 from __future__ import annotations
@@ -152,7 +153,7 @@ async def bench(single_n: int, concurrent_n: int, instances: int | None) -> dict
         load = os.getloadavg()[0]
         with TritonServer(home, model_repository=repository) as server:
             triton = await measure(TritonModel(server.url), single, concurrent)
-        inprocess = await measure(LlamaCppModel(), single, concurrent)
+        llamacpp = await measure(LlamaCppModel(), single, concurrent)
     return {
         "config": {
             "single_requests": single_n,
@@ -160,26 +161,26 @@ async def bench(single_n: int, concurrent_n: int, instances: int | None) -> dict
             "concurrency": CONCURRENCY,
             "max_tokens": PLAN_MAX_TOKENS,
             "triton_instances": triton_instances,
-            "inprocess_threads": 2,
+            "llamacpp_threads": 2,
             "load_average_at_start": round(load, 2),
         },
         "device": device(),
         "triton": triton,
-        "inprocess": inprocess,
+        "llamacpp": llamacpp,
         "summary": {
             "device": device(),
             "triton_p50_ms": triton["single"]["p50_ms"],
             "triton_p95_ms": triton["single"]["p95_ms"],
-            "inprocess_p50_ms": inprocess["single"]["p50_ms"],
-            "inprocess_p95_ms": inprocess["single"]["p95_ms"],
+            "llamacpp_p50_ms": llamacpp["single"]["p50_ms"],
+            "llamacpp_p95_ms": llamacpp["single"]["p95_ms"],
             "triton_tokens_per_s": triton["single"]["tokens_per_s"],
-            "inprocess_tokens_per_s": inprocess["single"]["tokens_per_s"],
+            "llamacpp_tokens_per_s": llamacpp["single"]["tokens_per_s"],
             "triton_concurrent8_p50_ms": triton["concurrent8"]["p50_ms"],
             "triton_concurrent8_p95_ms": triton["concurrent8"]["p95_ms"],
-            "inprocess_concurrent8_p50_ms": inprocess["concurrent8"]["p50_ms"],
-            "inprocess_concurrent8_p95_ms": inprocess["concurrent8"]["p95_ms"],
+            "llamacpp_concurrent8_p50_ms": llamacpp["concurrent8"]["p50_ms"],
+            "llamacpp_concurrent8_p95_ms": llamacpp["concurrent8"]["p95_ms"],
             "triton_concurrent8_tokens_per_s": triton["concurrent8"]["tokens_per_s"],
-            "inprocess_concurrent8_tokens_per_s": inprocess["concurrent8"]["tokens_per_s"],
+            "llamacpp_concurrent8_tokens_per_s": llamacpp["concurrent8"]["tokens_per_s"],
         },
     }
 
@@ -196,14 +197,14 @@ def main() -> None:
     single_n = args.single or (4 if args.quick else 16)
     concurrent_n = args.concurrent or (CONCURRENCY if args.quick else 3 * CONCURRENCY)
     print(
-        f"Planner model: Triton vs in-process llama.cpp; {single_n} plans one at a time, "
+        f"Planner model: Triton vs the llamacpp backend; {single_n} plans one at a time, "
         f"then {concurrent_n} with {CONCURRENCY} in flight",
         flush=True,
     )
     report = asyncio.run(bench(single_n, concurrent_n, args.instances))
     print(f"device: {report['device']}")
     print(f"{'backend':10} {'mode':12} {'p50 ms':>9} {'p95 ms':>9} {'tokens/s':>9}")
-    for backend in ("triton", "inprocess"):
+    for backend in ("triton", "llamacpp"):
         for mode in ("single", "concurrent8"):
             row = report[backend][mode]
             print(

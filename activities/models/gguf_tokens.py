@@ -7,6 +7,7 @@ prompt) rendered and tokenized with the GGUF's vocabulary.
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 from collections.abc import Iterator
@@ -41,6 +42,9 @@ class GgufTokenizer:
 
         with _quiet_stderr():  # llama.cpp warns about the unused context of a vocab-only load
             self._vocab = Llama(model_path=str(path), vocab_only=True, verbose=False)
+        # Freed before interpreter teardown: later, llama_cpp's module globals are gone and
+        # its finalizer fails with a traceback on the way out.
+        atexit.register(self._vocab.close)
         template = self._vocab.metadata.get("tokenizer.chat_template")
 
         def text(token: int) -> str:

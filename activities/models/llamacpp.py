@@ -82,7 +82,9 @@ class LlamaCppModel(ModelClient):
         await self.server.ensure_running()
         try:
             return await self._openai().complete(request)
-        except ApplicationError:
+        except ApplicationError as err:
+            if err.type != MODEL_UNAVAILABLE:  # the server answered: it is alive
+                raise
             died = await self.server.ended_after_failure()
             if died is None:
                 raise
