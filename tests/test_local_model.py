@@ -5,8 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import signal
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -29,6 +33,33 @@ from sandbox.bwrap import BwrapBackend
 from tests.conftest import Stack, eventually, scripted_plan, unique
 from workers.components import Components
 from workers.process import build_all, workers_running
+
+
+def test_the_installed_llama_cpp_runs_on_any_avx2_cpu() -> None:
+    """The build `make install` puts in place targets x86-64 with AVX2 (x86-64-v3), not the
+    CPU that compiled it: no AVX-512 or AMX code paths compiled in, and no instruction on an
+    AVX-512 register anywhere in its CPU backend."""
+    info = subprocess.run(
+        [sys.executable, "-c", "import llama_cpp; print(llama_cpp.llama_print_system_info())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "AVX2 = 1" in info and "FMA = 1" in info
+    assert "AVX512" not in info and "AMX" not in info, info
+    import llama_cpp
+
+    [cpu_backend] = Path(llama_cpp.__file__).parent.glob("lib/libggml-cpu.so")
+    objdump = shutil.which("objdump")
+    assert objdump, "objdump (Debian binutils, installed with gcc) is needed to read the build"
+    code = subprocess.run(
+        [objdump, "-d", "--no-show-raw-insn", str(cpu_backend)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "ymm" in code  # AVX2 kernels are there
+    assert "zmm" not in code  # AVX-512 ones are not
 
 
 @pytest.fixture(scope="module")
