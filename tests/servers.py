@@ -1,7 +1,6 @@
-"""Real local endpoints for the hosted-model backends' tests.
+"""Real local endpoints for the hosted-model backends' tests (llama-cpp-python's own
+OpenAI-compatible server is activities/models/llama_server.py):
 
-- `LlamaCppServer`: llama-cpp-python's OpenAI-compatible server (`python -m llama_cpp.server`)
-  serving SmolLM2 as a subprocess, ready once `/v1/models` answers.
 - `FakeAnthropic`: an HTTP server that answers `/v1/messages` with scripted replies in the
   Anthropic Messages API wire format (messages, tool calls, errors with their status codes
   and headers) and records every request it gets.
@@ -10,128 +9,15 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
-from keel.ports import free_port
-from workers.lifeline import bound_to_this_process
-from workers.service import stop_process
-
 READY_TIMEOUT_S = 120.0
-
-
-class LlamaCppServer:
-    """`python -m llama_cpp.server` on a free local port, with an API key (so that auth
-    errors can be tested against it) and the model served under `alias`.
-
-    One thread by default: llama.cpp's threads spin-wait for each other, so with as many
-    threads as cores a busy machine (tests running beside it) slows it from seconds to
-    minutes; one thread is barely slower for a 135M model and degrades gracefully.
-    """
-
-    def __init__(
-        self, model_path: Path, alias: str, api_key: str, log_path: Path, threads: int = 1
-    ) -> None:
-        self.alias, self.api_key, self.log_path = alias, api_key, log_path
-        self.threads = threads
-        self.port = free_port()
-        self._model_path = model_path
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def start(self) -> None:
-        from llama_cpp.server.settings import Settings as ServerSettings
-
-        # Its settings also read same-named environment variables (PORT, API_KEY, MODEL...):
-        # leave those out so that only the flags below configure it.
-        fields = {name.upper() for name in ServerSettings.model_fields}
-        env = {k: v for k, v in os.environ.items() if k.upper() not in fields}
-        command = [
-            sys.executable,
-            "-m",
-            "llama_cpp.server",
-            "--model",
-            str(self._model_path),
-            "--model_alias",
-            self.alias,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--n_ctx",
-            "4096",
-            "--n_threads",
-            str(self.threads),
-            "--n_threads_batch",
-            str(self.threads),
-            "--api_key",
-            self.api_key,
-            "--verbose",
-            "False",
-        ]
-        with self.log_path.open("wb") as log:
-            self._proc = subprocess.Popen(
-                bound_to_this_process(command), stdout=log, stderr=subprocess.STDOUT, env=env
-            )
-        self._wait_ready()
-
-    def _wait_ready(self) -> None:
-        assert self._proc is not None
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(
-                    f"llama_cpp.server exited with {self._proc.returncode}:\n{self._log_tail()}"
-                )
-            try:
-                if self.get("/models")["data"][0]["id"] == self.alias:
-                    return
-            except (urllib.error.URLError, ConnectionError, OSError):
-                pass  # not listening yet
-            time.sleep(0.1)  # poll interval while the model loads
-        self.stop()
-        raise TimeoutError(f"llama_cpp.server not ready in {READY_TIMEOUT_S}s:\n{self._log_tail()}")
-
-    def get(self, path: str) -> Any:
-        return self._call(urllib.request.Request(self.base_url + path))
-
-    def post(self, path: str, payload: dict[str, Any], root: bool = False) -> Any:
-        base = self.base_url.removesuffix("/v1") if root else self.base_url
-        request = urllib.request.Request(
-            base + path,
-            data=json.dumps(payload).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        return self._call(request)
-
-    def _call(self, request: urllib.request.Request) -> Any:
-        request.add_header("Authorization", f"Bearer {self.api_key}")
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return json.load(response)
-
-    def _log_tail(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-3000:]
-        except OSError:
-            return "(no log)"
-
-    def stop(self) -> None:
-        if self._proc is not None:
-            stop_process(self._proc, 10)
 
 
 @dataclass

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
+import httpx
 import jsonschema
 import pytest
 from temporalio import workflow
@@ -26,6 +27,7 @@ from temporalio.worker import Worker
 
 from activities.models.anthropic_chat import OUTPUT_TOOL, AnthropicModel
 from activities.models.base import Message, ModelRequest
+from activities.models.llama_server import LlamaServer
 from activities.models.llamacpp import SMOLLM2_NAME, default_model_path
 from activities.models.openai_chat import OpenAIModel, strict_compatible
 from activities.models.prices import price_of
@@ -50,7 +52,6 @@ from keel.settings import Settings
 from tests.conftest import Stack
 from tests.servers import (
     FakeAnthropic,
-    LlamaCppServer,
     anthropic_error,
     anthropic_text,
     anthropic_tool_use,
@@ -63,10 +64,13 @@ CLAUDE = "claude-haiku-4-5"  # priced in activities/models/prices.py
 
 
 @pytest.fixture(scope="session")
-def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaCppServer]:
+async def llama_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LlamaServer]:
+    """llama-cpp-python's OpenAI-compatible server with a known API key (so that auth errors
+    can be tested against it). One thread: llama.cpp's threads spin-wait for each other, so
+    with as many threads as cores, tests running beside it slow it from seconds to minutes."""
     log = tmp_path_factory.mktemp("llama-server") / "server.log"
-    server = LlamaCppServer(default_model_path(), SMOLLM2_NAME, API_KEY, log)
-    server.start()
+    server = LlamaServer(default_model_path(), SMOLLM2_NAME, 1, log, api_key=API_KEY)
+    await server.ensure_running()
     try:
         yield server
     finally:
@@ -84,7 +88,7 @@ def fake_anthropic() -> Iterator[FakeAnthropic]:
 
 
 @pytest.fixture
-async def openai_model(llama_server: LlamaCppServer) -> AsyncIterator[OpenAIModel]:
+async def openai_model(llama_server: LlamaServer) -> AsyncIterator[OpenAIModel]:
     model = OpenAIModel(SMOLLM2_NAME, api_key=API_KEY, base_url=llama_server.base_url)
     yield model
     await model.aclose()
@@ -194,7 +198,7 @@ def test_strict_mode_only_for_closed_schemas() -> None:
 
 
 async def test_openai_plain_completion_reports_the_servers_usage(
-    llama_server: LlamaCppServer, openai_model: OpenAIModel
+    llama_server: LlamaServer, openai_model: OpenAIModel
 ) -> None:
     messages = [
         Message("system", "You are a concise assistant."),
@@ -207,10 +211,13 @@ async def test_openai_plain_completion_reports_the_servers_usage(
     assert completion.latency_ms > 0
     # The server's own tokenizer on the chat-templated prompt gives the same input count.
     prompt = "".join(f"<|im_start|>{m.role}\n{m.content}<|im_end|>\n" for m in messages)
-    counted = llama_server.post(
-        "/extras/tokenize/count", {"input": prompt + "<|im_start|>assistant\n"}, root=True
-    )
-    assert completion.input_tokens == counted["count"]
+    async with httpx.AsyncClient() as http:
+        counted = await http.post(
+            llama_server.base_url.removesuffix("/v1") + "/extras/tokenize/count",
+            json={"input": prompt + "<|im_start|>assistant\n"},
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        )
+    assert completion.input_tokens == counted.json()["count"]
     # The pre-call estimate used to cap spend is conservative.
     assert openai_model.count_tokens(messages) >= completion.input_tokens
 
@@ -234,7 +241,7 @@ async def test_openai_json_schema_plan(openai_model: OpenAIModel, settings: Sett
 
 
 async def test_openai_router_call_is_priced_from_the_table(
-    llama_server: LlamaCppServer, settings: Settings
+    llama_server: LlamaServer, settings: Settings
 ) -> None:
     # Built the way workers build it: from settings, through the router.
     model = build_model(
@@ -261,7 +268,7 @@ async def test_openai_router_call_is_priced_from_the_table(
 
 
 async def test_openai_wrong_key_is_a_non_retryable_auth_error(
-    llama_server: LlamaCppServer,
+    llama_server: LlamaServer,
 ) -> None:
     model = OpenAIModel(SMOLLM2_NAME, api_key="wrong", base_url=llama_server.base_url)
     with pytest.raises(ApplicationError) as raised:
@@ -280,7 +287,7 @@ async def test_openai_unreachable_server_is_retryable() -> None:
 
 
 async def test_whole_task_with_the_planner_on_the_openai_backend(
-    stack: Stack, llama_server: LlamaCppServer
+    stack: Stack, llama_server: LlamaServer
 ) -> None:
     spec = f"openai:{SMOLLM2_NAME}"
     settings = stack.settings.model_copy(

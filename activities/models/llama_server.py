@@ -48,14 +48,18 @@ class LlamaServer:
     """One child process serving `model_path` under the name `alias`. `ensure_running()`
     starts it, or starts a new one when the last has died, and returns once it answers."""
 
-    def __init__(self, model_path: Path, alias: str, threads: int, log_path: Path) -> None:
-        self.model_path, self.alias, self.threads, self.log_path = (
-            model_path,
-            alias,
-            threads,
-            log_path,
-        )
-        self.api_key = secrets.token_urlsafe(24)  # other local users cannot spend our CPU
+    def __init__(
+        self,
+        model_path: Path,
+        alias: str,
+        threads: int,
+        log_path: Path,
+        api_key: str | None = None,
+    ) -> None:
+        self.model_path, self.alias, self.threads = model_path, alias, threads
+        self.log_path = log_path
+        # Random unless given: other local users cannot spend this worker's CPU.
+        self.api_key = api_key or secrets.token_urlsafe(24)
         self.port = 0
         self.starts = 0  # how many children have been started (restarts = starts - 1)
         self._process: subprocess.Popen[bytes] | None = None
