@@ -87,6 +87,7 @@ bench: $(STAMP)  ## every benchmark, quick form; see bench/README.md
 	$(BIN)/python bench/routing.py --quick
 	$(BIN)/python bench/triton.py --quick
 	$(BIN)/python bench/llama_build.py --quick
+	$(BIN)/python bench/worker_kills.py --quick
 	$(BIN)/python bench/memory.py --quick
 	$(BIN)/python bench/sandbox.py --quick
 

@@ -16,10 +16,13 @@ import jsonschema
 import pytest
 from temporalio.api.enums.v1 import PendingActivityState
 from temporalio.api.workflow.v1 import PendingActivityInfo
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.memory.extraction import ExtractionActivities
+from activities.models.base import Message, ModelRequest
 from activities.models.llamacpp import LlamaCppModel
+from activities.models.provider_errors import MODEL_UNAVAILABLE
 from activities.models.router import ModelRouter
 from activities.planning import PlanningActivities
 from activities.react import ReactActivities
@@ -150,6 +153,26 @@ async def test_whole_task_on_the_local_model(stack: Stack, local_model: LlamaCpp
     assert all(
         e.name == "smollm2-135m-instruct" for e in result.ledger.entries if e.kind == "model"
     )
+
+
+async def test_a_native_crash_of_the_model_fails_one_call_and_the_next_gets_a_new_process(
+    local_model: LlamaCppModel,
+) -> None:
+    await local_model.server.ensure_running()
+    crashed = local_model.server.pid
+    assert crashed is not None
+    long_answer = ModelRequest([Message("user", "Tell a long story about a ship.")], 400)
+    call = asyncio.ensure_future(local_model.complete(long_answer))
+    os.kill(crashed, signal.SIGSEGV)  # what a CPU it was not built for does to llama.cpp
+    with pytest.raises(ApplicationError) as failed:
+        await call
+    assert failed.value.type == MODEL_UNAVAILABLE and not failed.value.non_retryable
+    assert failed.value.message == (
+        "the local model process (smollm2-135m-instruct) was killed by SIGSEGV during this "
+        "call; a new one is started for the retry"
+    )
+    answer = await local_model.complete(ModelRequest([Message("user", "Say hi.")], 8))
+    assert answer.output_tokens > 0 and local_model.server.pid not in (None, crashed)
 
 
 async def test_a_model_process_killed_mid_plan_costs_one_retry(
