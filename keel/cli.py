@@ -293,6 +293,7 @@ def _human_policy(args: argparse.Namespace) -> HumanPolicy:
 
 
 async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    timeout_s = _timeout(args)
     try:
         request = TaskRequest(
             task=args.task,
@@ -310,7 +311,7 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             _out(f"Started task {handle.id}: {request.task}")
         try:
             watch = _StallWatch(client, handle.id, to_stderr=args.json)
-            result = await _follow(handle, not args.json, watch, _timeout(args))
+            result = await _follow(handle, not args.json, watch, timeout_s)
         except WorkflowFailureError as err:
             if isinstance(err.cause, TemporalCancelledError):
                 progress = await handle.query("status", result_type=TaskProgress)
@@ -384,6 +385,7 @@ async def _describe(
 
 
 async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    timeout_s = _timeout(args) or STATUS_QUERY_WAIT_S
     client = await connect(settings)
     handle = client.get_workflow_handle(args.workflow_id, result_type=TaskResult)
     description = await _describe(handle, settings)
@@ -394,7 +396,7 @@ async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             client,
             args.workflow_id,
             handle.query("status", result_type=TaskProgress, rpc_timeout=QUERY_TIMEOUT * 4),
-            _timeout(args) or STATUS_QUERY_WAIT_S,
+            timeout_s,
         )
     except (RPCError, UsageError) as err:
         if running:

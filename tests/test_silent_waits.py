@@ -192,3 +192,14 @@ async def test_a_planner_worker_killed_mid_plan_costs_seconds_not_the_timeout(
         for a in scheduled
         if a.activity_type.name in ("plan", "synthesize", "extract_facts", "react_step")
     )
+
+
+async def test_a_bad_timeout_is_refused_before_anything_starts(stack: Stack) -> None:
+    queues = Queues(f"bad-timeout-{uuid.uuid4().hex[:6]}-")
+    for command in (["run", "hi"], ["status", "keel-x"], ["approve", "keel-x", "s1"]):
+        code, out, err = await _finished(await _keel(stack, queues, *command, "--timeout", "0"))
+        assert (code, out, err) == (
+            2,
+            "",
+            "keel: error: --timeout 0.0: give a number of seconds above 0\n",
+        ), command  # nothing on stdout: no "Started task ..." either
