@@ -101,6 +101,7 @@ async def _stack(settings: Settings, quiet: bool) -> AsyncIterator[Client]:
         _refuse_leftover_server(settings)
     try:
         client = await connect(settings)
+        await until_serving(client)
     except TemporalUnreachable:
         if not settings.uses_embedded_temporal:
             raise
@@ -114,7 +115,6 @@ async def _stack(settings: Settings, quiet: bool) -> AsyncIterator[Client]:
     stop = asyncio.Event()
     runner = None
     try:
-        await until_serving(client)
         queues = Queues(settings.queue_prefix)
         if not await _has_pollers(client, queues.agent):
             from workers.components import Components
@@ -395,7 +395,9 @@ async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         progress = await _await_answered(
             client,
             args.workflow_id,
-            handle.query("status", result_type=TaskProgress, rpc_timeout=QUERY_TIMEOUT * 4),
+            handle.query(
+                "status", result_type=TaskProgress, rpc_timeout=timedelta(seconds=timeout_s)
+            ),
             timeout_s,
         )
     except (RPCError, UsageError) as err:
@@ -634,8 +636,11 @@ async def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
         _out(f"Temporal dev server on {server.address}, data in {settings.temporal_db}")
         _out(f"Web UI: {settings.temporal_ui_url}")
     try:
-        client = await (connect_when_serving(settings) if server else connect(settings))
-        await until_serving(client)
+        if server:
+            client = await connect_when_serving(settings)
+        else:
+            client = await connect(settings)
+            await until_serving(client)
         added = await ensure_registered(client)
         if added:
             _out(f"Registered search attributes: {', '.join(added)}")
@@ -732,6 +737,17 @@ async def cmd_mcp(args: argparse.Namespace, settings: Settings) -> int:
 # --- entry point -------------------------------------------------------------------------
 
 
+def _answer_timeout_flag(command: argparse.ArgumentParser, default: str) -> None:
+    command.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="give up after this long when the task does not answer (exit 2); within seconds "
+        f"it says when no worker answers. Default: {default}",
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="keel", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -788,13 +804,7 @@ def parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="show a task's status, events and result")
     status.add_argument("workflow_id")
-    status.add_argument(
-        "--timeout",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="give up after this long when the task does not answer (exit 2)",
-    )
+    _answer_timeout_flag(status, f"{STATUS_QUERY_WAIT_S:g} s")
     status.set_defaults(handler=cmd_status)
 
     pending = sub.add_parser("pending", help="list the tasks waiting for a person")
@@ -806,13 +816,7 @@ def parser() -> argparse.ArgumentParser:
     approve.add_argument("workflow_id")
     approve.add_argument("step", help="the step id, as `keel pending` shows it")
     approve.add_argument("--by", default="", help="who approves (kept in the task's history)")
-    approve.add_argument(
-        "--timeout",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="give up after this long when the task does not answer (exit 2)",
-    )
+    _answer_timeout_flag(approve, "wait until it answers")
     approve.set_defaults(handler=cmd_approve)
 
     reject = sub.add_parser("reject", help="reject a step (or 'plan'); the planner reads why")
@@ -820,13 +824,7 @@ def parser() -> argparse.ArgumentParser:
     reject.add_argument("step", help="the step id, as `keel pending` shows it")
     reject.add_argument("--reason", required=True, help="why (the planner reads it)")
     reject.add_argument("--by", default="", help="who rejects")
-    reject.add_argument(
-        "--timeout",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="give up after this long when the task does not answer (exit 2)",
-    )
+    _answer_timeout_flag(reject, "wait until it answers")
     reject.set_defaults(handler=cmd_reject)
 
     answer = sub.add_parser("answer", help="answer a question a task asked")
@@ -836,13 +834,7 @@ def parser() -> argparse.ArgumentParser:
         "--question", default=None, help="the question's step id (needed when several are open)"
     )
     answer.add_argument("--by", default="", help="who answers")
-    answer.add_argument(
-        "--timeout",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="give up after this long when the task does not answer (exit 2)",
-    )
+    _answer_timeout_flag(answer, "wait until it answers")
     answer.set_defaults(handler=cmd_answer)
 
     cancel = sub.add_parser("cancel", help="cancel a task: stop its in-flight work and end it")

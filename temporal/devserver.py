@@ -2,8 +2,9 @@
 
 Keel's search attributes are registered at start, so the UI can filter tasks right away. The
 server is bound to the process that starts it (workers/lifeline.py): it dies with `keel`,
-however `keel` ends. A dev server that an older, crashed `keel` left behind is recognised
-(`leftover_dev_server`) and reported instead of used.
+however `keel` ends. A dev server on Keel's data file that no running `keel` started (an
+older, crashed one left it), or one whose data file is gone, is reported instead of used
+(`leftover_dev_server`).
 """
 
 from __future__ import annotations
