@@ -21,8 +21,6 @@ from typing import Any, TypeVar, cast
 
 from pydantic import ValidationError
 from temporalio.api.enums.v1 import TaskQueueType
-from temporalio.api.taskqueue.v1 import TaskQueue
-from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import (
     Client,
     WorkflowExecutionDescription,
@@ -64,7 +62,7 @@ from keel.converter import describe_validation_error
 from keel.errors import ServiceStartError
 from keel.queues import Queues
 from keel.settings import Settings, SettingsError, get_settings
-from keel.stalls import STALL_AFTER_S, stalls, unanswered
+from keel.stalls import STALL_AFTER_S, last_poll_s, stalls, unanswered
 
 T = TypeVar("T")
 
@@ -148,16 +146,9 @@ def _refuse_leftover_server(settings: Settings) -> None:
 
 
 async def _has_pollers(client: Client, queue: str) -> bool:
-    described = await client.workflow_service.describe_task_queue(
-        DescribeTaskQueueRequest(
-            namespace=client.namespace,
-            task_queue=TaskQueue(name=queue),
-            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
-        )
-    )
     # A dead worker stays listed for minutes; a live one polls again within about a minute.
-    now = time.time()
-    return any(now - p.last_access_time.ToSeconds() < POLLER_FRESH_S for p in described.pollers)
+    last = await last_poll_s(client, queue, TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW)
+    return last is not None and last < POLLER_FRESH_S
 
 
 # --- keel run ----------------------------------------------------------------------------

@@ -60,7 +60,8 @@ class Stall:
         )
 
 
-async def _last_poll_s(client: Client, queue: str, kind: TaskQueueType.ValueType) -> float | None:
+async def last_poll_s(client: Client, queue: str, kind: TaskQueueType.ValueType) -> float | None:
+    """Seconds since a worker last polled `queue` for `kind` tasks; None when none has."""
     described = await client.workflow_service.describe_task_queue(
         DescribeTaskQueueRequest(
             namespace=client.namespace, task_queue=TaskQueue(name=queue), task_queue_type=kind
@@ -107,7 +108,7 @@ async def stalls(client: Client, workflow_id: str, after_s: float = STALL_AFTER_
     found = []
     for queue, what, waited, kind in waiting:
         if waited >= after_s:
-            found.append(Stall(queue, what, waited, await _last_poll_s(client, queue, kind)))
+            found.append(Stall(queue, what, waited, await last_poll_s(client, queue, kind)))
     return found
 
 
@@ -122,5 +123,5 @@ async def unanswered(client: Client, workflow_id: str, waited_s: float) -> Stall
     queue = (
         described.execution_config.task_queue.name or described.workflow_execution_info.task_queue
     )
-    last = await _last_poll_s(client, queue, TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW)
+    last = await last_poll_s(client, queue, TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW)
     return Stall(queue, f"task {workflow_id}", waited_s, last)
