@@ -67,11 +67,15 @@ system-deps:
 		echo "Installing Debian packages: $(SYSTEM_PACKAGES)"; \
 		apt-get update -q && apt-get install -y -q $(SYSTEM_PACKAGES); }
 
+# keel ends with make, even when make is killed with SIGKILL: it gets SIGTERM and stops the
+# dev server and model process it started (setpriv: util-linux, on every Debian).
+WITH_MAKE := $(if $(shell command -v setpriv),setpriv --pdeathsig TERM --)
+
 run: $(STAMP) system-deps  ## run one default task end to end on the embedded stack
-	$(BIN)/keel run
+	$(WITH_MAKE) $(BIN)/keel run
 
 dev: $(STAMP) system-deps  ## Temporal dev server (UI on :8233) + every worker, until Ctrl-C
-	$(BIN)/keel dev
+	$(WITH_MAKE) $(BIN)/keel dev
 
 test: $(STAMP) system-deps
 	$(BIN)/pytest -q

@@ -63,6 +63,7 @@ from keel.errors import ServiceStartError
 from keel.queues import Queues
 from keel.settings import Settings, SettingsError, get_settings
 from keel.stalls import STALL_AFTER_S, last_poll_s, stalls, unanswered
+from workers.lifeline import SHUTDOWN_GRACE_S, leave_within
 
 T = TypeVar("T")
 
@@ -882,17 +883,43 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+class _Stopped(Exception):
+    def __init__(self, signum: int) -> None:
+        self.code = 128 + signum
+
+
+async def _until_stopped(args: argparse.Namespace, settings: Settings) -> int:
+    """The command, cancelled by Ctrl-C or SIGTERM: it unwinds (workers stop, then the
+    servers this process started) within a grace period. `keel dev` and `keel worker`
+    replace this with their own graceful stop."""
+    loop = asyncio.get_running_loop()
+    command = asyncio.current_task()
+    assert command is not None
+    stopped_by: list[int] = []
+
+    def stop(signum: int) -> None:
+        leave_within(SHUTDOWN_GRACE_S, 128 + signum)
+        stopped_by.append(signum)
+        command.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop, sig)
+    try:
+        return cast(int, await args.handler(args, settings))
+    except asyncio.CancelledError:
+        if stopped_by:
+            raise _Stopped(stopped_by[0]) from None
+        raise
 
 
 def _run(argv: list[str] | None) -> int:
     args = parser().parse_args(argv)
-    # SIGTERM unwinds like Ctrl-C so an embedded dev server is stopped, not orphaned.
-    signal.signal(signal.SIGTERM, _interrupt)
     try:
         settings = get_settings()
-        return asyncio.run(args.handler(args, settings))
+        return asyncio.run(_until_stopped(args, settings))
+    except _Stopped as stopped:
+        print(f"keel: stopped by {signal.Signals(stopped.code - 128).name}", file=sys.stderr)
+        return stopped.code
     except (UsageError, SettingsError, TemporalUnreachable, ServiceStartError) as err:
         print(f"keel: error: {err}", file=sys.stderr)
         return 2
@@ -904,7 +931,7 @@ def _run(argv: list[str] | None) -> int:
             file=sys.stderr,
         )
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C before the command started
         return 130
     except Exception as err:  # a bug: one line here, the traceback in a file
         return _unexpected(err)

@@ -18,7 +18,7 @@ from keel.ports import free_port, port_open
 from keel.settings import settings_from_env
 from temporal.devserver import leftover_dev_server, listener_pid, temporal_cli
 from tests.conftest import REPO
-from workers.lifeline import bound_to_this_process
+from workers.lifeline import SHUTDOWN_GRACE_S, bound_to_this_process
 from workers.service import stop_process
 
 KEEL_RUN_TIMEOUT_S = 300
@@ -123,36 +123,46 @@ def test_the_embedded_dev_server_port_is_a_setting() -> None:
     assert cluster.temporal_address == "t:7233" and not cluster.uses_embedded_temporal
 
 
-def test_sigkill_of_keel_run_leaves_no_temporal_or_model_process(tmp_path: Path) -> None:
-    """The real local model and the embedded dev server, both started by `keel run`; SIGKILL
-    of `keel` mid-plan takes both along, frees the port, and the next run works."""
-    port = free_port()
-    env = _keel_env(tmp_path, port)
+def _keel_run_planning(env: dict[str, str]) -> tuple[subprocess.Popen[str], dict[int, str]]:
+    """`keel run` on the real local model and an embedded dev server, once both run."""
     keel = subprocess.Popen(
         [sys.executable, "-m", "keel.cli", "run", "What is 6*7?"],
         cwd=REPO,
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
+
+    def both_started() -> bool:
+        argv = " ".join(_children(keel.pid).values())
+        return "server start-dev" in argv and "llama_cpp.server" in argv
+
     try:
-
-        def both_started() -> bool:
-            argv = " ".join(_children(keel.pid).values())
-            return "server start-dev" in argv and "llama_cpp.server" in argv
-
         _wait_until(both_started, "keel run to start its dev server and model", timeout_s=120)
-        children = _children(keel.pid)
-        keel.send_signal(signal.SIGKILL)
-        keel.wait()
-    finally:
-        if keel.poll() is None:
-            keel.kill()
+    except AssertionError:
+        keel.kill()
+        raise
+    return keel, _children(keel.pid)
+
+
+def _all_gone(children: dict[int, str], port: int) -> None:
     for pid, argv in children.items():
         _wait_until(lambda pid=pid: not _alive(pid), f"{argv[:60]} to die with keel", 10)
     # A killed process's threads may still be tearing down once its leader shows as a
     # zombie; its sockets close with the last of them.
     _wait_until(lambda: not port_open("127.0.0.1", port), "the dev server's port to close", 10)
+
+
+def test_sigkill_of_keel_run_leaves_no_temporal_or_model_process(tmp_path: Path) -> None:
+    """SIGKILL of `keel` mid-plan takes its dev server and model along, frees the port, and
+    the next run works."""
+    port = free_port()
+    env = _keel_env(tmp_path, port)
+    keel, children = _keel_run_planning(env)
+    keel.send_signal(signal.SIGKILL)
+    keel.wait()
+    _all_gone(children, port)
 
     # A second run right after: nothing is left in its way (scripted here, for speed).
     again = subprocess.run(
@@ -165,6 +175,20 @@ def test_sigkill_of_keel_run_leaves_no_temporal_or_model_process(tmp_path: Path)
     )
     assert again.returncode == 0, again.stderr
     assert '"status": "completed"' in again.stdout
+
+
+def test_sigterm_of_keel_run_stops_it_and_what_it_started_without_delay(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM (what `make run` sends when make itself is killed) unwinds `keel run`: its
+    workers stop, then its servers; well within the grace period after which it would
+    simply end."""
+    port = free_port()
+    keel, children = _keel_run_planning(_keel_env(tmp_path, port))
+    keel.send_signal(signal.SIGTERM)
+    _, err = keel.communicate(timeout=SHUTDOWN_GRACE_S / 2)
+    assert (keel.returncode, err) == (143, "keel: stopped by SIGTERM\n")
+    _all_gone(children, port)
 
 
 @pytest.fixture

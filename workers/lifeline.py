@@ -38,3 +38,30 @@ def bound_to_this_process(command: list[str]) -> list[str]:
         # Linux would kill the child when this thread ends, not when the process does.
         raise RuntimeError("start a child bound to this process from the main thread")
     return [sys.executable, "-S", "-c", _LAUNCHER, str(os.getpid()), *command]
+
+
+# --- leaving when asked ---------------------------------------------------------------------
+
+SHUTDOWN_GRACE_S = 15.0  # asked to stop: this long to wind down, then the process just ends
+_leaving = False
+
+
+def leave_within(grace_s: float, code: int) -> None:
+    """Call on a stop request (SIGINT, SIGTERM) before unwinding gracefully: should the
+    unwinding not have ended the process `grace_s` from now (a Temporal worker waits on its
+    long polls, a task on a server call), it ends then with `code`; a second request ends it
+    at once. Its bound children die with it either way."""
+    global _leaving
+    if _leaving:
+        _end(code)
+    _leaving = True
+    timer = threading.Timer(grace_s, _end, args=(code,))
+    timer.daemon = True
+    timer.start()
+
+
+def _end(code: int) -> None:
+    print("keel: stopped without waiting for the rest to wind down", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -17,6 +17,7 @@ from keel.errors import ServiceStartError
 from keel.settings import SettingsError, get_settings
 from workers import agent, llm, memory, planner, tools
 from workers.components import Components
+from workers.lifeline import SHUTDOWN_GRACE_S, leave_within
 
 # A builder makes the workers of one component: one worker, or several (the tools
 # component adds a rate-limited worker per allowlisted HTTP API).
@@ -82,10 +83,17 @@ async def workers_running(workers: Sequence[Worker]) -> AsyncIterator[None]:
 
 
 def stop_on_signals() -> asyncio.Event:
+    """Set on SIGINT or SIGTERM: the workers drain and stop; should that take longer than
+    SHUTDOWN_GRACE_S (or a second signal come), the process ends there and then."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def asked(sig: signal.Signals) -> None:
+        leave_within(SHUTDOWN_GRACE_S, 128 + sig)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, asked, sig)
     return stop
 
 
