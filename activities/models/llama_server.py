@@ -98,7 +98,6 @@ class LlamaServer:
             "--n_ctx", str(N_CTX),
             "--n_threads", str(self.threads),
             "--n_threads_batch", str(self.threads),
-            "--api_key", self.api_key,
             "--verbose", "False",
         ]  # fmt: skip
 
@@ -109,6 +108,7 @@ class LlamaServer:
         # leave those out so that only the flags configure it.
         fields = {name.upper() for name in ServerSettings.model_fields}
         env = {k: v for k, v in os.environ.items() if k.upper() not in fields}
+        env["API_KEY"] = self.api_key  # not a flag: the command line is visible to `ps`
         self.port = free_port()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as out:
