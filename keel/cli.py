@@ -722,6 +722,7 @@ async def cmd_mcp(args: argparse.Namespace, settings: Settings) -> int:
         f"Keel MCP server on http://{shown}:{port}/mcp with {len(server.tools)} tools "
         f"({', '.join(server.tools)}). Ctrl-C stops."
     )
+    _Stop.cancels = False  # uvicorn stops on SIGINT/SIGTERM by itself, requests drained
     await server.run_http(host, port, token)
     return 0
 
@@ -883,6 +884,13 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Stop:
+    """How Ctrl-C and SIGTERM end the running command: by cancelling it, unless it stops
+    gracefully by itself (the MCP HTTP server: uvicorn drains its requests, then returns)."""
+
+    cancels = True
+
+
 class _Stopped(Exception):
     def __init__(self, signum: int) -> None:
         self.code = 128 + signum
@@ -900,7 +908,8 @@ async def _until_stopped(args: argparse.Namespace, settings: Settings) -> int:
     def stop(signum: int) -> None:
         leave_within(SHUTDOWN_GRACE_S, 128 + signum)
         stopped_by.append(signum)
-        command.cancel()
+        if _Stop.cancels:
+            command.cancel()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop, sig)

@@ -107,8 +107,8 @@ class HumanDesk:
                             f"no one answered the {request.kind.value} for {request.id} "
                             f"({request.text}) within {waited:g} s"
                         ) from None
-                    request.escalated = True
                     await escalate(request, waited)
+                    request.escalated = True  # once someone has been told
                     timeout = None
         finally:
             self.pending.pop(request.id, None)
