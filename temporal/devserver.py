@@ -68,7 +68,11 @@ async def start_test_environment(
 
 class DevServer:
     def __init__(
-        self, db_file: Path, host: str = "127.0.0.1", port: int = 7233, ui_port: int = 8233
+        self,
+        db_file: Path,
+        host: str = "127.0.0.1",
+        port: int = 7233,
+        ui_port: int | None = 8233,  # None: no Web UI (one port less to find free)
     ) -> None:
         self.db_file, self.host, self.port, self.ui_port = db_file, host, port, ui_port
         self.log_file = db_file.with_suffix(".log")
@@ -95,7 +99,7 @@ class DevServer:
             "--db-filename", str(self.db_file),
             "--ip", self.host,
             "--port", str(self.port),
-            "--ui-port", str(self.ui_port),
+            *(["--headless"] if self.ui_port is None else ["--ui-port", str(self.ui_port)]),
             "--log-level", "warn",
             *DEV_SERVER_FLAGS,
         ]  # fmt: skip

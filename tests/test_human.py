@@ -236,7 +236,7 @@ async def test_a_wait_survives_worker_and_server_restarts_and_adds_no_events(
 ) -> None:
     """The task waits on its own dev server (a SQLite file); workers and server are stopped
     and started again while it waits, and its history does not grow until the approval."""
-    server = DevServer(tmp_path / "temporal.db", port=free_port(), ui_port=free_port())
+    server = DevServer(tmp_path / "temporal.db", port=free_port(), ui_port=None)
     settings = stack.settings.model_copy(update={"home": tmp_path / "home"})
     task = unique("Send bob five dollars (across restarts)")
 

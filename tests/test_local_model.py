@@ -241,8 +241,9 @@ print("properties hold")
 
 
 def _code_of(answer: str) -> str:
-    """The program in a model's answer: its first fenced block, or the whole answer."""
-    match = re.search(r"```(?:python)?\n(.*?)```", answer, re.S)
+    """The program in a model's answer: its first fenced block (closed or not: a model may
+    stop right after the code), or the whole answer."""
+    match = re.search(r"```(?:python)?\n(.*?)(?:```|\Z)", answer, re.S)
     return match.group(1) if match else answer
 
 
