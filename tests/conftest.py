@@ -150,24 +150,39 @@ SQUARE_STEP = {
 }
 
 
-@pytest.fixture(scope="session")
-def web_ui_port() -> int:
-    return free_port()
+SERVER_START_ATTEMPTS = 3
 
 
 @pytest.fixture(scope="session")
-async def temporal_env(web_ui_port: int) -> AsyncIterator[WorkflowEnvironment]:
-    env = await start_test_environment(ui_port=web_ui_port)
+async def temporal_env_and_ui_port() -> AsyncIterator[tuple[WorkflowEnvironment, int]]:
+    """The session's dev server and its Web UI port. A port the OS called free can be taken
+    (an outgoing connection's ephemeral port) before the server binds it: then the server
+    exits at once, and it is started again on other ports."""
+    for attempt in range(1, SERVER_START_ATTEMPTS + 1):
+        ui_port = free_port()
+        try:
+            env = await start_test_environment(ui_port=ui_port)
+            break
+        except RuntimeError:
+            if attempt == SERVER_START_ATTEMPTS:
+                raise
     try:
-        yield env
+        yield env, ui_port
     finally:
         await env.shutdown()
 
 
 @pytest.fixture(scope="session")
-def web_ui_url(temporal_env: WorkflowEnvironment, web_ui_port: int) -> str:
+def temporal_env(
+    temporal_env_and_ui_port: tuple[WorkflowEnvironment, int],
+) -> WorkflowEnvironment:
+    return temporal_env_and_ui_port[0]
+
+
+@pytest.fixture(scope="session")
+def web_ui_url(temporal_env_and_ui_port: tuple[WorkflowEnvironment, int]) -> str:
     """The base URL of the session dev server's Web UI."""
-    return f"http://{LOCALHOST}:{web_ui_port}"
+    return f"http://{LOCALHOST}:{temporal_env_and_ui_port[1]}"
 
 
 @pytest.fixture(scope="session")
