@@ -57,6 +57,14 @@ def _wait_until(check, what: str, timeout_s: float = 60) -> None:  # type: ignor
         time.sleep(0.05)
 
 
+def _dev_port() -> int:
+    """A KEEL_DEV_PORT for an embedded dev server: free, and its Web UI's (1000 above) too."""
+    while True:
+        port = free_port()
+        if port + 1000 < 65536 and not port_open("127.0.0.1", port + 1000):
+            return port
+
+
 def _keel_env(home: Path, dev_port: int, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
     return env | {"KEEL_HOME": str(home), "KEEL_DEV_PORT": str(dev_port), **extra}
@@ -157,7 +165,7 @@ def _all_gone(children: dict[int, str], port: int) -> None:
 def test_sigkill_of_keel_run_leaves_no_temporal_or_model_process(tmp_path: Path) -> None:
     """SIGKILL of `keel` mid-plan takes its dev server and model along, frees the port, and
     the next run works."""
-    port = free_port()
+    port = _dev_port()
     env = _keel_env(tmp_path, port)
     keel, children = _keel_run_planning(env)
     keel.send_signal(signal.SIGKILL)
@@ -183,7 +191,7 @@ def test_sigterm_of_keel_run_stops_it_and_what_it_started_without_delay(
     """SIGTERM (what `make run` sends when make itself is killed) unwinds `keel run`: its
     workers stop, then its servers; well within the grace period after which it would
     simply end."""
-    port = free_port()
+    port = _dev_port()
     keel, children = _keel_run_planning(_keel_env(tmp_path, port))
     keel.send_signal(signal.SIGTERM)
     _, err = keel.communicate(timeout=SHUTDOWN_GRACE_S / 2)
@@ -201,7 +209,7 @@ def stray_dev_server(tmp_path: Path):  # type: ignore[no-untyped-def]
         bound_to_this_process(
             [
                 str(temporal_cli()), "server", "start-dev", "--db-filename", str(db),
-                "--ip", "127.0.0.1", "--port", str(port), "--ui-port", str(free_port()),
+                "--ip", "127.0.0.1", "--port", str(port),
                 "--headless", "--log-level", "error",
             ]
         ),
