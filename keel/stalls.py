@@ -22,14 +22,15 @@ from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import (
     DescribeTaskQueueRequest,
     DescribeWorkflowExecutionRequest,
+    DescribeWorkflowExecutionResponse,
 )
 from temporalio.client import Client
 
 from keel.queues import AGENT, LLM, MEMORY, PLANNER, TOOLS
 
 STALL_AFTER_S = 6.0  # scheduled this long and not started: nobody takes the queue's work
-# The worker (`keel worker NAME`) that serves each queue, by the queue's base name.
 HTTP = "keel-http"  # activities/tools/http.py HTTP_QUEUE (not imported: keel stays light)
+# The worker (`keel worker NAME`) that serves each queue, by the queue's base name.
 WORKER_OF = {AGENT: "agent", PLANNER: "planner", LLM: "llm", TOOLS: "tools", MEMORY: "memory"}
 
 
@@ -73,14 +74,18 @@ async def last_poll_s(client: Client, queue: str, kind: TaskQueueType.ValueType)
     return max(0.0, time.time() - latest)
 
 
-async def stalls(client: Client, workflow_id: str, after_s: float = STALL_AFTER_S) -> list[Stall]:
-    """What the running workflow `workflow_id` has waited on for `after_s` or more with no
-    worker taking it: its workflow task and its scheduled (not started) activities."""
-    described = await client.workflow_service.describe_workflow_execution(
+async def _describe(client: Client, workflow_id: str) -> DescribeWorkflowExecutionResponse:
+    return await client.workflow_service.describe_workflow_execution(
         DescribeWorkflowExecutionRequest(
             namespace=client.namespace, execution=WorkflowExecution(workflow_id=workflow_id)
         )
     )
+
+
+async def stalls(client: Client, workflow_id: str, after_s: float = STALL_AFTER_S) -> list[Stall]:
+    """What the running workflow `workflow_id` has waited on for `after_s` or more with no
+    worker taking it: its workflow task and its scheduled (not started) activities."""
+    described = await _describe(client, workflow_id)
     info = described.workflow_execution_info
     if info.status != WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_RUNNING:
         return []
@@ -115,11 +120,7 @@ async def stalls(client: Client, workflow_id: str, after_s: float = STALL_AFTER_
 async def unanswered(client: Client, workflow_id: str, waited_s: float) -> Stall:
     """A query or an Update to `workflow_id` that nothing answered for `waited_s`: its
     workflow worker is missing (or busy); which queue that is, and when it was last polled."""
-    described = await client.workflow_service.describe_workflow_execution(
-        DescribeWorkflowExecutionRequest(
-            namespace=client.namespace, execution=WorkflowExecution(workflow_id=workflow_id)
-        )
-    )
+    described = await _describe(client, workflow_id)
     queue = (
         described.execution_config.task_queue.name or described.workflow_execution_info.task_queue
     )

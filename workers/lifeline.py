@@ -1,9 +1,10 @@
 """Child processes that die with the process that started them, however it ends.
 
-Every server Keel starts (the Temporal dev server, the local model, Triton, Neo4j) is bound
-to its parent: Linux sends the child SIGKILL when the parent dies (`PR_SET_PDEATHSIG`),
-whether the parent exits, is killed with SIGKILL or crashes with SIGSEGV, so a dead `keel`
-never leaves a server holding its port and its data file.
+The servers Keel starts (the Temporal dev server, the local model, Triton) are bound to
+their parent (Neo4j's launcher has its own tie: it ends when its stdin closes). Linux sends
+the child SIGKILL when the parent dies (`PR_SET_PDEATHSIG`), whether the parent exits, is
+killed with SIGKILL or crashes with SIGSEGV, so a dead `keel` never leaves a server holding
+its port and its data file.
 
 The signal is armed by a tiny Python launcher that then `exec`s the real program (the flag
 survives `execve`), so it works for any binary and needs no `preexec_fn` (unsafe in a
