@@ -14,6 +14,7 @@ PLANNER = "keel-planner"
 LLM = "keel-llm"
 TOOLS = "keel-tools"
 MEMORY = "keel-memory"
+HTTP = "keel-http"  # the base of the per-API queues `keel-http-<api>` the tool worker serves
 
 
 @dataclass(frozen=True)

@@ -26,10 +26,9 @@ from temporalio.api.workflowservice.v1 import (
 )
 from temporalio.client import Client
 
-from keel.queues import AGENT, LLM, MEMORY, PLANNER, TOOLS
+from keel.queues import AGENT, HTTP, LLM, MEMORY, PLANNER, TOOLS
 
 STALL_AFTER_S = 6.0  # scheduled this long and not started: nobody takes the queue's work
-HTTP = "keel-http"  # activities/tools/http.py HTTP_QUEUE (not imported: keel stays light)
 # The worker (`keel worker NAME`) that serves each queue, by the queue's base name.
 WORKER_OF = {AGENT: "agent", PLANNER: "planner", LLM: "llm", TOOLS: "tools", MEMORY: "memory"}
 

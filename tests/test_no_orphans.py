@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -49,7 +50,7 @@ def _children(pid: int) -> dict[int, str]:
     return found
 
 
-def _wait_until(check, what: str, timeout_s: float = 60) -> None:  # type: ignore[no-untyped-def]
+def _wait_until(check: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while not check():
         if time.monotonic() > deadline:

@@ -137,14 +137,15 @@ class LlamaServer:
 
     async def ensure_running(self) -> None:
         async with self._start_lock():  # concurrent calls share one start
-            if self._process is not None and self._process.poll() is None and self._ready:
+            running = self._process is not None and self._process.poll() is None
+            if running and self._ready:
                 return
-            if self._process is None or self._process.poll() is not None:
+            if not running:
                 if self._process is not None:
                     log.warning(
                         "local model process ended; starting a new one",
                         model=self.alias,
-                        how=how_it_ended(self._process.returncode),
+                        how=self.ended(),
                     )
                 self._spawn()
             await self._wait_ready()

@@ -23,7 +23,7 @@ SMOLLM2_NAME = "smollm2-135m-instruct"
 # A call on 2 cores may queue behind others in the child; the activity heartbeats meanwhile.
 CALL_TIMEOUT_S = 280.0
 
-_servers: dict[tuple[str, int, str], LlamaServer] = {}
+_servers: dict[tuple[str, int], LlamaServer] = {}
 
 
 def default_model_path() -> Path:
@@ -37,7 +37,7 @@ def default_model_path() -> Path:
 
 def shared_server(path: Path, alias: str, threads: int, log_path: Path) -> LlamaServer:
     """One child per model and thread count in a process: roles on the same model share it."""
-    key = (str(path), threads, alias)
+    key = (str(path), threads)  # the alias is the file's name
     if key not in _servers:
         _servers[key] = LlamaServer(path, alias, threads, log_path)
     return _servers[key]
@@ -61,13 +61,12 @@ class LlamaCppModel(ModelClient):
             home = get_settings().home
         self.server = shared_server(self.path, self.name, threads, home / "llama-server.log")
         self._client: OpenAIModel | None = None
-        self._client_port = 0
 
     def count_tokens(self, messages: list[Message]) -> int:
         return gguf_tokenizer(str(self.path)).count(messages)
 
     def _openai(self) -> OpenAIModel:
-        if self._client is None or self._client_port != self.server.port:  # a new child
+        if self._client is None or self._client.base_url != self.server.base_url:  # a new child
             self._client = OpenAIModel(
                 self.name,
                 api_key=self.server.api_key,
@@ -75,7 +74,6 @@ class LlamaCppModel(ModelClient):
                 structured_output="json_object",  # llama-cpp-python's schema form
                 timeout_s=CALL_TIMEOUT_S,
             )
-            self._client_port = self.server.port
         return self._client
 
     async def complete(self, request: ModelRequest) -> Completion:
