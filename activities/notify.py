@@ -12,6 +12,7 @@ import json
 import httpx
 from temporalio import activity
 
+from keel import durable
 from keel.contracts import Notification
 from keel.logging import activity_logger
 from keel.settings import Settings
@@ -23,7 +24,7 @@ class Notifier:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
-    @activity.defn(name="notify_human")
+    @activity.defn(name=durable.NOTIFY_HUMAN)
     async def notify_human(self, notification: Notification) -> None:
         payload = notification.model_dump(mode="json")
         path = self.settings.notifications_path

@@ -17,6 +17,7 @@ from temporalio import activity
 
 from activities.models.base import Message, ModelRequest
 from activities.models.router import TYPICAL_REASONER_CALL, ModelRouter
+from keel import durable
 from keel.contracts import Plan, PlanRequest, PlanResponse, PlanStep, StepStatus, ToolSpec
 from keel.converter import describe_validation_error
 from keel.logging import activity_logger
@@ -209,7 +210,7 @@ class PlanningActivities:
             str(p.relative_to(self.docs_dir)) for p in self.docs_dir.rglob("*") if p.is_file()
         )
 
-    @activity.defn(name="plan")
+    @activity.defn(name=durable.PLAN)
     async def plan(self, request: PlanRequest) -> PlanResponse:
         log = activity_logger()
         files = self._files()

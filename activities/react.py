@@ -16,6 +16,7 @@ from temporalio import activity
 from activities.models.base import Message, ModelRequest
 from activities.models.router import ModelRouter
 from activities.planning import grammar_schema
+from keel import durable
 from keel.contracts import ReactDecision, ReactRequest, StepStatus, ToolSpec
 from keel.converter import describe_validation_error
 from keel.logging import activity_logger
@@ -113,7 +114,7 @@ class ReactActivities:
     def __init__(self, router: ModelRouter) -> None:
         self.router = router
 
-    @activity.defn(name="react_step")
+    @activity.defn(name=durable.REACT_STEP)
     async def react_step(self, request: ReactRequest) -> ReactDecision:
         routed = await self.router.complete(
             "planner",

@@ -8,6 +8,7 @@ from temporalio import activity
 
 from activities.models.base import Message, ModelRequest
 from activities.models.router import ModelRouter
+from keel import durable
 from keel.contracts import StepStatus, Synthesis, SynthesisRequest
 from keel.logging import activity_logger
 from keel.plans import output_text
@@ -34,7 +35,7 @@ class ReasoningActivities:
     def __init__(self, router: ModelRouter) -> None:
         self.router = router
 
-    @activity.defn(name="synthesize")
+    @activity.defn(name=durable.SYNTHESIZE)
     async def synthesize(self, request: SynthesisRequest) -> Synthesis:
         results = results_text(request)
         user = f"Task: {request.task}\n\nTool results:\n{results or '(none)'}"

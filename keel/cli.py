@@ -33,6 +33,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.exceptions import CancelledError as TemporalCancelledError
 from temporalio.service import RPCError, RPCStatusCode
 
+from keel import durable
 from keel import logging as keel_logging
 from keel import search_attributes as sa
 from keel.client import (
@@ -171,7 +172,7 @@ def _waiting_line(workflow_id: str, pending: PendingRequest) -> str:
 
 
 async def _pending(handle: WorkflowHandle[Any, Any]) -> list[PendingRequest]:
-    return await handle.query("pending", result_type=list[PendingRequest])
+    return await handle.query(durable.QUERY_PENDING, result_type=list[PendingRequest])
 
 
 class _StallWatch:
@@ -218,7 +219,7 @@ async def _follow(
         if show:
             with contextlib.suppress(Exception):  # a query can race the workflow's start
                 progress = await handle.query(
-                    "status", result_type=TaskProgress, rpc_timeout=QUERY_TIMEOUT
+                    durable.QUERY_STATUS, result_type=TaskProgress, rpc_timeout=QUERY_TIMEOUT
                 )
                 first_new = max(0, len(progress.events) - (progress.events_total - printed))
                 for event in progress.events[first_new:]:
@@ -306,7 +307,7 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             result = await _follow(handle, not args.json, watch, timeout_s)
         except WorkflowFailureError as err:
             if isinstance(err.cause, TemporalCancelledError):
-                progress = await handle.query("status", result_type=TaskProgress)
+                progress = await handle.query(durable.QUERY_STATUS, result_type=TaskProgress)
                 if args.json:
                     ended = {"workflow_id": handle.id, "status": progress.status.value}
                     _out(json.dumps({**ended, "total_usd": progress.total_usd}, indent=2))
@@ -388,7 +389,9 @@ async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             client,
             args.workflow_id,
             handle.query(
-                "status", result_type=TaskProgress, rpc_timeout=timedelta(seconds=timeout_s)
+                durable.QUERY_STATUS,
+                result_type=TaskProgress,
+                rpc_timeout=timedelta(seconds=timeout_s),
             ),
             timeout_s,
         )
@@ -564,17 +567,21 @@ def _decision(model: type[Approval | Rejection | HumanAnswer], what: str, **fiel
 
 async def cmd_approve(args: argparse.Namespace, settings: Settings) -> int:
     approval = _decision(Approval, "approval", step_id=args.step, by=args.by)
-    return await _update(settings, args.workflow_id, "approve", approval, _timeout(args))
+    return await _update(
+        settings, args.workflow_id, durable.UPDATE_APPROVE, approval, _timeout(args)
+    )
 
 
 async def cmd_reject(args: argparse.Namespace, settings: Settings) -> int:
     rejection = _decision(Rejection, "rejection", step_id=args.step, reason=args.reason, by=args.by)
-    return await _update(settings, args.workflow_id, "reject", rejection, _timeout(args))
+    return await _update(
+        settings, args.workflow_id, durable.UPDATE_REJECT, rejection, _timeout(args)
+    )
 
 
 async def cmd_answer(args: argparse.Namespace, settings: Settings) -> int:
     answer = _decision(HumanAnswer, "answer", text=args.text, question_id=args.question, by=args.by)
-    return await _update(settings, args.workflow_id, "answer", answer, _timeout(args))
+    return await _update(settings, args.workflow_id, durable.UPDATE_ANSWER, answer, _timeout(args))
 
 
 async def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
@@ -600,7 +607,7 @@ async def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     with contextlib.suppress(WorkflowFailureError):  # a cancelled task has no result
         await handle.result()
     described = await handle.describe()
-    progress = await handle.query("status", result_type=TaskProgress)
+    progress = await handle.query(durable.QUERY_STATUS, result_type=TaskProgress)
     _out(
         f"Task {args.workflow_id}: {progress.status.value} "
         f"(Temporal: {described.status.name if described.status else '?'}); "

@@ -11,14 +11,11 @@ from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client, TLSConfig, WorkflowHandle
 from temporalio.service import RPCError
 
-from keel import search_attributes
+from keel import durable, search_attributes
 from keel.contracts import Memorized, MemorizeRequest, TaskRequest, TaskResult
 from keel.converter import data_converter
 from keel.queues import Queues
 from keel.settings import Settings, get_settings
-
-WORKFLOW_TYPE = "AgentTask"
-MEMORIZE_WORKFLOW_TYPE = "MemorizeDocuments"
 
 
 class TemporalUnreachable(ConnectionError):
@@ -70,7 +67,7 @@ async def start_task(
 ) -> WorkflowHandle[object, TaskResult]:
     queues = queues or Queues(get_settings().queue_prefix)
     return await client.start_workflow(
-        WORKFLOW_TYPE,
+        durable.AGENT_TASK,
         request,
         id=workflow_id or new_workflow_id(),
         task_queue=queues.agent,
@@ -90,7 +87,7 @@ async def memorize(
     queues = queues or Queues(get_settings().queue_prefix)
     sources = ", ".join(d.source for d in request.documents)
     return await client.start_workflow(
-        MEMORIZE_WORKFLOW_TYPE,
+        durable.MEMORIZE_DOCUMENTS,
         request,
         id=f"keel-memorize-{uuid.uuid4().hex[:12]}",
         task_queue=queues.agent,

@@ -1,9 +1,8 @@
-"""Failure type names that cross Temporal (ApplicationError.type); durable like activity names."""
+"""Failure types that cross Temporal (ApplicationError.type) live in keel/durable.py."""
 
-BUDGET_EXCEEDED = "BudgetExceeded"  # a call could not fit in what it was allowed to spend
-TOOL_ERROR = "ToolError"  # the tool refused its input; retrying will not help
-INVALID_OUTPUT = "InvalidToolOutput"  # the tool returned data that breaks its output schema
-INVALID_INPUT = "InvalidInput"  # a payload did not match its contract
+from keel.durable import BUDGET_EXCEEDED, INVALID_INPUT, INVALID_OUTPUT, TOOL_ERROR
+
+__all__ = ["BUDGET_EXCEEDED", "INVALID_INPUT", "INVALID_OUTPUT", "TOOL_ERROR", "ServiceStartError"]
 
 
 class ServiceStartError(RuntimeError):

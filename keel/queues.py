@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-AGENT = "keel-agent"
-PLANNER = "keel-planner"
-LLM = "keel-llm"
-TOOLS = "keel-tools"
-MEMORY = "keel-memory"
-HTTP = "keel-http"  # the base of the per-API queues `keel-http-<api>` the tool worker serves
+from keel.durable import AGENT_QUEUE as AGENT
+from keel.durable import HTTP_QUEUE as HTTP
+from keel.durable import LLM_QUEUE as LLM
+from keel.durable import MEMORY_QUEUE as MEMORY
+from keel.durable import PLANNER_QUEUE as PLANNER
+from keel.durable import TOOLS_QUEUE as TOOLS
+
+__all__ = ["AGENT", "HTTP", "LLM", "MEMORY", "PLANNER", "TOOLS", "Queues"]
 
 
 @dataclass(frozen=True)

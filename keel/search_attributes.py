@@ -8,13 +8,14 @@ from temporalio.common import (
     TypedSearchAttributes,
 )
 
+from keel import durable
 from keel.contracts import TaskRequest, TaskStatus
 
-STATUS = SearchAttributeKey.for_keyword("KeelStatus")
-COST_USD = SearchAttributeKey.for_float("KeelCostUsd")
-USER = SearchAttributeKey.for_keyword("KeelUser")
+STATUS = SearchAttributeKey.for_keyword(durable.SA_STATUS)
+COST_USD = SearchAttributeKey.for_float(durable.SA_COST_USD)
+USER = SearchAttributeKey.for_keyword(durable.SA_USER)
 # Set when a task ends: completed with no person stepping in (the completion-rate metric).
-WITHOUT_HUMAN = SearchAttributeKey.for_bool("KeelWithoutHuman")
+WITHOUT_HUMAN = SearchAttributeKey.for_bool(durable.SA_WITHOUT_HUMAN)
 
 ALL = (STATUS, COST_USD, USER, WITHOUT_HUMAN)
 # The tasks waiting for a person (`keel pending`).

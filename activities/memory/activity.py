@@ -13,6 +13,7 @@ from activities.memory.context import build_context
 from activities.memory.documents import DocumentStore
 from activities.memory.episodes import EpisodeStore
 from activities.memory.graph import GraphStore
+from keel import durable
 from keel.contracts import (
     CacheAnswer,
     CacheLookup,
@@ -62,7 +63,7 @@ class MemoryActivities:
             context_tokens=used,
         )
 
-    @activity.defn(name="recall")
+    @activity.defn(name=durable.RECALL)
     async def recall(self, request: RecallRequest) -> Recall:
         found = await asyncio.to_thread(self._recall, request)
         activity_logger().info(
@@ -92,19 +93,19 @@ class MemoryActivities:
         )
         return Remembered(episode_id=point, facts=facts)
 
-    @activity.defn(name="remember")
+    @activity.defn(name=durable.REMEMBER)
     async def remember(self, request: RememberRequest) -> Remembered:
         done = await asyncio.to_thread(self._remember, request)
         activity_logger().info("remembered", point=done.episode_id, facts=len(done.facts))
         return done
 
-    @activity.defn(name="remember_document")
+    @activity.defn(name=durable.REMEMBER_DOCUMENT)
     async def remember_document(self, request: RememberDocument) -> Memorized:
         count = await asyncio.to_thread(self.documents.remember, request.user_id, request.document)
         activity_logger().info("document remembered", source=request.document.source, chunks=count)
         return Memorized(chunks={request.document.source: count})
 
-    @activity.defn(name="cache_lookup")
+    @activity.defn(name=durable.CACHE_LOOKUP)
     async def cache_lookup(self, request: CacheLookup) -> CacheAnswer:
         hit = await asyncio.to_thread(self.cache.lookup, request)
         activity_logger().info(
@@ -112,6 +113,6 @@ class MemoryActivities:
         )
         return CacheAnswer(hit=hit)
 
-    @activity.defn(name="cache_store")
+    @activity.defn(name=durable.CACHE_STORE)
     async def cache_store(self, request: CacheStore) -> str:
         return await asyncio.to_thread(self.cache.store, request)

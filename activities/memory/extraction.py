@@ -14,6 +14,7 @@ from temporalio import activity
 
 from activities.models.base import Message, ModelRequest
 from activities.models.router import ModelRouter
+from keel import durable
 from keel.contracts import Extraction, ExtractionRequest, Triple
 from keel.converter import describe_validation_error
 from keel.logging import activity_logger
@@ -67,7 +68,7 @@ class ExtractionActivities:
     def __init__(self, router: ModelRouter) -> None:
         self.router = router
 
-    @activity.defn(name="extract_facts")
+    @activity.defn(name=durable.EXTRACT_FACTS)
     async def extract_facts(self, request: ExtractionRequest) -> Extraction:
         user = f"Task: {request.task[:TEXT_CHARS]}\nAnswer: {request.answer[:TEXT_CHARS]}"
         routed = await self.router.complete(

@@ -18,10 +18,10 @@ from temporalio.exceptions import ApplicationError
 from activities.models.base import Completion, Message, ModelClient, ModelRequest
 from activities.models.openai_chat import estimate_tokens
 from activities.models.provider_errors import (
-    MODEL_REFUSED,
     missing_key_error,
     sdk_error,
 )
+from keel.durable import MODEL_REFUSED
 
 KEY_ENV = "KEEL_ANTHROPIC_API_KEY (or ANTHROPIC_API_KEY)"
 BASE_URL_ENV = "KEEL_ANTHROPIC_BASE_URL"

@@ -23,11 +23,11 @@ from temporalio.exceptions import ApplicationError
 
 from activities.models.base import Completion, Message, ModelClient, ModelRequest
 from activities.models.provider_errors import (
-    MODEL_REFUSED,
     missing_key_error,
     provider_message,
     sdk_error,
 )
+from keel.durable import MODEL_REFUSED
 
 log = structlog.get_logger(__name__)
 

@@ -17,14 +17,13 @@ from datetime import timedelta
 
 from temporalio.exceptions import ApplicationError
 
-# ApplicationError.type names: they cross Temporal (retry policies, workflow code, the UI),
-# so they are durable constants like activity names.
-MODEL_AUTH_ERROR = "ModelAuthError"  # bad, missing or unauthorised key; no credit
-MODEL_QUOTA_EXCEEDED = "ModelQuotaExceeded"  # the account's quota is used up (not a rate limit)
-MODEL_RATE_LIMITED = "ModelRateLimited"  # 429: retry after the provider's delay
-MODEL_UNAVAILABLE = "ModelUnavailable"  # 5xx, overloaded, connection failure, timeout
-MODEL_BAD_REQUEST = "ModelBadRequest"  # the provider refused this request as it is
-MODEL_REFUSED = "ModelRefused"  # the model declined to answer
+from keel.durable import (
+    MODEL_AUTH_ERROR,
+    MODEL_BAD_REQUEST,
+    MODEL_QUOTA_EXCEEDED,
+    MODEL_RATE_LIMITED,
+    MODEL_UNAVAILABLE,
+)
 
 # A provider asking for more than this is capped: the activity's own timeouts and attempts
 # bound the wait anyway, and a garbled header must not park a task for days.

@@ -27,19 +27,15 @@ from temporalio.exceptions import ApplicationError
 from activities.heartbeat import heartbeating
 from activities.models.router import ModelRouter
 from activities.tools.registry import Tool, ToolContext, ToolRegistry
+from keel import durable
 from keel.contracts import ToolCall, ToolOutput, ToolSpec
 from keel.converter import describe_validation_error
 from keel.errors import BUDGET_EXCEEDED, INVALID_OUTPUT, TOOL_ERROR
 from keel.logging import activity_logger
 from keel.settings import Settings
 
-LIST_TOOLS = "list_tools"
 WARN_OUTPUT_BYTES = 256 * 1024
 MAX_OUTPUT_BYTES = 1024 * 1024  # Temporal caps payloads at 2 MB
-
-
-def activity_name(tool_name: str) -> str:
-    return f"tool.{tool_name}"
 
 
 class ToolRefused(Exception):
@@ -61,7 +57,7 @@ class ToolActivities:
     ) -> None:
         self.registry, self.settings, self.router = registry, settings, router
 
-    @activity.defn(name=LIST_TOOLS)
+    @activity.defn(name=durable.LIST_TOOLS)
     async def list_tools(self) -> list[ToolSpec]:
         return self.registry.specs()
 
@@ -72,7 +68,7 @@ class ToolActivities:
         async def run(call: ToolCall) -> ToolOutput:
             return await self._run(tool, call)
 
-        return activity.defn(name=activity_name(tool.spec.name))(run)
+        return activity.defn(name=durable.tool_activity(tool.spec.name))(run)
 
     async def _run(self, tool: Tool, call: ToolCall) -> ToolOutput:
         log = activity_logger().bind(tool=tool.spec.name, step_id=call.step_id)

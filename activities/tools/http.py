@@ -50,12 +50,12 @@ from temporalio.exceptions import ApplicationError
 
 from activities.tools.registry import Tool, ToolContext, define_tool
 from keel.contracts import SideEffects
+from keel.durable import HTTP_UNAVAILABLE
 from keel.queues import HTTP
 from keel.settings import Settings, load_json_config
 
 NAME = "http_get"
 HTTP_QUEUE = HTTP  # each API has its own queue: `keel-http-<api>`
-HTTP_UNAVAILABLE = "HttpUnavailable"  # ApplicationError type of a retryable failure
 MAX_BODY_BYTES = 400_000  # the body travels twice in the output (parsed and as text)
 MAX_RETRY_AFTER_S = 60.0
 TIMEOUT_MARGIN_S = 5.0  # the activity's timeout leaves room around the request's own

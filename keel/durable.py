@@ -1,0 +1,73 @@
+"""Every name Temporal stores, in one place: workflow, query, update, activity, task queue,
+search attribute and failure type names.
+
+They are durable: a running task's history refers to them, so renaming one strands every
+task started before the rename. The registering side (`@activity.defn(name=...)`,
+`@workflow.defn(name=...)`) and the calling side (`execute_activity`, `query`,
+`execute_update`) both take the name from here, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+# --- workflows -----------------------------------------------------------------------------
+AGENT_TASK = "AgentTask"
+MEMORIZE_DOCUMENTS = "MemorizeDocuments"
+
+# --- the AgentTask's queries and updates -----------------------------------------------------
+QUERY_STATUS = "status"
+QUERY_PLAN = "plan"
+QUERY_LEDGER = "ledger"
+QUERY_PENDING = "pending"
+UPDATE_APPROVE = "approve"
+UPDATE_REJECT = "reject"
+UPDATE_ANSWER = "answer"
+
+# --- activities ------------------------------------------------------------------------------
+PLAN = "plan"
+REACT_STEP = "react_step"
+SYNTHESIZE = "synthesize"
+EXTRACT_FACTS = "extract_facts"
+RECALL = "recall"
+REMEMBER = "remember"
+REMEMBER_DOCUMENT = "remember_document"
+CACHE_LOOKUP = "cache_lookup"
+CACHE_STORE = "cache_store"
+LIST_TOOLS = "list_tools"
+NOTIFY_HUMAN = "notify_human"
+_TOOL_PREFIX = "tool."
+
+
+def tool_activity(tool_name: str) -> str:
+    """The activity type of one tool: each tool is its own activity, named after it."""
+    return _TOOL_PREFIX + tool_name
+
+
+# The cache kind of a tool's results is its activity name; a task's answer has its own kind.
+SYNTHESIS_CACHE_KIND = SYNTHESIZE
+
+# --- task queues (DESIGN.md §2; a deployment may prefix them all, keel/queues.py) -----------
+AGENT_QUEUE = "keel-agent"
+PLANNER_QUEUE = "keel-planner"
+LLM_QUEUE = "keel-llm"
+TOOLS_QUEUE = "keel-tools"
+MEMORY_QUEUE = "keel-memory"
+HTTP_QUEUE = "keel-http"  # the base of the per-API queues `keel-http-<api>`
+
+# --- search attributes (registered on the server by temporal/search_attributes.py) ----------
+SA_STATUS = "KeelStatus"
+SA_COST_USD = "KeelCostUsd"
+SA_USER = "KeelUser"
+SA_WITHOUT_HUMAN = "KeelWithoutHuman"
+
+# --- failure types (ApplicationError.type; keel/errors.py attaches each to its class) -------
+BUDGET_EXCEEDED = "BudgetExceeded"  # a call could not fit in what it was allowed to spend
+TOOL_ERROR = "ToolError"  # the tool refused its input; retrying will not help
+INVALID_OUTPUT = "InvalidToolOutput"  # the tool returned data that breaks its output schema
+INVALID_INPUT = "InvalidInput"  # a payload did not match its contract
+HTTP_UNAVAILABLE = "HttpUnavailable"  # an API call failed in a way a retry may fix
+MODEL_AUTH_ERROR = "ModelAuthError"  # bad, missing or unauthorised key; no credit
+MODEL_QUOTA_EXCEEDED = "ModelQuotaExceeded"  # the account's quota is used up (not a rate limit)
+MODEL_RATE_LIMITED = "ModelRateLimited"  # 429: retry after the provider's delay
+MODEL_UNAVAILABLE = "ModelUnavailable"  # 5xx, overloaded, connection failure, timeout
+MODEL_BAD_REQUEST = "ModelBadRequest"  # the provider refused this request as it is
+MODEL_REFUSED = "ModelRefused"  # the model declined to answer
