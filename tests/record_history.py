@@ -1,25 +1,52 @@
-"""Record the history of a real AgentTask run into tests/histories/ for the replay test.
+"""Record the histories of real AgentTask runs into tests/histories/ for the replay test.
 
 Run after a deliberate change to the workflow's command sequence (and say so in review):
-    .venv/bin/python -m tests.record_history
+    .venv/bin/python -m tests.record_history                      # every scenario
+    .venv/bin/python -m tests.record_history ask_human subagent   # only these
+Each scenario is a real run on a dev server with real workers and the scripted model, under a
+fixed workflow id, history-<name>, which tests/test_replay.py replays it under again (its file
+is <name>.json; a child's and a later run's files add a suffix); a person's part is played
+through the task's Updates.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import json
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
+
+from temporalio.api.enums.v1 import PendingActivityState
+from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
 
 from keel.client import start_task
-from keel.contracts import TaskRequest
-from keel.queues import Queues
-from keel.settings import Settings
-from temporal.devserver import start_test_environment
-from tests.conftest import scripted_components
-from workers.process import build_all, workers_running
+from keel.contracts import (
+    Approval,
+    Budget,
+    HumanAnswer,
+    HumanPolicy,
+    PendingRequest,
+    Rejection,
+    TaskRequest,
+    TaskResult,
+    TaskStatus,
+)
+from tests.conftest import (
+    QUESTION_STEP,
+    SQUARE_STEP,
+    TRANSFER_STEP,
+    Stack,
+    eventually,
+    own_stack,
+    scripted_plan,
+)
 
 HISTORIES = Path(__file__).parent / "histories"
+# Scripts answer every task that contains their text: no task text here may contain another.
 SCENARIOS = {
     # a plan with parallel steps, one failing, a re-plan, synthesis and recall
     "replan_after_tool_failure": (
@@ -52,39 +79,257 @@ SCENARIOS = {
 }
 REACT_SCENARIOS = {"react_loop": "Compute 12*12 and read report.md"}
 
+# continue_as_new_mid_plan: the server suggests continuing as new after this many events, well
+# inside a plan of STEPS steps (WIDTH chains side by side), so the first run stops mid-plan and
+# the second finishes the plan with a history of the same bound.
+SUGGEST_AT = 150
+STEPS = 40
+WIDTH = 4
+# Far past the sandbox's wall limit (10 s): the cancel, not the limit, ends the step.
+SLEEPER = "import time\ntime.sleep(3600)\n"
 
-def _save(name: str, history_json: str) -> None:
+Handle = WorkflowHandle[Any, TaskResult]
+Recorder = Callable[[Stack, str], Awaitable[None]]
+# name: (the dev server's extra flags, how the run is driven and saved)
+RECORDERS: dict[str, tuple[tuple[str, ...], Recorder]] = {}
+
+
+def recorder(name: str, *flags: str) -> Callable[[Recorder], Recorder]:
+    def register(how: Recorder) -> Recorder:
+        RECORDERS[name] = (flags, how)
+        return how
+
+    return register
+
+
+async def _start(stack: Stack, name: str, request: TaskRequest, *plans: str) -> Handle:
+    stack.model.script(request.task, "plan", *plans)
+    return await start_task(stack.client, request, workflow_id=f"history-{name}")
+
+
+async def _save(handle: Handle, name: str) -> None:
+    """The history of the handle's run (the run it is bound to, else the latest)."""
+    history = await handle.fetch_history()
     path = HISTORIES / f"{name}.json"
-    path.write_text(json.dumps(json.loads(history_json), indent=1) + "\n")
-    print(f"recorded {path}")
+    path.write_text(json.dumps(json.loads(history.to_json()), indent=1) + "\n")
+    print(f"recorded {path.name}: {len(history.events)} events")
 
 
-async def record() -> None:
-    env = await start_test_environment()
+async def _ended(handle: Handle, *expected: TaskStatus) -> TaskResult:
+    """The result, which must be one of the expected outcomes: a recording of another path
+    than the scenario's would test the wrong thing."""
+    result = await handle.result()
+    if result.status not in expected:
+        raise RuntimeError(f"{handle.id} ended {result.status.value}: {result.error}")
+    return result
+
+
+async def _waiting(handle: Handle, request_id: str, escalated: bool = False) -> None:
+    """Until the task waits for a person's decision on `request_id` (and, with `escalated`,
+    has told someone that nobody decided in time)."""
+
+    async def found() -> bool:
+        pending = await handle.query("pending", result_type=list[PendingRequest])
+        return any(p.id == request_id and (p.escalated or not escalated) for p in pending)
+
+    await eventually(found, f"{handle.id} to wait for a person on {request_id}", timeout_s=60)
+
+
+def _unattended(request: TaskRequest, plans: list[str]) -> Recorder:
+    """A run that needs nobody: started, awaited, saved."""
+
+    async def how(stack: Stack, name: str) -> None:
+        handle = await _start(stack, name, request, *plans)
+        await handle.result()
+        await _save(handle, name)
+
+    return how
+
+
+for _name, (_task, _plans) in SCENARIOS.items():
+    RECORDERS[_name] = ((), _unattended(TaskRequest(task=_task), _plans))
+for _name, _task in REACT_SCENARIOS.items():
+    RECORDERS[_name] = ((), _unattended(TaskRequest(task=_task, strategy="react"), []))
+
+
+@recorder("approval_granted")
+async def _approval_granted(stack: Stack, name: str) -> None:
+    """A guarded step waits, is approved, runs."""
+    request = TaskRequest(task="Send bob five dollars for lunch")
+    handle = await _start(stack, name, request, scripted_plan(TRANSFER_STEP))
+    await _waiting(handle, "s1")
+    await handle.execute_update("approve", Approval(step_id="s1", by="carol"))
+    await _ended(handle, TaskStatus.COMPLETED)
+    await _save(handle, name)
+
+
+@recorder("approval_rejected")
+async def _approval_rejected(stack: Stack, name: str) -> None:
+    """A guarded step is rejected; the reason reaches the re-plan, whose plan runs."""
+    request = TaskRequest(task="Pay bob five dollars, or say why not")
+    other = scripted_plan({"id": "s2", "tool": "calculator", "args": {"expression": "5*1"}})
+    handle = await _start(stack, name, request, scripted_plan(TRANSFER_STEP), other)
+    await _waiting(handle, "s1")
+    await handle.execute_update("reject", Rejection(step_id="s1", reason="too risky", by="dan"))
+    await _ended(handle, TaskStatus.COMPLETED, TaskStatus.FAILED)
+    await _save(handle, name)
+
+
+@recorder("plan_approval")
+async def _plan_approval(stack: Stack, name: str) -> None:
+    """A plan expected to cost more than the policy's threshold waits for step 'plan'."""
+    human = HumanPolicy(approve_plans_above_usd=0.000001)
+    request = TaskRequest(task="Work out 31*17 once someone agrees", human=human)
+    step = {"id": "s1", "tool": "calculator", "args": {"expression": "31*17"}}
+    handle = await _start(stack, name, request, scripted_plan(step))
+    await _waiting(handle, "plan")
+    await handle.execute_update("approve", Approval(step_id="plan", by="carol"))
+    await _ended(handle, TaskStatus.COMPLETED)
+    await _save(handle, name)
+
+
+@recorder("ask_human")
+async def _ask_human(stack: Stack, name: str) -> None:
+    """The plan asks a person; the next step uses the answer."""
+    request = TaskRequest(task="Ask me for a number, then square what I say")
+    handle = await _start(stack, name, request, scripted_plan(QUESTION_STEP, SQUARE_STEP))
+    await _waiting(handle, "s1")
+    await handle.execute_update("answer", HumanAnswer(text="7", by="erin"))
+    await _ended(handle, TaskStatus.COMPLETED)
+    await _save(handle, name)
+
+
+@recorder("human_escalation")
+async def _human_escalation(stack: Stack, name: str) -> None:
+    """Nobody approves within the timeout: notify_human runs, then someone approves."""
+    human = HumanPolicy(wait_timeout_s=1, on_timeout="escalate")
+    request = TaskRequest(task="Wire bob five dollars (the approver is slow)", human=human)
+    handle = await _start(stack, name, request, scripted_plan(TRANSFER_STEP))
+    await _waiting(handle, "s1", escalated=True)
+    await handle.execute_update("approve", Approval(step_id="s1", by="frank"))
+    await _ended(handle, TaskStatus.COMPLETED)
+    await _save(handle, name)
+
+
+@recorder("subagent")
+async def _subagent(stack: Stack, name: str) -> None:
+    """A step delegated to the coder sub-agent: the parent's history (under the scenario's
+    name: replaying it needs its workflow id, from which the child's id is derived) and the
+    child's."""
+    sub_task = "multiply nine by nine"
+    request = TaskRequest(task="Have the coder multiply 9 by 9", budget=Budget(usd=0.05))
+    delegate = {"id": "s1", "tool": "coder", "args": {"task": sub_task}}
+    stack.model.script(
+        sub_task,
+        "plan",
+        scripted_plan({"id": "s1", "tool": "calculator", "args": {"expression": "9*9"}}),
+    )
+    handle = await _start(stack, name, request, scripted_plan(delegate))
+    await _ended(handle, TaskStatus.COMPLETED)
+    await _save(handle, name)
+    child = stack.client.get_workflow_handle(f"{handle.id}.coder.v1.s1", result_type=TaskResult)
+    await _ended(child, TaskStatus.COMPLETED)
+    await _save(child, f"{name}_child")
+
+
+@recorder("model_escalation")
+async def _model_escalation(stack: Stack, name: str) -> None:
+    """The planner's plan is invalid (an unknown tool); the escalation model's plan runs."""
+    request = TaskRequest(task="Compute 8*8 with whatever tool fits")
+    invalid = scripted_plan({"id": "s1", "tool": "teleport", "args": {"to": "the answer"}})
+    valid = scripted_plan({"id": "s1", "tool": "calculator", "args": {"expression": "8*8"}})
+    handle = await _start(stack, name, request, invalid, valid)
+    result = await _ended(handle, TaskStatus.COMPLETED)
+    if result.plan is None or result.plan.model != "scripted-large":
+        raise RuntimeError(f"the last plan was not the escalation model's: {result.plan}")
+    await _save(handle, name)
+
+
+@recorder("cancelled_mid_step")
+async def _cancelled_mid_step(stack: Stack, name: str) -> None:
+    """The task is cancelled while its sandboxed tool runs; it ends cancelled."""
+    request = TaskRequest(task="Run a computation that never ends")
+    step = {"id": "s1", "tool": "run_python", "args": {"code": SLEEPER}}
+    handle = await _start(stack, name, request, scripted_plan(step))
+
+    async def tool_running() -> bool:
+        pending = (await handle.describe()).raw_description.pending_activities
+        return any(
+            a.activity_type.name == "tool.run_python"
+            and a.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
+            for a in pending
+        )
+
+    await eventually(tool_running, "the run_python step to start", timeout_s=60)
+    await handle.cancel()
+    with contextlib.suppress(WorkflowFailureError):  # how it ended is checked next
+        await handle.result()
+    status = (await handle.describe()).status
+    if status != WorkflowExecutionStatus.CANCELED:
+        raise RuntimeError(f"{handle.id} ended {status}, not cancelled")
+    await _save(handle, name)
+
+
+@recorder(
+    "continue_as_new_mid_plan",
+    "--dynamic-config-value",
+    f"limit.historyCount.suggestContinueAsNew={SUGGEST_AT}",
+)
+async def _continue_as_new_mid_plan(stack: Stack, name: str) -> None:
+    """A plan too long for one run's history: the first run (ends continued as new, in the
+    middle of the plan) and the second (starts from the carried state)."""
+    task = f"Count to {STEPS} in {WIDTH} chains"
+    # chain c counts up from c: step i adds one to step i - WIDTH ("+ 0*i": no two alike)
+    chain = [
+        {"id": f"s{i}", "tool": "calculator", "args": {"expression": str(i)}}
+        if i <= WIDTH
+        else {
+            "id": f"s{i}",
+            "tool": "calculator",
+            "args": {"expression": f"{{{{s{i - WIDTH}}}}} + 1 + 0*{i}"},
+            "depends_on": [f"s{i - WIDTH}"],
+        }
+        for i in range(1, STEPS + 1)
+    ]
+    request = TaskRequest(task=task, max_plan_steps=STEPS, budget=Budget(usd=1.0))
+    handle = await _start(stack, name, request, scripted_plan(*chain))
+    await _ended(handle, TaskStatus.COMPLETED)
+
+    first = stack.client.get_workflow_handle(handle.id, run_id=handle.result_run_id)
+    last = (await first.fetch_history()).events[-1]
+    if not last.HasField("workflow_execution_continued_as_new_event_attributes"):
+        raise RuntimeError(f"{handle.id} completed in one run: raise STEPS or lower SUGGEST_AT")
+    continued = last.workflow_execution_continued_as_new_event_attributes
+    carried = json.loads(continued.input.payloads[0].data)["carried"]
+    if not carried.get("plan"):
+        raise RuntimeError(f"{handle.id} continued as new between plans, not mid-plan")
+    await _save(first, f"{name}_run1")
+    second = stack.client.get_workflow_handle(handle.id, run_id=continued.new_execution_run_id)
+    await _save(second, f"{name}_run2")
+
+
+async def record(names: list[str]) -> None:
+    """Each distinct dev-server configuration gets its own server and workers, once."""
     with tempfile.TemporaryDirectory() as home:
-        components, model = scripted_components(Settings(home=Path(home)), Queues())
-        try:
-            async with workers_running(build_all(env.client, components)):
-                for name, (task, plans) in SCENARIOS.items():
-                    model.script(task, "plan", *plans)
-                    handle = await start_task(
-                        env.client, TaskRequest(task=task), workflow_id=f"history-{name}"
-                    )
-                    await handle.result()
-                    history = await handle.fetch_history()
-                    _save(name, history.to_json())
-                for name, task in REACT_SCENARIOS.items():
-                    handle = await start_task(
-                        env.client,
-                        TaskRequest(task=task, strategy="react"),
-                        workflow_id=f"history-{name}",
-                    )
-                    await handle.result()
-                    _save(name, (await handle.fetch_history()).to_json())
-        finally:
-            components.close_memory()
-            await env.shutdown()
+        configs = list(dict.fromkeys(RECORDERS[n][0] for n in names))
+        for i, flags in enumerate(configs):
+            async with own_stack(Path(home) / str(i), *flags) as stack:
+                for name in names:
+                    if RECORDERS[name][0] == flags:
+                        await RECORDERS[name][1](stack, name)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "names", nargs="*", metavar="NAME", help=f"record only these: {', '.join(RECORDERS)}"
+    )
+    names = parser.parse_args().names or list(RECORDERS)
+    unknown = [n for n in names if n not in RECORDERS]
+    if unknown:
+        parser.error(f"no scenario named {', '.join(unknown)}")
+    asyncio.run(record(names))
 
 
 if __name__ == "__main__":
-    asyncio.run(record())
+    main()

@@ -21,6 +21,8 @@ def test_histories_are_recorded() -> None:
 
 @pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.stem)
 async def test_history_replays(path: Path) -> None:
-    history = WorkflowHistory.from_json(path.stem, path.read_text())
+    # Under the workflow id it was recorded with: a sub-agent's id is derived from its
+    # parent's, and the replay checks it. (A child's and a later run's ids differ, unchecked.)
+    history = WorkflowHistory.from_json(f"history-{path.stem}", path.read_text())
     replayer = Replayer(workflows=[AgentTask], data_converter=data_converter)
     await replayer.replay_workflow(history)  # raises on any nondeterminism
