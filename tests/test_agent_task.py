@@ -143,3 +143,37 @@ async def test_workflow_id_is_returned(stack: Stack) -> None:
         stack.client, TaskRequest(task=unique("What is 3+4?")), workflow_id=workflow_id
     )
     assert (await handle.result()).workflow_id == workflow_id
+
+
+async def test_a_step_after_a_reused_one_runs_though_nothing_else_is_running(
+    stack: Stack,
+) -> None:
+    # v2 repeats v1's finished calculation (reused, no call) and builds on it: with no call
+    # running, the dependant must still start (it used to be dropped and the task "completed")
+    task = unique("Compute 6*7, read missing.md, then add one")
+    stack.model.script(
+        task,
+        "plan",
+        scripted_plan(
+            {"id": "s1", "tool": "calculator", "args": {"expression": "6*7"}},
+            {"id": "s2", "tool": "read_file", "args": {"path": "missing.md"}},
+        ),
+        scripted_plan(
+            {"id": "s3", "tool": "calculator", "args": {"expression": "6*7"}},
+            {
+                "id": "s4",
+                "tool": "calculator",
+                "args": {"expression": "{{s3}} + 1"},
+                "depends_on": ["s3"],
+            },
+        ),
+    )
+    result = await (await start_task(stack.client, TaskRequest(task=task))).result()
+
+    assert result.status == TaskStatus.COMPLETED, result.error
+    by_id = {s.step_id: s for s in result.steps if s.plan_version == 2}
+    assert by_id["s3"].status == StepStatus.SUCCEEDED
+    calls = [e.step_id for e in result.ledger.entries if e.kind == "tool"]
+    assert calls.count("s1") == 1 and "s3" not in calls  # s3 reused s1's result, free
+    assert by_id["s4"].status == StepStatus.SUCCEEDED
+    assert by_id["s4"].output is not None and by_id["s4"].output["value"] == 43

@@ -13,13 +13,14 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
+    from keel import durable
     from keel.contracts import Memorized, MemorizeRequest, RememberDocument
     from keel.queues import Queues
 
 DOCUMENT_TIMEOUT = timedelta(minutes=2)  # embedding a long document takes a while on a CPU
 
 
-@workflow.defn(name="MemorizeDocuments")
+@workflow.defn(name=durable.MEMORIZE_DOCUMENTS)
 class MemorizeDocuments:
     @workflow.run
     async def run(self, request: MemorizeRequest) -> Memorized:
@@ -27,7 +28,7 @@ class MemorizeDocuments:
         done = Memorized()
         for document in request.documents:
             stored = await workflow.execute_activity(
-                "remember_document",
+                durable.REMEMBER_DOCUMENT,
                 RememberDocument(user_id=request.user_id, document=document),
                 result_type=Memorized,
                 task_queue=queues.memory,

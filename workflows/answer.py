@@ -1,0 +1,52 @@
+"""Writing the answer: from the cache when the same task met the same results and knowledge
+before, otherwise by the reasoner (then cached for next time)."""
+
+from __future__ import annotations
+
+from temporalio import workflow
+
+from workflows import activity_options as options
+from workflows.memory_calls import cache_lookup, cache_store
+from workflows.state import TaskState
+
+with workflow.unsafe.imports_passed_through():
+    from keel import durable
+    from keel.contracts import CacheStore, Synthesis, SynthesisRequest, TaskStatus
+    from keel.core.cache_keys import answer_key
+
+
+async def synthesize(task: TaskState, context: list[str], knowledge: list[str]) -> str:
+    task.set_status(TaskStatus.SYNTHESIZING, "writing the answer")
+    key = answer_key(task.request.task, knowledge, task.results)
+    hit = await cache_lookup(task, durable.SYNTHESIS_CACHE_KIND, key, True, False)
+    if hit is not None and isinstance(hit.value.get("answer"), str):
+        task.book.book_cached("model", durable.SYNTHESIZE)
+        return str(hit.value["answer"])
+    remaining = task.book.require("writing the answer")
+    synthesis = await options.call_model(
+        durable.SYNTHESIZE,
+        SynthesisRequest(
+            task=task.request.task,
+            steps=task.results,
+            context=context,
+            max_usd=remaining,
+            max_tokens=task.book.remaining_tokens(),
+        ),
+        Synthesis,
+        task.queues.llm,
+        summary=f"synthesize: answer from {len(task.results)} step results",
+        refusal="the answer does not fit the budget",
+    )
+    task.book.book_model(synthesis.usage)
+    await cache_store(
+        task,
+        CacheStore(
+            kind=durable.SYNTHESIS_CACHE_KIND,
+            key=key,
+            user_id=task.user_id,
+            value={"answer": synthesis.answer},
+            semantic=False,
+            source=f"{workflow.info().workflow_id}/synthesize",
+        ),
+    )
+    return synthesis.answer

@@ -1,0 +1,163 @@
+"""The AgentTask's calls to its memory and catalog: recall, the tool catalog, the cache,
+fact extraction and remembering the episode.
+
+Memory saves money and adds context; it never decides a task's outcome: a cache that cannot
+answer is a miss, an extraction that fails leaves no facts.
+"""
+
+from __future__ import annotations
+
+import re
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError
+
+from workflows import activity_options as options
+from workflows.state import TaskState
+
+with workflow.unsafe.imports_passed_through():
+    from keel import durable
+    from keel.contracts import (
+        CacheAnswer,
+        CacheHit,
+        CacheLookup,
+        CacheStore,
+        Extraction,
+        ExtractionRequest,
+        Recall,
+        RecallRequest,
+        Remembered,
+        RememberRequest,
+        TaskStatus,
+        ToolSpec,
+        Triple,
+    )
+    from keel.core.budget import BudgetExhausted
+    from keel.workflow_tools import ASK_HUMAN, DEFAULT_SUBAGENTS, subagent_spec
+
+RECALL_LIMIT = 3
+_FIRST_PERSON = re.compile(r"\b(i|i'm|i've|me|my|mine|we|our|us)\b", re.IGNORECASE)
+
+
+async def recall(task: TaskState) -> Recall:
+    task.set_status(TaskStatus.RECALLING, f"recalling memory of user {task.user_id}")
+    return await workflow.execute_activity(
+        durable.RECALL,
+        RecallRequest(user_id=task.user_id, query=task.request.task, limit=RECALL_LIMIT),
+        result_type=Recall,
+        task_queue=task.queues.memory,
+        summary=f"recall: memory of user {task.user_id}",
+        **options.MEMORY,
+    )
+
+
+async def catalog(task: TaskState) -> dict[str, ToolSpec]:
+    """The tool activities' catalog, plus what the workflow does itself: asking a person
+    and the sub-agents (none inside a sub-agent: delegation is one level deep)."""
+    listed = await workflow.execute_activity(
+        durable.LIST_TOOLS,
+        result_type=list[ToolSpec],
+        task_queue=task.queues.tools,
+        summary="list tools",
+        **options.MEMORY,
+    )
+    request = task.request
+    agents = request.subagents if request.subagents is not None else DEFAULT_SUBAGENTS
+    if workflow.info().parent is not None:
+        agents = []
+    task.subagents = {a.name: a for a in agents}
+    specs = [*listed, ASK_HUMAN, *(subagent_spec(a) for a in agents)]
+    allowed = set(request.allowed_tools) if request.allowed_tools is not None else None
+    return {t.name: t for t in specs if allowed is None or t.name in allowed}
+
+
+async def cache_lookup(
+    task: TaskState, kind: str, key: str, per_user: bool, semantic: bool
+) -> CacheHit | None:
+    """A cache miss when the memory worker cannot answer: the cache only saves money."""
+    try:
+        answer = await workflow.execute_activity(
+            durable.CACHE_LOOKUP,
+            CacheLookup(
+                kind=kind, key=key, user_id=task.user_id if per_user else None, semantic=semantic
+            ),
+            result_type=CacheAnswer,
+            task_queue=task.queues.memory,
+            summary=f"cache lookup: {kind}",
+            **options.CACHE,
+        )
+    except ActivityError as err:
+        task.event(f"cache lookup failed, calling instead: {err.cause or err}")
+        return None
+    if answer.hit is not None:
+        how = "exact" if answer.hit.exact else f"{answer.hit.score:.2f} similar"
+        task.event(f"{kind}: answered from the cache ({how})")
+    return answer.hit
+
+
+async def cache_store(task: TaskState, entry: CacheStore) -> None:
+    try:
+        await workflow.execute_activity(
+            durable.CACHE_STORE,
+            entry,
+            task_queue=task.queues.memory,
+            summary=f"cache store: {entry.kind}",
+            **options.CACHE,
+        )
+    except ActivityError as err:
+        task.event(f"cache store failed (the result stands): {err.cause or err}")
+
+
+async def remember(task: TaskState, answer: str, status: TaskStatus) -> None:
+    task.set_status(TaskStatus.REMEMBERING, "remembering the episode")
+    triples = await _extract_facts(task, answer)
+    await workflow.execute_activity(
+        durable.REMEMBER,
+        RememberRequest(
+            workflow_id=workflow.info().workflow_id,
+            user_id=task.user_id,
+            task=task.request.task,
+            answer=answer,
+            status=status.value,
+            triples=triples,
+            learned_at=workflow.now(),
+        ),
+        result_type=Remembered,
+        task_queue=task.queues.memory,
+        summary=f"remember: episode ({status.value}) and {len(triples)} facts",
+        **options.MEMORY,
+    )
+
+
+async def _extract_facts(task: TaskState, answer: str) -> list[Triple]:
+    """Facts worth keeping, by the small model; none when the budget is spent or the model
+    fails: the task's result never depends on its memory upkeep. A task that says nothing
+    about its user ("I", "my", "we", ...) is not sent: the call would cost money to find
+    nothing personal."""
+    remaining = task.book.remaining_usd()
+    if remaining <= 0 or task.book.remaining_tokens() == 0:
+        return []
+    if not _FIRST_PERSON.search(task.request.task):
+        return []
+    try:
+        extraction = await options.call_model(
+            durable.EXTRACT_FACTS,
+            ExtractionRequest(
+                task=task.request.task,
+                answer=answer,
+                max_usd=remaining,
+                max_tokens=task.book.remaining_tokens(),
+            ),
+            Extraction,
+            task.queues.planner,
+            summary="extract facts for memory",
+            refusal="no budget left to extract facts",
+        )
+    except (BudgetExhausted, ActivityError) as err:
+        task.event(f"no facts extracted: {err}")
+        return []
+    if extraction.usage is not None:
+        task.book.book_model(extraction.usage)
+    if extraction.error is not None:
+        task.event(f"no facts extracted: {extraction.error}")
+    return extraction.triples

@@ -1,0 +1,197 @@
+"""Plan, validate, execute, re-plan: the AgentTask's main loop over plan versions.
+
+A plan the small model got wrong goes to a larger one; a plan a person rejected goes back to
+the same planner with the reason; a plan whose step failed is re-planned with the failure,
+up to `max_replans`. Between plans (and mid-plan, see execution.py) the task continues as
+new when Temporal suggests it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError
+
+from workflows import activity_options as options
+from workflows.execution import execute
+from workflows.people import ask
+from workflows.state import TaskState, short_args
+
+with workflow.unsafe.imports_passed_through():
+    from keel import durable
+    from keel.contracts import (
+        PendingKind,
+        Plan,
+        PlanRequest,
+        PlanResponse,
+        TaskStatus,
+        ToolSpec,
+    )
+    from keel.core.budget import BudgetExhausted
+    from keel.core.plan_run import Snapshot
+    from keel.plans import MAX_STEPS, budget_error, validate_plan
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How the task's work ended; `error` says why when it did not complete."""
+
+    status: TaskStatus
+    error: str | None = None
+
+
+async def plan_and_execute(
+    task: TaskState, context: list[str], tools: dict[str, ToolSpec]
+) -> Outcome:
+    failures = list(task.carried_failures)
+    version = task.first_version - 1
+    role = "planner"
+    if task.resume_plan is not None:  # the previous run continued as new mid-plan
+        resumed = task.resume_plan
+        version = resumed.plan.version
+        outcome = await _run_plan(task, resumed.plan, tools, failures, resumed)
+        if outcome is not None:
+            return outcome
+    while True:
+        version += 1
+        if version > task.first_version and workflow.info().is_continue_as_new_suggested():
+            _continue_as_new(task, failures, version - 1, None)
+        if version > 1:
+            task.replans += 1
+        try:
+            response = await _call_planner(task, context, tools, failures, version, role)
+        except BudgetExhausted as err:
+            return Outcome(TaskStatus.BUDGET_EXHAUSTED, str(err))
+        except ActivityError as err:
+            return Outcome(TaskStatus.FAILED, f"the planner failed: {err.cause or err}")
+        plan = response.plan
+        over_budget = False
+        rejection = ""
+        if plan is None:
+            problem = f"plan v{version} was not usable: {response.error}"
+        else:
+            errors = validate_plan(
+                plan,
+                tools,
+                done=task.outputs,
+                max_steps=task.request.max_plan_steps or MAX_STEPS,
+            )
+            money = budget_error(plan, task.book.remaining_usd())
+            over_budget = money is not None and not errors
+            if money:
+                errors.append(money)
+            problem = f"plan v{version} is invalid: " + "; ".join(errors) if errors else ""
+            if not problem:
+                rejection = problem = await _approve_plan(task, plan)
+        if problem:
+            failures.append(problem)
+            task.short_term.add(problem)
+            task.event(problem)
+            if version > task.request.max_replans:
+                final = TaskStatus.BUDGET_EXHAUSTED if over_budget else TaskStatus.FAILED
+                return Outcome(final, problem)
+            # The small model could not produce a valid plan: a larger one tries next
+            # (a plan a person rejected was valid: the same planner tries again).
+            role = "planner" if rejection else "escalation"
+            continue
+        role = "planner"
+        assert plan is not None
+        outcome = await _run_plan(task, plan, tools, failures)
+        if outcome is not None:
+            return outcome
+
+
+async def _approve_plan(task: TaskState, plan: Plan) -> str:
+    """A plan expected to cost more than the task's threshold waits for a person's approval
+    of step 'plan'; returns why it may not run, or '' when it may."""
+    threshold = task.request.human.approve_plans_above_usd
+    cost = plan.expected_cost_usd + plan.synthesis_estimate_usd
+    if threshold is None or cost <= threshold:
+        return ""
+    steps = ", ".join(f"{s.id}={s.tool}({short_args(s.args, 40)})" for s in plan.steps)
+    decision = await ask(
+        task,
+        PendingKind.APPROVAL,
+        "plan",
+        f"plan v{plan.version}, expected ${cost:.4f} (over ${threshold:g}): {steps}",
+        cost,
+    )
+    if decision.approved:
+        return ""
+    return f"plan v{plan.version} was rejected by {decision.by or 'a person'}: {decision.text}"
+
+
+async def _run_plan(
+    task: TaskState,
+    plan: Plan,
+    tools: dict[str, ToolSpec],
+    failures: list[str],
+    resumed: Snapshot | None = None,
+) -> Outcome | None:
+    """Execute one plan; the task's outcome, or None when it must be re-planned."""
+    task.plan = plan
+    task.set_status(
+        TaskStatus.EXECUTING,
+        f"plan v{plan.version} by {plan.model}: "
+        + ", ".join(f"{s.id}={s.tool}" + (" (if)" if s.when else "") for s in plan.steps[:20])
+        + (f", … ({len(plan.steps)} steps)" if len(plan.steps) > 20 else ""),
+    )
+
+    def pause(snapshot: Snapshot) -> None:
+        _continue_as_new(task, failures, plan.version, snapshot)
+
+    try:
+        failed = await execute(task, plan, tools, pause, resumed)
+    except BudgetExhausted as err:
+        return Outcome(TaskStatus.BUDGET_EXHAUSTED, str(err))
+    if not failed:
+        return Outcome(TaskStatus.COMPLETED)
+    failures.extend(failed)
+    if plan.version > task.request.max_replans:
+        return Outcome(TaskStatus.FAILED, "; ".join(failed))
+    return None
+
+
+async def _call_planner(
+    task: TaskState,
+    context: list[str],
+    tools: dict[str, ToolSpec],
+    failures: list[str],
+    version: int,
+    role: str,
+) -> PlanResponse:
+    task.set_status(TaskStatus.PLANNING, f"planning (v{version}, {role})")
+    remaining = task.book.require("planning")
+    response = await options.call_model(
+        durable.PLAN,
+        PlanRequest(
+            task=task.request.task,
+            role=role,
+            context=context + task.short_term.recap(),  # what left the window
+            tools=list(tools.values()),
+            remaining_usd=remaining,
+            max_usd=remaining,
+            max_tokens=task.book.remaining_tokens(),
+            completed=task.results,
+            failures=failures,
+            version=version,
+            max_steps=task.request.max_plan_steps,
+        ),
+        PlanResponse,
+        task.queues.planner,
+        summary=f"plan v{version} by the {role} (budget left ${remaining:.4f})",
+        refusal="planning does not fit the budget",
+    )
+    task.book.book_model(response.usage)
+    return response
+
+
+def _continue_as_new(
+    task: TaskState, failures: list[str], version: int, snapshot: Snapshot | None
+) -> None:
+    """History is getting long: start a fresh run with compact state (Temporal suggests
+    this well before its limits). Does not return."""
+    task.event(f"continuing as new after {task.steps_total} steps (plan v{version})")
+    carried = task.carried(failures, version, snapshot)
+    workflow.continue_as_new(task.request.model_copy(update={"carried": carried}))

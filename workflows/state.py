@@ -1,0 +1,188 @@
+"""The one state object of an AgentTask run, and what it carries when it continues as new.
+
+Every part of the workflow (planning, execution, people, memory calls, ReAct) reads and
+changes this object instead of threading the request, the queues and the ledger through its
+signatures. `carried()` turns it into the compact `CarriedState` the next run starts from,
+and `resume()` picks that up again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import SearchAttributeUpdate
+
+from workflows.human import HumanDesk
+
+with workflow.unsafe.imports_passed_through():
+    from keel import search_attributes as sa
+    from keel.contracts import (
+        CarriedState,
+        Plan,
+        StepResult,
+        StepStatus,
+        SubAgent,
+        TaskProgress,
+        TaskRequest,
+        TaskResult,
+        TaskStatus,
+    )
+    from keel.core.budget import BudgetBook
+    from keel.core.plan_run import Snapshot
+    from keel.plans import output_text
+    from keel.queues import Queues
+    from keel.short_term import ShortTermMemory
+
+EVENTS_KEPT = 50
+# Continuing as new carries the last results (for the answer) and nothing older.
+RESULTS_CARRIED = 20
+
+
+def short_args(args: dict[str, object], limit: int = 60) -> str:
+    """Arguments as one short line for events and the UI timeline."""
+    text = ", ".join(f"{v}" if len(args) == 1 else f"{k}={v}" for k, v in args.items())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@dataclass
+class TaskState:
+    request: TaskRequest
+    queues: Queues
+    book: BudgetBook
+    status: TaskStatus = TaskStatus.RUNNING
+    working_status: TaskStatus = TaskStatus.RUNNING  # what to go back to after waiting
+    events: list[str] = field(default_factory=list)
+    events_total: int = 0
+    plan: Plan | None = None
+    results: list[StepResult] = field(default_factory=list)
+    outputs: dict[str, StepResult] = field(default_factory=dict)  # succeeded, by step id
+    steps_total: int = 0
+    replans: int = 0
+    short_term: ShortTermMemory = field(default_factory=ShortTermMemory)
+    human: HumanDesk = field(default_factory=HumanDesk)
+    subagents: dict[str, SubAgent] = field(default_factory=dict)
+    # from the previous run, when this one continued as new
+    carried_failures: list[str] = field(default_factory=list)
+    first_version: int = 1
+    runs: int = 1
+    resume_plan: Snapshot | None = None
+
+    @classmethod
+    def start(cls, request: TaskRequest, queues: Queues) -> TaskState:
+        state = cls(
+            request, queues, BudgetBook.for_budget(request.budget.usd, request.budget.tokens)
+        )
+        if request.carried is not None:
+            state.resume(request.carried)
+        else:
+            state.short_term.add(f"user asked: {request.task}")
+        return state
+
+    @property
+    def user_id(self) -> str:
+        return self.request.user_id
+
+    # --- what a person watching sees ---------------------------------------------------
+
+    def event(self, text: str) -> None:
+        self.events.append(text)
+        self.events_total += 1
+        del self.events[:-EVENTS_KEPT]
+        workflow.logger.info(text, extra={"keel_status": self.status.value})
+
+    def set_status(self, status: TaskStatus, event: str) -> None:
+        self.status = status
+        self.event(event)
+        updates: list[SearchAttributeUpdate[Any]] = [
+            sa.STATUS.value_set(status.value),
+            sa.COST_USD.value_set(self.book.ledger.total_usd),
+        ]
+        if status.is_final:  # the completion-rate metric: done with no person stepping in
+            without_human = status == TaskStatus.COMPLETED and self.human.interventions == 0
+            updates.append(sa.WITHOUT_HUMAN.value_set(without_human))
+        workflow.upsert_search_attributes(updates)
+
+    def publish_cost(self) -> None:
+        workflow.upsert_search_attributes([sa.COST_USD.value_set(self.book.ledger.total_usd)])
+
+    def progress(self) -> TaskProgress:
+        return TaskProgress(
+            status=self.status,
+            events=self.events,
+            events_total=self.events_total,
+            steps_done=sum(r.status == StepStatus.SUCCEEDED for r in self.results),
+            replans=self.replans,
+            total_usd=self.book.ledger.total_usd,
+        )
+
+    # --- results -----------------------------------------------------------------------
+
+    def record(self, result: StepResult) -> None:
+        self.results.append(result)
+        self.steps_total += 1
+        outcome = (
+            output_text(result)[:200] if result.status == StepStatus.SUCCEEDED else result.error
+        )
+        call = f"{result.step_id} {result.tool}({short_args(result.args)})"
+        self.short_term.add(f"{call} {result.status.value}: {outcome}")
+        if result.status == StepStatus.SUCCEEDED:
+            self.outputs[result.step_id] = result
+
+    def result(self, status: TaskStatus, answer: str, error: str | None) -> TaskResult:
+        return TaskResult(
+            workflow_id=workflow.info().workflow_id,
+            status=status,
+            answer=answer,
+            steps=self.results,
+            steps_total=self.steps_total,
+            ledger=self.book.ledger,
+            llm_calls=self.book.llm_calls(),
+            replans=self.replans,
+            human_interventions=self.human.interventions,
+            plan=self.plan,
+            error=error,
+        )
+
+    # --- continue-as-new ---------------------------------------------------------------
+
+    def carried(self, failures: list[str], version: int, snapshot: Snapshot | None) -> CarriedState:
+        """The compact state of the next run: the ledger summed per model and tool, the
+        short-term summary, the last results, and, in the middle of a plan, only the steps
+        still to run with the settled steps and outputs they depend on."""
+        needed = snapshot.needed if snapshot is not None else set()
+        return CarriedState(
+            short_term=self.short_term.carried(),
+            ledger=self.book.ledger.compacted(),
+            results=self.results[-RESULTS_CARRIED:],
+            outputs=[r for i, r in self.outputs.items() if i in needed],
+            failures=failures[-RESULTS_CARRIED:],
+            replans=self.replans,
+            plan_version=version,
+            runs=self.runs,
+            steps_total=self.steps_total,
+            human_interventions=self.human.interventions,
+            plan=snapshot.plan if snapshot is not None else None,
+            settled=sorted(snapshot.settled) if snapshot is not None else [],
+            skipped=sorted(snapshot.skipped) if snapshot is not None else [],
+        )
+
+    def resume(self, carried: CarriedState) -> None:
+        """Pick up where the previous run stopped when it continued as new."""
+        self.short_term = carried.short_term
+        self.book = BudgetBook(carried.ledger)
+        self.results = list(carried.results)
+        for result in [*carried.outputs, *carried.results]:
+            if result.status == StepStatus.SUCCEEDED:
+                self.outputs[result.step_id] = result
+        self.steps_total = carried.steps_total
+        self.human.interventions = carried.human_interventions
+        self.carried_failures = carried.failures
+        self.replans = carried.replans
+        self.first_version = carried.plan_version + 1
+        self.runs = carried.runs + 1
+        if carried.plan is not None:
+            settled, skipped = set(carried.settled), set(carried.skipped)
+            self.resume_plan = Snapshot(carried.plan, settled, skipped, settled | skipped)
+        self.event(f"continued as new (run {self.runs}), {carried.steps_total} steps done before")
