@@ -64,6 +64,7 @@ from keel.errors import ServiceStartError
 from keel.queues import Queues
 from keel.settings import Settings, SettingsError, get_settings
 from keel.stalls import STALL_AFTER_S, last_poll_s, stalls, unanswered
+from workers import NAMES
 from workers.lifeline import SHUTDOWN_GRACE_S, leave_within
 
 T = TypeVar("T")
@@ -620,10 +621,13 @@ async def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
+    unknown = [name for name in args.workers if name not in NAMES]
+    if unknown:
+        raise UsageError(f"no worker named {', '.join(unknown)}; the workers: {', '.join(NAMES)}")
     from temporal.devserver import DevServer, port_open
     from temporal.search_attributes import ensure_registered
     from workers.components import Components
-    from workers.process import BUILDERS, build_workers, run_workers, stop_on_signals
+    from workers.process import build_workers, run_workers, stop_on_signals
 
     keel_logging.configure(settings.log_level)
     server = None
@@ -644,7 +648,7 @@ async def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
         if added:
             _out(f"Registered search attributes: {', '.join(added)}")
         components = Components.from_settings(settings)
-        workers = await build_workers(client, components, args.workers or tuple(BUILDERS))
+        workers = await build_workers(client, components, args.workers or NAMES)
         if components.mcp_tools:
             _out(f"Tools of external MCP servers: {', '.join(components.mcp_tools)}")
         _out(f"Workers running on {', '.join(w.task_queue for w in workers)}. Ctrl-C stops.")
@@ -883,10 +887,8 @@ def parser() -> argparse.ArgumentParser:
     )
     mcp.set_defaults(handler=cmd_mcp)
 
-    from workers.process import BUILDERS
-
     worker = sub.add_parser("worker", help="run the workers of one or more task queues")
-    worker.add_argument("names", nargs="+", choices=sorted(BUILDERS))
+    worker.add_argument("names", nargs="+", choices=sorted(NAMES))
     worker.set_defaults(handler=cmd_worker)
     return p
 

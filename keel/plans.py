@@ -15,6 +15,7 @@ import jsonschema
 
 from keel.conditions import ConditionError, parse_condition
 from keel.contracts import Plan, PlanStep, StepResult, ToolSpec
+from keel.core.budget import fits
 
 # `{{s1}}` inside a string argument is replaced by the text of step s1's output.
 REF_PATTERN = re.compile(r"\{\{\s*([A-Za-z][A-Za-z0-9_-]{0,31})\s*\}\}")
@@ -93,7 +94,7 @@ def validate_plan(
 def budget_error(plan: Plan, remaining_usd: float) -> str | None:
     """Why the plan (with writing the answer) cannot be afforded, or None when it can."""
     total = plan.expected_cost_usd + plan.synthesis_estimate_usd
-    if total > remaining_usd + 1e-12:
+    if not fits(total, remaining_usd):
         return (
             f"the plan is expected to cost ${total:.6f} (steps ${plan.expected_cost_usd:.6f}, "
             f"answer ${plan.synthesis_estimate_usd:.6f}) but only ${remaining_usd:.6f} is left; "

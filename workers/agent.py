@@ -20,9 +20,3 @@ def build(client: Client, components: Components) -> Worker:
         workflows=[AgentTask, MemorizeDocuments],
         activities=[Notifier(components.settings).notify_human],
     )
-
-
-if __name__ == "__main__":
-    from workers.process import serve
-
-    serve(build)

@@ -22,9 +22,3 @@ def build(client: Client, components: Components) -> Worker:
         activities=[reasoning.synthesize, *tools.for_queue(LLM)],
         max_concurrent_activities=MAX_CONCURRENT_CALLS,
     )
-
-
-if __name__ == "__main__":
-    from workers.process import serve
-
-    serve(build)

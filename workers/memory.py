@@ -33,9 +33,3 @@ def build(client: Client, components: Components) -> Worker:
             memory.cache_store,
         ],
     )
-
-
-if __name__ == "__main__":
-    from workers.process import serve
-
-    serve(build)

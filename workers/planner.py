@@ -59,9 +59,3 @@ def build(client: Client, components: Components) -> Worker:
         else MAX_CONCURRENT_PLANS,
         plugins=[_stops_triton(components)] if components.triton is not None else [],
     )
-
-
-if __name__ == "__main__":
-    from workers.process import serve
-
-    serve(build)

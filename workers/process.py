@@ -15,7 +15,7 @@ from keel import logging as keel_logging
 from keel.client import TemporalUnreachable, connect
 from keel.errors import ServiceStartError
 from keel.settings import SettingsError, get_settings
-from workers import agent, llm, memory, planner, tools
+from workers import NAMES, agent, llm, memory, planner, tools
 from workers.components import Components
 from workers.lifeline import SHUTDOWN_GRACE_S, leave_within
 
@@ -30,6 +30,7 @@ BUILDERS: dict[str, Builder] = {
     "tools": tools.build,
     "memory": memory.build,
 }
+assert tuple(BUILDERS) == NAMES
 
 
 def build_all(
@@ -97,23 +98,22 @@ def stop_on_signals() -> asyncio.Event:
     return stop
 
 
-async def serve_async(builders: Sequence[Builder]) -> None:
+async def serve_async(names: Sequence[str]) -> None:
     settings = get_settings()
     keel_logging.configure(settings.log_level)
     client = await connect(settings)
     components = Components.from_settings(settings)
-    workers = await build_workers(
-        client, components, [name for name, build in BUILDERS.items() if build in builders]
-    )
+    workers = await build_workers(client, components, names)
     try:
         await run_workers(workers, stop_on_signals())
     finally:
         components.close_memory()
 
 
-def serve(*builders: Builder) -> None:
+def serve(*names: str) -> None:
+    """Serve the named workers (workers.NAMES) until SIGINT or SIGTERM."""
     try:
-        asyncio.run(serve_async(builders))
+        asyncio.run(serve_async(names))
     except (TemporalUnreachable, SettingsError, ServiceStartError) as err:  # Triton, MCP, ...
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -46,9 +46,3 @@ def build_http(client: Client, components: Components, tools: ToolActivities) ->
                 )
             )
     return workers
-
-
-if __name__ == "__main__":
-    from workers.process import serve
-
-    serve(build)
