@@ -84,6 +84,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache  # the layers: pyproject.toml [tool.importlinter]
 
 bench: $(STAMP)  ## every benchmark, quick form; see bench/README.md
 	$(BIN)/python bench/overhead.py --quick

@@ -31,8 +31,8 @@ from keel.client import start_task  # noqa: E402
 from keel.contracts import Budget, TaskRequest, TaskStatus  # noqa: E402
 from keel.queues import Queues  # noqa: E402
 from keel.settings import Settings  # noqa: E402
+from keel.testing import scripted_components  # noqa: E402
 from temporal.devserver import start_test_environment  # noqa: E402
-from tests.conftest import scripted_components  # noqa: E402
 from workers.process import build_all, workers_running  # noqa: E402
 
 # recall, list_tools, plan, synthesize, remember: what AgentTask runs besides its steps

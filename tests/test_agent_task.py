@@ -8,7 +8,8 @@ from activities.models.prices import price_of
 from keel import search_attributes as sa
 from keel.client import new_workflow_id, start_task
 from keel.contracts import Budget, StepStatus, TaskProgress, TaskRequest, TaskStatus
-from tests.conftest import Stack, scripted_plan, unique
+from keel.testing import Stack, scripted_plan
+from tests.conftest import unique
 
 
 async def test_task_completes_and_ledger_matches_bookings(stack: Stack) -> None:

@@ -13,7 +13,8 @@ from temporalio.exceptions import CancelledError
 from keel import search_attributes as sa
 from keel.client import start_task
 from keel.contracts import TaskProgress, TaskRequest, TaskResult, TaskStatus
-from tests.conftest import Stack, eventually, scripted_plan, unique
+from keel.testing import Stack, eventually, scripted_plan
+from tests.conftest import unique
 from tests.sandbox.conftest import MARK_READY, ready_processes, sandbox_processes
 
 # Sleeps far past the sandbox's wall limit (10 s): without a cancel the wall limit would end

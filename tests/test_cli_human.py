@@ -25,17 +25,8 @@ from keel.contracts import (
     TaskResult,
     TaskStatus,
 )
-from tests.conftest import (
-    QUESTION_STEP,
-    REPO,
-    SQUARE_STEP,
-    TRANSFER_STEP,
-    TRANSFERS,
-    Stack,
-    eventually,
-    scripted_plan,
-    unique,
-)
+from keel.testing import Stack, eventually, scripted_plan
+from tests.conftest import QUESTION_STEP, REPO, SQUARE_STEP, TRANSFER_STEP, TRANSFERS, unique
 
 CLI_TIMEOUT_S = 60
 

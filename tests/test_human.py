@@ -26,16 +26,14 @@ from keel.contracts import (
 )
 from keel.ports import free_port
 from keel.queues import Queues
+from keel.testing import Stack, eventually, scripted_plan
 from temporal.devserver import DevServer
 from tests.conftest import (
     QUESTION_STEP,
     SQUARE_STEP,
     TRANSFER_STEP,
     TRANSFERS,
-    Stack,
-    eventually,
     scripted_components,
-    scripted_plan,
     unique,
 )
 from workers.components import Components

@@ -10,7 +10,8 @@ from temporalio.client import WorkflowExecutionStatus
 
 from keel.client import start_task
 from keel.contracts import Budget, StepStatus, TaskRequest, TaskStatus
-from tests.conftest import Stack, own_stack, scripted_plan, unique
+from keel.testing import Stack, scripted_plan
+from tests.conftest import own_stack, unique
 
 STEPS = 520
 WIDTH = 4

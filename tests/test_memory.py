@@ -36,7 +36,8 @@ from keel.contracts import (
     TaskStatus,
 )
 from keel.queues import Queues
-from tests.conftest import REPO, Stack, scripted_components, unique
+from keel.testing import Stack
+from tests.conftest import REPO, scripted_components, unique
 from workers.process import build_all, workers_running
 
 

@@ -7,7 +7,8 @@ from temporalio.api.enums.v1 import EventType
 
 from keel.client import start_task
 from keel.contracts import Budget, StepStatus, TaskRequest, TaskResult, TaskStatus
-from tests.conftest import FLAKY_ATTEMPTS, Stack, scripted_plan, unique
+from keel.testing import Stack, scripted_plan
+from tests.conftest import FLAKY_ATTEMPTS, unique
 
 
 async def _run(stack: Stack, request: TaskRequest) -> tuple[TaskResult, list[str]]:

@@ -9,7 +9,7 @@ import pytest
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
-from keel.converter import data_converter
+from keel.plugin import KeelPlugin
 from workflows.agent_task import AgentTask
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
@@ -24,5 +24,5 @@ async def test_history_replays(path: Path) -> None:
     # Under the workflow id it was recorded with: a sub-agent's id is derived from its
     # parent's, and the replay checks it. (A child's and a later run's ids differ, unchecked.)
     history = WorkflowHistory.from_json(f"history-{path.stem}", path.read_text())
-    replayer = Replayer(workflows=[AgentTask], data_converter=data_converter)
+    replayer = Replayer(workflows=[AgentTask], plugins=[KeelPlugin()])
     await replayer.replay_workflow(history)  # raises on any nondeterminism

@@ -21,7 +21,8 @@ from keel.contracts import (
     TaskStatus,
 )
 from keel.short_term import SUMMARY_CHARS, WINDOW_CHARS, WINDOW_ENTRIES, ShortTermMemory
-from tests.conftest import Stack, own_stack, scripted_plan, unique
+from keel.testing import Stack, scripted_plan
+from tests.conftest import own_stack, unique
 
 
 def test_the_window_stays_bounded_and_folds_into_the_summary() -> None:

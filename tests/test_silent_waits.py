@@ -22,7 +22,8 @@ from keel.client import start_task
 from keel.contracts import TaskRequest, TaskStatus
 from keel.queues import Queues
 from keel.stalls import Stall
-from tests.conftest import REPO, Stack, eventually, scripted_components, unique
+from keel.testing import Stack, eventually
+from tests.conftest import REPO, scripted_components, unique
 from workers.process import build_all, workers_running
 
 CLI_TIMEOUT_S = 120

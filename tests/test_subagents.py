@@ -9,7 +9,8 @@ from temporalio.client import WorkflowExecutionStatus
 
 from keel.client import start_task
 from keel.contracts import Budget, StepStatus, SubAgent, TaskRequest, TaskResult, TaskStatus
-from tests.conftest import Stack, scripted_plan, unique
+from keel.testing import Stack, scripted_plan
+from tests.conftest import unique
 
 
 async def test_a_step_delegates_to_a_sub_agent_whose_spend_the_parent_books(

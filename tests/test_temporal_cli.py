@@ -14,17 +14,9 @@ from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 
 from keel.contracts import TaskResult, TaskStatus
+from keel.testing import Stack, eventually, scripted_plan
 from temporal.devserver import temporal_cli
-from tests.conftest import (
-    QUESTION_STEP,
-    SQUARE_STEP,
-    TRANSFER_STEP,
-    TRANSFERS,
-    Stack,
-    eventually,
-    scripted_plan,
-    unique,
-)
+from tests.conftest import QUESTION_STEP, SQUARE_STEP, TRANSFER_STEP, TRANSFERS, unique
 
 
 async def _temporal_run(stack: Stack, *args: str) -> tuple[int, str]:

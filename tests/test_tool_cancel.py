@@ -32,8 +32,8 @@ from activities.tools.mcp_remote import discover_tools, load_servers
 from activities.tools.registry import Tool, ToolRegistry
 from keel.contracts import ToolCall
 from keel.settings import Settings
+from keel.testing import eventually
 from sandbox.cgroups import Cgroups, running
-from tests.conftest import eventually
 from tests.postgres_server import PostgresServer
 from tests.sandbox.conftest import MARK_READY, UID_BASE, ready_processes, sandbox_processes
 from tests.test_sql_tool import reader_backends, sql_settings, wait_reader_gone

@@ -35,7 +35,8 @@ from temporalio.client import Client
 
 from keel.client import new_workflow_id, start_task
 from keel.contracts import Approval, TaskRequest, TaskStatus
-from tests.conftest import REPO, TRANSFER_STEP, Stack, scripted_plan, unique
+from keel.testing import Stack, scripted_plan
+from tests.conftest import REPO, TRANSFER_STEP, unique
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

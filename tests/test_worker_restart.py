@@ -14,7 +14,8 @@ from activities.tools.registry import ToolContext, define_tool
 from keel.client import start_task
 from keel.contracts import StepStatus, TaskRequest, TaskStatus
 from keel.queues import Queues
-from tests.conftest import Stack, scripted_components, scripted_plan, unique
+from keel.testing import Stack, scripted_plan
+from tests.conftest import scripted_components, unique
 from workers.components import Components
 from workers.process import build_all, run_workers
 

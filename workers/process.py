@@ -14,10 +14,10 @@ from temporalio.worker import Worker
 from keel import logging as keel_logging
 from keel.client import TemporalUnreachable, connect
 from keel.errors import ServiceStartError
+from keel.lifeline import SHUTDOWN_GRACE_S, leave_within
 from keel.settings import SettingsError, get_settings
 from workers import NAMES, agent, llm, memory, planner, tools
 from workers.components import Components
-from workers.lifeline import SHUTDOWN_GRACE_S, leave_within
 
 # A builder makes the workers of one component: one worker, or several (the tools
 # component adds a rate-limited worker per allowlisted HTTP API).

@@ -15,10 +15,9 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.workflow import ActivityCancellationType
 
-with workflow.unsafe.imports_passed_through():
-    from keel.contracts import Extraction, PlanResponse, ReactDecision, Synthesis, ToolSpec
-    from keel.core.budget import BudgetExhausted
-    from keel.durable import BUDGET_EXCEEDED, INVALID_INPUT, INVALID_OUTPUT, TOOL_ERROR
+from keel.contracts import Extraction, PlanResponse, ReactDecision, Synthesis, ToolSpec
+from keel.core.budget import BudgetExhausted
+from keel.durable import BUDGET_EXCEEDED, INVALID_INPUT, INVALID_OUTPUT, TOOL_ERROR
 
 
 class ActivityOptions(TypedDict, total=False):

@@ -18,30 +18,28 @@ import asyncio
 
 from temporalio import workflow
 
+from keel import durable
+from keel import search_attributes as sa
+from keel.contracts import (
+    Approval,
+    HumanAnswer,
+    Ledger,
+    PendingRequest,
+    Plan,
+    Rejection,
+    TaskProgress,
+    TaskRequest,
+    TaskResult,
+    TaskStatus,
+)
+from keel.core.budget import BudgetExhausted
+from keel.queues import Queues
 from workflows import memory_calls
 from workflows.answer import synthesize
 from workflows.human import Decision, TimedOutWaiting
 from workflows.planning import Outcome, plan_and_execute
 from workflows.react import react
 from workflows.state import TaskState
-
-with workflow.unsafe.imports_passed_through():
-    from keel import durable
-    from keel import search_attributes as sa
-    from keel.contracts import (
-        Approval,
-        HumanAnswer,
-        Ledger,
-        PendingRequest,
-        Plan,
-        Rejection,
-        TaskProgress,
-        TaskRequest,
-        TaskResult,
-        TaskStatus,
-    )
-    from keel.core.budget import BudgetExhausted
-    from keel.queues import Queues
 
 
 @workflow.defn(name=durable.AGENT_TASK)

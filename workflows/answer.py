@@ -5,14 +5,12 @@ from __future__ import annotations
 
 from temporalio import workflow
 
+from keel import durable
+from keel.contracts import CacheStore, Synthesis, SynthesisRequest, TaskStatus
+from keel.core.cache_keys import answer_key
 from workflows import activity_options as options
 from workflows.memory_calls import cache_lookup, cache_store
 from workflows.state import TaskState
-
-with workflow.unsafe.imports_passed_through():
-    from keel import durable
-    from keel.contracts import CacheStore, Synthesis, SynthesisRequest, TaskStatus
-    from keel.core.cache_keys import answer_key
 
 
 async def synthesize(task: TaskState, context: list[str], knowledge: list[str]) -> str:

@@ -11,29 +11,27 @@ from typing import Any
 from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
+from keel import durable
+from keel.contracts import (
+    CacheStore,
+    PendingKind,
+    Plan,
+    PlanStep,
+    StepResult,
+    StepStatus,
+    ToolCall,
+    ToolOutput,
+    ToolSpec,
+)
+from keel.core.budget import BudgetExhausted
+from keel.core.cache_keys import tool_call_key
+from keel.core.plan_run import PlanRun, Snapshot
+from keel.plans import resolve_args
 from workflows import activity_options as options
 from workflows.memory_calls import cache_lookup, cache_store
 from workflows.people import ask
 from workflows.state import TaskState, short_args
 from workflows.subagents import delegate
-
-with workflow.unsafe.imports_passed_through():
-    from keel import durable
-    from keel.contracts import (
-        CacheStore,
-        PendingKind,
-        Plan,
-        PlanStep,
-        StepResult,
-        StepStatus,
-        ToolCall,
-        ToolOutput,
-        ToolSpec,
-    )
-    from keel.core.budget import BudgetExhausted
-    from keel.core.cache_keys import tool_call_key
-    from keel.core.plan_run import PlanRun, Snapshot
-    from keel.plans import resolve_args
 
 ContinueAsNew = Callable[[Snapshot], None]
 

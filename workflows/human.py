@@ -14,8 +14,7 @@ from datetime import timedelta
 
 from temporalio import workflow
 
-with workflow.unsafe.imports_passed_through():
-    from keel.contracts import HumanPolicy, PendingKind, PendingRequest
+from keel.contracts import HumanPolicy, PendingKind, PendingRequest
 
 
 @dataclass(frozen=True)

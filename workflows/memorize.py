@@ -12,10 +12,9 @@ from datetime import timedelta
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 
-with workflow.unsafe.imports_passed_through():
-    from keel import durable
-    from keel.contracts import Memorized, MemorizeRequest, RememberDocument
-    from keel.queues import Queues
+from keel import durable
+from keel.contracts import Memorized, MemorizeRequest, RememberDocument
+from keel.queues import Queues
 
 DOCUMENT_TIMEOUT = timedelta(minutes=2)  # embedding a long document takes a while on a CPU
 

@@ -12,28 +12,26 @@ import re
 from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
+from keel import durable
+from keel.contracts import (
+    CacheAnswer,
+    CacheHit,
+    CacheLookup,
+    CacheStore,
+    Extraction,
+    ExtractionRequest,
+    Recall,
+    RecallRequest,
+    Remembered,
+    RememberRequest,
+    TaskStatus,
+    ToolSpec,
+    Triple,
+)
+from keel.core.budget import BudgetExhausted
+from keel.workflow_tools import ASK_HUMAN, DEFAULT_SUBAGENTS, subagent_spec
 from workflows import activity_options as options
 from workflows.state import TaskState
-
-with workflow.unsafe.imports_passed_through():
-    from keel import durable
-    from keel.contracts import (
-        CacheAnswer,
-        CacheHit,
-        CacheLookup,
-        CacheStore,
-        Extraction,
-        ExtractionRequest,
-        Recall,
-        RecallRequest,
-        Remembered,
-        RememberRequest,
-        TaskStatus,
-        ToolSpec,
-        Triple,
-    )
-    from keel.core.budget import BudgetExhausted
-    from keel.workflow_tools import ASK_HUMAN, DEFAULT_SUBAGENTS, subagent_spec
 
 RECALL_LIMIT = 3
 _FIRST_PERSON = re.compile(r"\b(i|i'm|i've|me|my|mine|we|our|us)\b", re.IGNORECASE)

@@ -9,13 +9,11 @@ from __future__ import annotations
 from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
+from keel import durable
+from keel.contracts import Notification, PendingKind, PendingRequest, TaskStatus
 from workflows import activity_options as options
 from workflows.human import Decision
 from workflows.state import TaskState
-
-with workflow.unsafe.imports_passed_through():
-    from keel import durable
-    from keel.contracts import Notification, PendingKind, PendingRequest, TaskStatus
 
 
 async def ask(

@@ -13,24 +13,22 @@ from dataclasses import dataclass
 from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
+from keel import durable
+from keel.contracts import (
+    PendingKind,
+    Plan,
+    PlanRequest,
+    PlanResponse,
+    TaskStatus,
+    ToolSpec,
+)
+from keel.core.budget import BudgetExhausted
+from keel.core.plan_run import Snapshot
+from keel.plans import MAX_STEPS, budget_error, validate_plan
 from workflows import activity_options as options
 from workflows.execution import execute
 from workflows.people import ask
 from workflows.state import TaskState, short_args
-
-with workflow.unsafe.imports_passed_through():
-    from keel import durable
-    from keel.contracts import (
-        PendingKind,
-        Plan,
-        PlanRequest,
-        PlanResponse,
-        TaskStatus,
-        ToolSpec,
-    )
-    from keel.core.budget import BudgetExhausted
-    from keel.core.plan_run import Snapshot
-    from keel.plans import MAX_STEPS, budget_error, validate_plan
 
 
 @dataclass(frozen=True)

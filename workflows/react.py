@@ -3,28 +3,25 @@ the whole history, until the model answers or runs out of steps. Kept to measure
 
 from __future__ import annotations
 
-from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
+from keel import durable
+from keel.contracts import (
+    Plan,
+    PlanStep,
+    ReactDecision,
+    ReactRequest,
+    StepResult,
+    StepStatus,
+    TaskStatus,
+    ToolSpec,
+)
+from keel.core.budget import BudgetExhausted, fits
+from keel.plans import validate_plan
 from workflows import activity_options as options
 from workflows.execution import run_step
 from workflows.planning import Outcome
 from workflows.state import TaskState
-
-with workflow.unsafe.imports_passed_through():
-    from keel import durable
-    from keel.contracts import (
-        Plan,
-        PlanStep,
-        ReactDecision,
-        ReactRequest,
-        StepResult,
-        StepStatus,
-        TaskStatus,
-        ToolSpec,
-    )
-    from keel.core.budget import BudgetExhausted, fits
-    from keel.plans import validate_plan
 
 
 async def react(

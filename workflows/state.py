@@ -14,26 +14,24 @@ from typing import Any
 from temporalio import workflow
 from temporalio.common import SearchAttributeUpdate
 
+from keel import search_attributes as sa
+from keel.contracts import (
+    CarriedState,
+    Plan,
+    StepResult,
+    StepStatus,
+    SubAgent,
+    TaskProgress,
+    TaskRequest,
+    TaskResult,
+    TaskStatus,
+)
+from keel.core.budget import BudgetBook
+from keel.core.plan_run import Snapshot
+from keel.plans import output_text
+from keel.queues import Queues
+from keel.short_term import ShortTermMemory
 from workflows.human import HumanDesk
-
-with workflow.unsafe.imports_passed_through():
-    from keel import search_attributes as sa
-    from keel.contracts import (
-        CarriedState,
-        Plan,
-        StepResult,
-        StepStatus,
-        SubAgent,
-        TaskProgress,
-        TaskRequest,
-        TaskResult,
-        TaskStatus,
-    )
-    from keel.core.budget import BudgetBook
-    from keel.core.plan_run import Snapshot
-    from keel.plans import output_text
-    from keel.queues import Queues
-    from keel.short_term import ShortTermMemory
 
 EVENTS_KEPT = 50
 # Continuing as new carries the last results (for the answer) and nothing older.

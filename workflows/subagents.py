@@ -9,22 +9,20 @@ from typing import Any
 from temporalio import workflow
 from temporalio.exceptions import ChildWorkflowError
 
+from keel import durable
+from keel import search_attributes as sa
+from keel.contracts import (
+    Budget,
+    Ledger,
+    PlanStep,
+    StepResult,
+    StepStatus,
+    TaskRequest,
+    TaskResult,
+    TaskStatus,
+    ToolSpec,
+)
 from workflows.state import TaskState
-
-with workflow.unsafe.imports_passed_through():
-    from keel import durable
-    from keel import search_attributes as sa
-    from keel.contracts import (
-        Budget,
-        Ledger,
-        PlanStep,
-        StepResult,
-        StepStatus,
-        TaskRequest,
-        TaskResult,
-        TaskStatus,
-        ToolSpec,
-    )
 
 
 async def delegate(

@@ -3,7 +3,7 @@
 
 llama.cpp is native code: a crash in it (a CPU it was not built for, a bad model file) must
 cost one retried activity, never the worker. So the model never runs in the worker's own
-interpreter: this child does the decoding, bound to the worker's life (workers/lifeline.py),
+interpreter: this child does the decoding, bound to the worker's life (keel/lifeline.py),
 on a free loopback port behind a random API key. When it dies, the call in flight fails with
 one line naming how it died; the next call starts a fresh child.
 """
@@ -23,9 +23,9 @@ import httpx
 import structlog
 
 from keel.errors import ServiceStartError
+from keel.lifeline import bound_to_this_process
+from keel.local_server import stop_process
 from keel.ports import LOCALHOST, free_port
-from workers.lifeline import bound_to_this_process
-from workers.service import stop_process
 
 log = structlog.get_logger(__name__)
 

@@ -21,10 +21,11 @@ from activities.tools.registry import ToolContext
 from keel.client import start_task
 from keel.contracts import TaskRequest, TaskStatus
 from keel.settings import Settings
+from keel.testing import Stack, scripted_plan
 from sandbox import Limits, Run, SandboxError, SandboxResult, StopReason, build_backend
 from sandbox.bwrap import BwrapBackend, UidPool
 from sandbox.cgroups import Cgroups
-from tests.conftest import Stack, scripted_plan, unique
+from tests.conftest import unique
 from tests.sandbox.conftest import (
     MARK_READY,
     PYTHON,

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from keel.errors import ServiceStartError
+from keel.local_server import LocalServer, stop_process
 from keel.ports import free_port, port_open
-from workers.service import LocalServer, stop_process
 
 HERE = Path(__file__).resolve().parent
 POM = HERE / "pom.xml"

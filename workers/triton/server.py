@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from keel.errors import ServiceStartError
+from keel.lifeline import bound_to_this_process
+from keel.local_server import LocalServer, stop_process
 from keel.ports import free_port, port_open
-from workers.lifeline import bound_to_this_process
-from workers.service import LocalServer, stop_process
 
 MODEL_REPOSITORY = Path(__file__).resolve().parent / "model_repository"
 START_TIMEOUT_S = 120.0
