@@ -14,11 +14,12 @@ from temporalio.service import RPCError
 from keel import durable, search_attributes
 from keel.contracts import Memorized, MemorizeRequest, TaskRequest, TaskResult
 from keel.converter import data_converter
+from keel.errors import KeelError
 from keel.queues import Queues
 from keel.settings import Settings, get_settings
 
 
-class TemporalUnreachable(ConnectionError):
+class TemporalUnreachable(KeelError, ConnectionError):
     """No Temporal server answered at the configured address."""
 
 

@@ -21,11 +21,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from keel.errors import KeelError
+
 MAX_LENGTH = 500
 MAX_DEPTH = 32
 
 
-class ConditionError(ValueError):
+class ConditionError(KeelError, ValueError):
     """A condition that cannot be parsed or evaluated; the message says where and why."""
 
 

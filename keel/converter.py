@@ -17,9 +17,8 @@ from temporalio.converter import (
     DefaultPayloadConverter,
     JSONPlainPayloadConverter,
 )
-from temporalio.exceptions import ApplicationError
 
-from keel.errors import INVALID_INPUT
+from keel.errors import InvalidInput
 
 
 def describe_validation_error(err: ValidationError, type_name: str) -> str:
@@ -38,11 +37,9 @@ class _ClearJSONConverter(PydanticJSONPlainPayloadConverter):
             return super().from_payload(payload, type_hint)
         except ValidationError as err:
             name = getattr(type_hint, "__name__", str(type_hint))
-            raise ApplicationError(
-                describe_validation_error(err, name) + " (fix the input JSON and send it again)",
-                type=INVALID_INPUT,
-                non_retryable=True,
-            ) from None
+            raise InvalidInput(
+                describe_validation_error(err, name) + " (fix the input JSON and send it again)"
+            ).to_application_error() from None
 
 
 class KeelPayloadConverter(CompositePayloadConverter):

@@ -37,12 +37,13 @@ import structlog
 from mcp.server import Server, ServerRequestContext
 from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError
+from temporalio.exceptions import ApplicationError
 
 from activities.models.router import ModelRouter
-from activities.tools.activity import ToolActivities, ToolRefused
+from activities.tools.activity import ToolActivities
 from activities.tools.registry import Tool, ToolRegistry
 from keel.contracts import SideEffects, ToolCall, ToolSpec
-from keel.errors import BUDGET_EXCEEDED
+from keel.errors import BudgetExceeded, ToolRefusal
 from keel.queues import LLM
 from keel.settings import Settings
 
@@ -121,10 +122,13 @@ def _error(message: str) -> types.CallToolResult:
 
 
 def _one_line(err: BaseException) -> str:
+    """The exception's type and the first line of its message: a failure that is no
+    refusal is a bug or an outage, and its type says which."""
     while isinstance(err, BaseExceptionGroup) and len(err.exceptions) == 1:
         err = err.exceptions[0]
+    kind = err.type if isinstance(err, ApplicationError) and err.type else type(err).__name__
     lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
+    return f"{kind}: {lines[0]}" if lines else kind
 
 
 def _registry_tools(registry: ToolRegistry) -> dict[str, Tool]:
@@ -229,12 +233,12 @@ class KeelMcpServer:
         try:
             with anyio.fail_after(spec.timeout_s):
                 out = await self._executor.execute(tool, call, bound)
-        except ToolRefused as refused:
-            if refused.kind == BUDGET_EXCEEDED:
-                return _error(
-                    f"{refused.message}: this server allows ${self.max_usd_per_call:g} per call "
-                    "(`keel mcp --max-usd-per-call USD`)"
-                )
+        except BudgetExceeded as over:
+            return _error(
+                f"{over.message}: this server allows ${self.max_usd_per_call:g} per call "
+                "(`keel mcp --max-usd-per-call USD`)"
+            )
+        except ToolRefusal as refused:
             return _error(refused.message)
         except TimeoutError:
             return _error(f"{name} timed out after {spec.timeout_s:g} s")

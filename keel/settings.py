@@ -15,6 +15,8 @@ from typing import TypeVar
 
 from pydantic import BaseModel, Field, ValidationError
 
+from keel.errors import KeelError
+
 M = TypeVar("M", bound=BaseModel)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -22,7 +24,7 @@ DEFAULT_DEV_PORT = 7233
 DEFAULT_TEMPORAL_ADDRESS = f"127.0.0.1:{DEFAULT_DEV_PORT}"
 
 
-class SettingsError(ValueError):
+class SettingsError(KeelError, ValueError):
     """A `KEEL_*` variable has a value that cannot be used."""
 
 

@@ -13,8 +13,10 @@ from typing import Protocol
 
 from pydantic import BaseModel, Field
 
+from keel.errors import KeelError
 
-class SandboxError(RuntimeError):
+
+class SandboxError(KeelError, RuntimeError):
     """The sandbox itself could not run (missing binary, bad configuration): not the code's
     fault, so a tool retries or reports it as an outage."""
 

@@ -10,11 +10,13 @@ import re
 import shutil
 from pathlib import Path
 
+from keel.errors import ToolRefusal
+
 _SAFE_ID = re.compile(r"[^A-Za-z0-9_.-]")
 MAX_FILE_BYTES = 256 * 1024
 
 
-class WorkspaceError(ValueError):
+class WorkspaceError(ToolRefusal):
     """A path the task may not use, or a file that is not there."""
 
 

@@ -37,7 +37,6 @@ from temporalio.worker import Worker, WorkerConfig
 
 from activities.tools.builtin import default_registry
 from activities.tools.http import (
-    HTTP_UNAVAILABLE,
     HttpGet,
     HttpGetArgs,
     build_url,
@@ -47,6 +46,8 @@ from activities.tools.http import (
 from activities.tools.registry import Tool
 from keel.client import start_task
 from keel.contracts import SideEffects, StepStatus, TaskRequest, TaskResult, TaskStatus
+from keel.durable import HTTP_UNAVAILABLE
+from keel.errors import ToolRefusal
 from keel.queues import Queues
 from keel.settings import Settings, SettingsError
 from tests.conftest import Stack, scripted_components, scripted_plan, unique
@@ -303,7 +304,7 @@ async def test_text_is_returned_where_the_api_allows_it(apis: Setup) -> None:
 async def test_responses_that_break_the_rules_are_refused(
     apis: Setup, api: str, path: str, expected: str
 ) -> None:
-    with pytest.raises(ValueError) as refused:
+    with pytest.raises(ToolRefusal) as refused:
         await apis.http.get(apis.args(api=api, path=path))
     assert expected in str(refused.value)
     assert apis.secret not in str(refused.value)
@@ -321,7 +322,7 @@ async def test_a_refused_body_is_not_downloaded(apis: Setup, path: str, expected
     wrong type is not read at all: the server's writes fail long before the end of its 64
     MiB, because the client stopped reading and hung up."""
     before = len(apis.server.streamed)
-    with pytest.raises(ValueError, match=re.escape(expected)):
+    with pytest.raises(ToolRefusal, match=re.escape(expected)):
         await apis.http.get(apis.args(api="local", path=path))
     await wait_until(lambda: len(apis.server.streamed) > before)
     assert apis.server.streamed[-1] < STREAM_TOTAL
@@ -336,7 +337,7 @@ async def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> 
 
 async def test_a_redirect_is_refused_and_not_followed(apis: Setup) -> None:
     count = len(apis.server.seen)
-    with pytest.raises(ValueError) as refused:
+    with pytest.raises(ToolRefusal) as refused:
         await apis.http.get(apis.args(api="local", path="redirect"))
     assert "GET local:/redirect: the API redirects (302) to http://evil.example/steal" in str(
         refused.value
@@ -345,7 +346,7 @@ async def test_a_redirect_is_refused_and_not_followed(apis: Setup) -> None:
 
 
 async def test_a_redirect_carrying_the_secret_does_not_repeat_it(apis: Setup) -> None:
-    with pytest.raises(ValueError) as refused:
+    with pytest.raises(ToolRefusal) as refused:
         await apis.http.get(apis.args(api="secret", path="redirect-with-token"))
     assert "redirects (307) to http://evil.example/?t=<Authorization>;" in str(refused.value)
     assert apis.secret.removeprefix("Bearer ") not in str(refused.value)
@@ -408,7 +409,7 @@ async def test_paths_that_could_leave_the_api_are_refused(apis: Setup, path: str
         apis.args(api="local", path=path)
     schema = apis.tool.spec.input_schema
     assert _schema_error({"api": "local", "path": path}, schema)  # nor does a plan step ...
-    with pytest.raises(ValueError):  # ... and the call refuses them anyway
+    with pytest.raises(ToolRefusal):  # ... and the call refuses them anyway
         await apis.http.get(HttpGetArgs.model_construct(api="local", path=path, params={}))
     assert len(apis.server.seen) == count  # nothing was sent
 
@@ -503,11 +504,11 @@ async def test_a_missing_or_broken_secret_is_a_refusal_naming_the_variable(apis:
     count = len(apis.server.seen)
     http = HttpGet(load_http_apis(apis.apis_file), environ={})
     expected = f"needs header Authorization from environment variable {TOKEN_VAR}, which is not"
-    with pytest.raises(ValueError, match=re.escape(expected)):
+    with pytest.raises(ToolRefusal, match=re.escape(expected)):
         await http.get(apis.args(api="secret", path="items/1"))
     broken = "Bearer abc\r\nX-Injected: 1"
     http = HttpGet(load_http_apis(apis.apis_file), environ={TOKEN_VAR: broken})
-    with pytest.raises(ValueError) as refused:
+    with pytest.raises(ToolRefusal) as refused:
         await http.get(apis.args(api="secret", path="items/1"))
     assert f"variable {TOKEN_VAR} (header Authorization) holds characters" in str(refused.value)
     assert "abc" not in str(refused.value)

@@ -22,13 +22,13 @@ from temporalio.testing import ActivityEnvironment
 from activities.memory.extraction import ExtractionActivities
 from activities.models.base import Message, ModelRequest
 from activities.models.llamacpp import LlamaCppModel
-from activities.models.provider_errors import MODEL_UNAVAILABLE
 from activities.models.router import ModelRouter
 from activities.planning import PlanningActivities
 from activities.react import ReactActivities
 from activities.tools.builtin import default_registry
 from keel.client import start_task
 from keel.contracts import ExtractionRequest, PlanRequest, ReactRequest, TaskRequest, TaskStatus
+from keel.durable import MODEL_UNAVAILABLE
 from keel.queues import Queues
 from keel.settings import Settings
 from sandbox.backend import Limits, Run

@@ -31,13 +31,14 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel
 from temporalio.testing import WorkflowEnvironment
 
-from activities.tools.activity import ToolActivities, ToolRefused
+from activities.tools.activity import ToolActivities
 from activities.tools.calculator import CalculatorInput, CalculatorOutput
 from activities.tools.mcp_remote import discover_tools, keel_tool_name, load_servers, redactor
 from activities.tools.registry import ToolContext, ToolRegistry, define_tool
 from keel.client import start_task
 from keel.contracts import SideEffects, StepStatus, TaskRequest, TaskStatus, ToolCall
-from keel.errors import TOOL_ERROR
+from keel.durable import TOOL_ERROR
+from keel.errors import ToolRefusal
 from keel.mcp_server import KeelMcpServer
 from keel.ports import free_port
 from keel.queues import TOOLS, Queues
@@ -228,9 +229,9 @@ async def test_streamable_http_server_requires_its_token_and_serves_keel_and_mcp
             calculator, call.model_copy(update={"args": {"expression": "6*7"}})
         )
         assert out.output["value"] == 42
-        with pytest.raises(ToolRefused) as refused_input:  # checked here, before any request
+        with pytest.raises(ToolRefusal) as refused_input:  # checked here, before any request
             await executor.execute(calculator, call.model_copy(update={"args": {"expr": 1}}))
-        assert refused_input.value.kind == TOOL_ERROR
+        assert refused_input.value.type == TOOL_ERROR
         assert "'expression' is a required property" in refused_input.value.message
     finally:
         server.stop()
@@ -308,7 +309,7 @@ async def test_agent_task_calls_external_mcp_tools_and_history_keeps_no_secret(
         # input is checked against the server's schema before any call
         executor = ToolActivities(components.registry, mine)
         tool = next(t for t in components.registry.on_queue(TOOLS) if t.spec.name == echo.name)
-        with pytest.raises(ToolRefused) as refused:
+        with pytest.raises(ToolRefusal) as refused:
             await executor.execute(
                 tool,
                 ToolCall(workflow_id="w", step_id="s", tool=echo.name, args={"text": 5}, max_usd=1),

@@ -31,21 +31,20 @@ from activities.models.llama_server import LlamaServer
 from activities.models.llamacpp import SMOLLM2_NAME, default_model_path
 from activities.models.openai_chat import OpenAIModel, strict_compatible
 from activities.models.prices import price_of
-from activities.models.provider_errors import (
-    MODEL_AUTH_ERROR,
-    MODEL_BAD_REQUEST,
-    MODEL_QUOTA_EXCEEDED,
-    MODEL_RATE_LIMITED,
-    MODEL_UNAVAILABLE,
-    retry_after_seconds,
-    status_error,
-)
+from activities.models.provider_errors import retry_after_seconds, status_error
 from activities.models.router import ModelRouter, build_model
 from activities.planning import plan_output_schema, planning_prompt
 from activities.reasoning import ReasoningActivities
 from activities.tools.builtin import default_registry
 from keel.client import start_task
 from keel.contracts import PlanRequest, Synthesis, SynthesisRequest, TaskRequest, TaskStatus
+from keel.durable import (
+    MODEL_AUTH_ERROR,
+    MODEL_BAD_REQUEST,
+    MODEL_QUOTA_EXCEEDED,
+    MODEL_RATE_LIMITED,
+    MODEL_UNAVAILABLE,
+)
 from keel.ports import free_port
 from keel.queues import Queues
 from keel.settings import Settings

@@ -24,7 +24,8 @@ from activities.tools.registry import ToolRegistry
 from activities.tools.sql import SqlUnavailable, _Database, _Limits, check_read_only
 from keel.client import start_task
 from keel.contracts import SideEffects, StepStatus, TaskRequest, TaskStatus, ToolCall
-from keel.errors import TOOL_ERROR
+from keel.durable import TOOL_ERROR
+from keel.errors import ToolRefusal
 from keel.ports import free_port
 from keel.queues import TOOLS, Queues
 from keel.settings import Settings, SettingsError
@@ -247,7 +248,7 @@ async def test_the_database_runs_one_statement_per_call_whatever_the_text_check_
     read-only transaction and let a write through."""
     limits = _Limits(timeout_ms=2000, row_limit=10, max_cost=1e9)
     before = snapshot(pg)
-    with pytest.raises(ValueError, match="cannot insert multiple commands"):
+    with pytest.raises(ToolRefusal, match="cannot insert multiple commands"):
         await _Database(pg.url).run("SELECT 1; COMMIT; SELECT bump_visits(1)", limits)
     assert snapshot(pg) == before
 
@@ -313,17 +314,21 @@ async def test_connection_failure_is_retryable_and_never_shows_the_password(
     bad_password = sql_settings(pg).model_copy(
         update={"sql_url": pg.url.replace(pg.reader_password, wrong)}
     )
-    with pytest.raises(SqlUnavailable) as info:  # not a refusal: Temporal retries it
+    with pytest.raises(ApplicationError) as info:  # not a refusal: Temporal retries it
         await run_sql(bad_password, "SELECT 1")
-    message = str(info.value)
+    assert info.value.type == SqlUnavailable.__name__ and not info.value.non_retryable
+    assert isinstance(info.value.__cause__, SqlUnavailable)
+    message = info.value.message
+    assert message.startswith("sql_query failed: SqlUnavailable: cannot connect")
     assert "KEEL_SQL_URL" in message and "password authentication failed" in message
     assert wrong not in message and pg.reader_password not in message
 
     closed_port = free_port()  # bound and released: nothing listens there
     nowhere = Settings(sql_url=f"postgresql://{READER}:{wrong}@127.0.0.1:{closed_port}/shop")
-    with pytest.raises(SqlUnavailable) as info:
+    with pytest.raises(ApplicationError) as info:
         await run_sql(nowhere, "SELECT 1")
-    assert "KEEL_SQL_URL" in str(info.value) and wrong not in str(info.value)
+    assert info.value.type == SqlUnavailable.__name__ and not info.value.non_retryable
+    assert "KEEL_SQL_URL" in info.value.message and wrong not in info.value.message
 
 
 async def test_sql_query_in_an_agent_task(

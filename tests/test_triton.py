@@ -17,10 +17,10 @@ from temporalio.exceptions import ApplicationError
 
 from activities.models.base import Message, ModelRequest
 from activities.models.llamacpp import SMOLLM2_NAME, LlamaCppModel
-from activities.models.provider_errors import MODEL_UNAVAILABLE
 from activities.models.triton import TritonModel
 from keel.client import start_task
 from keel.contracts import TaskRequest, TaskStatus
+from keel.durable import MODEL_UNAVAILABLE
 from keel.ports import free_port
 from keel.queues import Queues
 from tests.conftest import Stack

@@ -29,13 +29,14 @@ from qdrant_client import QdrantClient, models
 
 from activities.memory.embedding import Embedder
 from keel.contracts import SHARED_SCOPE
+from keel.errors import KeelError
 
 KINDS = ("episodes", "documents", "cache")
 LOCAL_SHARDS = 4096
 SHARED = SHARED_SCOPE  # the user id of entries every user may read (e.g. a shared cache)
 
 
-class VectorStoreError(ValueError):
+class VectorStoreError(KeelError, ValueError):
     """The store cannot be used as configured; the message says what to do."""
 
 

@@ -13,7 +13,6 @@ import time
 from typing import Any
 
 import anthropic
-from temporalio.exceptions import ApplicationError
 
 from activities.models.base import Completion, Message, ModelClient, ModelRequest
 from activities.models.openai_chat import estimate_tokens
@@ -21,7 +20,7 @@ from activities.models.provider_errors import (
     missing_key_error,
     sdk_error,
 )
-from keel.durable import MODEL_REFUSED
+from keel.errors import ModelRefused
 
 KEY_ENV = "KEEL_ANTHROPIC_API_KEY (or ANTHROPIC_API_KEY)"
 BASE_URL_ENV = "KEEL_ANTHROPIC_BASE_URL"
@@ -103,11 +102,9 @@ class AnthropicModel(ModelClient):
 
         text = "".join(b.text for b in message.content if b.type == "text")
         if message.stop_reason == "refusal":
-            raise ApplicationError(
-                f"anthropic model {self.name} declined to answer: {text[:200]}",
-                type=MODEL_REFUSED,
-                non_retryable=True,
-            )
+            raise ModelRefused(
+                f"anthropic model {self.name} declined to answer: {text[:200]}"
+            ).to_application_error()
         if schema is not None:
             tool_input = next((b.input for b in message.content if b.type == "tool_use"), None)
             if tool_input is not None:

@@ -17,7 +17,7 @@ from activities.models.base import Completion, Message, ModelClient, ModelReques
 from activities.models.gguf_tokens import gguf_tokenizer
 from activities.models.llama_server import LlamaServer
 from activities.models.openai_chat import OpenAIModel
-from activities.models.provider_errors import MODEL_UNAVAILABLE
+from keel.errors import ModelUnavailable
 
 SMOLLM2_NAME = "smollm2-135m-instruct"
 # A call on 2 cores may queue behind others in the child; the activity heartbeats meanwhile.
@@ -81,14 +81,13 @@ class LlamaCppModel(ModelClient):
         try:
             return await self._openai().complete(request)
         except ApplicationError as err:
-            if err.type != MODEL_UNAVAILABLE:  # the server answered: it is alive
+            if err.type != ModelUnavailable.type:  # the server answered: it is alive
                 raise
             died = await self.server.ended_after_failure()
             if died is None:
                 raise
-        # The next attempt (Temporal retries MODEL_UNAVAILABLE) starts a fresh child.
-        raise ApplicationError(
+        # The next attempt (Temporal retries ModelUnavailable) starts a fresh child.
+        raise ModelUnavailable(
             f"the local model process ({self.name}) {died} during this call; "
-            "a new one is started for the retry",
-            type=MODEL_UNAVAILABLE,
-        )
+            "a new one is started for the retry"
+        ).to_application_error()

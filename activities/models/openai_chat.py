@@ -19,7 +19,6 @@ from typing import Any, Literal
 
 import openai
 import structlog
-from temporalio.exceptions import ApplicationError
 
 from activities.models.base import Completion, Message, ModelClient, ModelRequest
 from activities.models.provider_errors import (
@@ -27,7 +26,7 @@ from activities.models.provider_errors import (
     provider_message,
     sdk_error,
 )
-from keel.durable import MODEL_REFUSED
+from keel.errors import ModelRefused
 
 log = structlog.get_logger(__name__)
 
@@ -149,11 +148,9 @@ class OpenAIModel(ModelClient):
         text = (message.content if message else None) or ""
         refusal = getattr(message, "refusal", None)
         if not text and refusal:
-            raise ApplicationError(
-                f"openai model {self.name} declined: {provider_message(refusal, 'refused')}",
-                type=MODEL_REFUSED,
-                non_retryable=True,
-            )
+            raise ModelRefused(
+                f"openai model {self.name} declined: {provider_message(refusal, 'refused')}"
+            ).to_application_error()
         usage = response.usage
         if usage is None:  # some compatible servers omit it; never book a call as free
             log.warning("no usage in the response; estimating it", model=self.name)

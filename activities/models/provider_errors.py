@@ -17,12 +17,12 @@ from datetime import timedelta
 
 from temporalio.exceptions import ApplicationError
 
-from keel.durable import (
-    MODEL_AUTH_ERROR,
-    MODEL_BAD_REQUEST,
-    MODEL_QUOTA_EXCEEDED,
-    MODEL_RATE_LIMITED,
-    MODEL_UNAVAILABLE,
+from keel.errors import (
+    ModelAuthError,
+    ModelBadRequest,
+    ModelQuotaExceeded,
+    ModelRateLimited,
+    ModelUnavailable,
 )
 
 # A provider asking for more than this is capped: the activity's own timeouts and attempts
@@ -121,60 +121,44 @@ def status_error(
     next_delay = timedelta(seconds=delay) if delay is not None else None
 
     if status == 401:
-        return ApplicationError(
+        return ModelAuthError(
             f"{where}: the API key was rejected ({message}); set {key_env} to a valid key",
             details,
-            type=MODEL_AUTH_ERROR,
-            non_retryable=True,
-        )
+        ).to_application_error()
     if status == 403:
-        return ApplicationError(
-            f"{where}: the key in {key_env} may not use this model ({message})",
-            details,
-            type=MODEL_AUTH_ERROR,
-            non_retryable=True,
-        )
+        return ModelAuthError(
+            f"{where}: the key in {key_env} may not use this model ({message})", details
+        ).to_application_error()
     if status == 402:
-        return ApplicationError(
+        return ModelAuthError(
             f"{where}: the account behind {key_env} cannot pay for this call ({message})",
             details,
-            type=MODEL_AUTH_ERROR,
-            non_retryable=True,
-        )
+        ).to_application_error()
     if status == 429:
         # OpenAI answers 429 both for "slow down" and for "your quota is used up"; only the
         # first goes away by waiting.
         if _error_code(body) == "insufficient_quota":
-            return ApplicationError(
+            return ModelQuotaExceeded(
                 f"{where}: the quota of the account behind {key_env} is used up ({message})",
                 details,
-                type=MODEL_QUOTA_EXCEEDED,
-                non_retryable=True,
-            )
-        return ApplicationError(
-            f"{where} is rate limited ({message})",
-            details,
-            type=MODEL_RATE_LIMITED,
-            next_retry_delay=next_delay,
-        )
+            ).to_application_error()
+        return ModelRateLimited(
+            f"{where} is rate limited ({message})", details, next_retry_delay=next_delay
+        ).to_application_error()
     if status >= 500 or status in _RETRYABLE_CLIENT:
         # Providers may say explicitly that a retry cannot help (`x-should-retry: false`).
         give_up = headers.get("x-should-retry") == "false"
         state = "overloaded" if status in _OVERLOADED else f"failing (HTTP {status})"
-        return ApplicationError(
+        return ModelUnavailable(
             f"{where} is {state} ({message})",
             details,
-            type=MODEL_UNAVAILABLE,
-            non_retryable=give_up,
             next_retry_delay=next_delay,
-        )
+            non_retryable=give_up,
+        ).to_application_error()
     # 400, 404, 413, 422, ...: the same request would fail the same way.
-    return ApplicationError(
-        f"{where} refused the request (HTTP {status}: {message})",
-        details,
-        type=MODEL_BAD_REQUEST,
-        non_retryable=True,
-    )
+    return ModelBadRequest(
+        f"{where} refused the request (HTTP {status}: {message})", details
+    ).to_application_error()
 
 
 def sdk_error(
@@ -213,10 +197,9 @@ def connection_error(*, provider: str, model: str, err: Exception) -> Applicatio
     request = getattr(err, "request", None)  # the SDKs' connection errors keep their request
     url = getattr(request, "url", None)
     target = f" to {url}" if url is not None else ""
-    return ApplicationError(
-        f"{provider} model {model}: request{target} {what} ({provider_message(None, str(err))})",
-        type=MODEL_UNAVAILABLE,
-    )
+    return ModelUnavailable(
+        f"{provider} model {model}: request{target} {what} ({provider_message(None, str(err))})"
+    ).to_application_error()
 
 
 def missing_key_error(provider: str, key_env: str, base_url_env: str) -> ValueError:

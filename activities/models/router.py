@@ -6,13 +6,12 @@ import dataclasses
 from dataclasses import dataclass
 
 import structlog
-from temporalio.exceptions import ApplicationError
 
 from activities.heartbeat import heartbeating
 from activities.models.base import ModelClient, ModelRequest
 from activities.models.prices import price_of
 from keel.contracts import ModelUsage
-from keel.errors import BUDGET_EXCEEDED
+from keel.errors import BudgetExceeded
 from keel.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -116,13 +115,11 @@ class ModelRouter:
         if max_tokens is not None:
             limit = min(limit, max_tokens - input_tokens)
         if limit < MIN_OUTPUT_TOKENS:
-            raise ApplicationError(
+            raise BudgetExceeded(
                 f"{role} call on {model.name} needs about {input_tokens} input tokens plus "
                 f"{MIN_OUTPUT_TOKENS} output tokens, more than its allowance "
-                f"(${max_usd:.6f}, {max_tokens if max_tokens is not None else 'any'} tokens)",
-                type=BUDGET_EXCEEDED,
-                non_retryable=True,
-            )
+                f"(${max_usd:.6f}, {max_tokens if max_tokens is not None else 'any'} tokens)"
+            ).to_application_error()
         meta = {**request.meta, "role": role}
         async with heartbeating():  # a dead worker is noticed in seconds, not at the timeout
             completion = await model.complete(

@@ -24,7 +24,7 @@ from tritonclient.utils import InferenceServerException
 from activities.models.base import Completion, Message, ModelClient, ModelRequest
 from activities.models.gguf_tokens import gguf_tokenizer
 from activities.models.llamacpp import SMOLLM2_NAME, default_model_path
-from activities.models.provider_errors import MODEL_BAD_REQUEST, MODEL_UNAVAILABLE
+from keel.errors import ModelBadRequest, ModelUnavailable
 
 # Generous: on a busy CPU-only server a plan waits behind others; Temporal's activity
 # timeout is what really bounds the call.
@@ -60,12 +60,11 @@ class TritonModel(ModelClient):
 
     async def complete(self, request: ModelRequest) -> Completion:
         if self.url is None:
-            raise ApplicationError(
+            raise ModelUnavailable(
                 "no Triton server to call: set KEEL_TRITON_URL, or run the planner worker in "
                 "this process (it starts one)",
-                type=MODEL_UNAVAILABLE,
                 non_retryable=True,
-            )
+            ).to_application_error()
         body = {
             "messages": [{"role": m.role, "content": m.content} for m in request.messages],
             "max_tokens": request.max_tokens,
@@ -87,17 +86,16 @@ class TritonModel(ModelClient):
         except InferenceServerException as err:
             raise self._model_error(err) from None
         except (TimeoutError, aiohttp.ClientError, OSError) as err:
-            raise ApplicationError(
+            raise ModelUnavailable(
                 f"Triton at {self.url} is unreachable ({type(err).__name__}: {err}): "
-                "is the planner worker's Triton server running? (KEEL_TRITON_URL)",
-                type=MODEL_UNAVAILABLE,
-            ) from None
+                "is the planner worker's Triton server running? (KEEL_TRITON_URL)"
+            ).to_application_error() from None
         round_trip_ms = (time.perf_counter() - started) * 1000
         raw = result.as_numpy("RESPONSE")
         if raw is None or raw.size != 1:
-            raise ApplicationError(
-                f"Triton model {self.model!r} returned no RESPONSE", type=MODEL_UNAVAILABLE
-            )
+            raise ModelUnavailable(
+                f"Triton model {self.model!r} returned no RESPONSE"
+            ).to_application_error()
         out: dict[str, Any] = json.loads(raw.reshape(-1)[0])
         return Completion(
             text=out["text"],
@@ -113,13 +111,10 @@ class TritonModel(ModelClient):
         message = err.message() or str(err)
         if status in ("400", "404"):  # a bad request or an unknown model: retrying won't help
             hint = " (check KEEL_TRITON_MODEL)" if "unknown model" in message else ""
-            return ApplicationError(
-                f"Triton model {self.model!r} at {self.url} refused the request: {message}{hint}",
-                type=MODEL_BAD_REQUEST,
-                non_retryable=True,
-            )
+            return ModelBadRequest(
+                f"Triton model {self.model!r} at {self.url} refused the request: {message}{hint}"
+            ).to_application_error()
         # 5xx: the model raised, or its stub process died; Triton restarts it, so retry.
-        return ApplicationError(
-            f"Triton model {self.model!r} at {self.url} failed (HTTP {status}): {message}",
-            type=MODEL_UNAVAILABLE,
-        )
+        return ModelUnavailable(
+            f"Triton model {self.model!r} at {self.url} failed (HTTP {status}): {message}"
+        ).to_application_error()

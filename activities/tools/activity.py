@@ -5,6 +5,11 @@ tool itself, output validation, size cap); the activities run it, and so does an
 that calls Keel tools outside a workflow (the MCP server, keel/mcp_server.py), so the same
 refusals and caps hold everywhere.
 
+A tool refuses a call only by raising `ToolRefusal` (keel/errors.py): a final failure the
+planner plans around. Anything else a tool raises is a bug or an outage, never a refusal:
+the activity fails with the exception's type named in its failure, and Temporal retries it
+when the tool is idempotent.
+
 A tool activity heartbeats while its tool runs (`heartbeating`): the heartbeat is how a worker
 learns that the activity was cancelled (its workflow cancelled the step or the task). The
 worker then cancels the activity's task, the tool stops what it started (a sandbox run is
@@ -22,7 +27,7 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, FailureError
 
 from activities.heartbeat import heartbeating
 from activities.models.router import ModelRouter
@@ -30,25 +35,12 @@ from activities.tools.registry import Tool, ToolContext, ToolRegistry
 from keel import durable
 from keel.contracts import ToolCall, ToolOutput, ToolSpec
 from keel.converter import describe_validation_error
-from keel.errors import BUDGET_EXCEEDED, INVALID_OUTPUT, TOOL_ERROR
+from keel.errors import BudgetExceeded, Failure, InvalidToolOutput, ToolRefusal
 from keel.logging import activity_logger
 from keel.settings import Settings
 
 WARN_OUTPUT_BYTES = 256 * 1024
 MAX_OUTPUT_BYTES = 1024 * 1024  # Temporal caps payloads at 2 MB
-
-
-class ToolRefused(Exception):
-    """A call the validated path refused; retrying it cannot help.
-
-    `message` is one line for the caller; `kind` is its failure type from keel.errors
-    (TOOL_ERROR, BUDGET_EXCEEDED or INVALID_OUTPUT), the ApplicationError type an activity
-    fails with."""
-
-    def __init__(self, message: str, kind: str = TOOL_ERROR) -> None:
-        super().__init__(message)
-        self.message = message
-        self.kind = kind
 
 
 class ToolActivities:
@@ -78,15 +70,25 @@ class ToolActivities:
         except asyncio.CancelledError:
             log.info("tool cancelled")  # and stopped: the tool ended what it started
             raise
-        except ToolRefused as refused:
-            raise ApplicationError(refused.message, type=refused.kind, non_retryable=True) from None
+        except Failure as failure:  # a refusal (or another failure a tool raised on purpose)
+            raise failure.to_application_error() from None
+        except FailureError:
+            raise  # built for Temporal by the tool (an API's outage, a model's failure)
+        except Exception as err:
+            # A bug or an outage, never a refusal: retried when the tool is idempotent. The
+            # step's error names the exception, which the message alone may not (a bare
+            # "Expecting value: line 1 column 1"); its traceback stays in the failure's cause.
+            raise ApplicationError(
+                f"{tool.spec.name} failed: {type(err).__name__}: {err}", type=type(err).__name__
+            ) from err
 
     async def execute(self, tool: Tool, call: ToolCall, log: Any = None) -> ToolOutput:
         """Run one call through the validated path: validate the input, check the cost
         against `call.max_usd`, run the tool, validate its output and cap its size.
 
-        Raises ToolRefused for a refusal; any other exception is the tool failing (an
-        activity retries those when the tool is idempotent). Works outside an activity."""
+        Raises ToolRefusal (InvalidToolOutput for a bad output) or BudgetExceeded for a call
+        refused; anything else is the tool failing, a bug or an outage (an activity retries
+        those when the tool is idempotent). Works outside an activity."""
         spec = tool.spec
         if log is None:
             log = structlog.get_logger("keel.tools").bind(
@@ -95,12 +97,11 @@ class ToolActivities:
         try:
             args = tool.input_model.model_validate(call.args)
         except ValidationError as err:
-            raise ToolRefused(describe_validation_error(err, f"{spec.name} arguments")) from None
+            raise ToolRefusal(describe_validation_error(err, f"{spec.name} arguments")) from None
         if spec.cost_per_call_usd > call.max_usd + 1e-12:
-            raise ToolRefused(
+            raise BudgetExceeded(
                 f"{spec.name} costs ${spec.cost_per_call_usd:.6f} per call; "
-                f"only ${call.max_usd:.6f} was reserved",
-                BUDGET_EXCEEDED,
+                f"only ${call.max_usd:.6f} was reserved"
             )
         ctx = ToolContext(
             workflow_id=call.workflow_id,
@@ -114,18 +115,16 @@ class ToolActivities:
         started = time.perf_counter()
         try:
             result = await tool.fn(args, ctx)
-        except ValueError as err:  # tools raise ValueError for input they refuse
-            log.info("tool refused its input", error=str(err))
-            raise ToolRefused(f"{spec.name}: {err}") from None
+        except ToolRefusal as refusal:  # raised on purpose: nothing else is a refusal
+            log.info("tool refused its input", error=refusal.message)
+            raise refusal.reworded(f"{spec.name}: {refusal.message}") from None
         try:
             output = tool.output_model.model_validate(result.model_dump()).model_dump(mode="json")
         except ValidationError as err:
-            raise ToolRefused(
-                describe_validation_error(err, f"{spec.name} output"), INVALID_OUTPUT
-            ) from None
+            raise InvalidToolOutput(describe_validation_error(err, f"{spec.name} output")) from None
         size = len(ToolOutput(output=output).model_dump_json())
         if size > MAX_OUTPUT_BYTES:
-            raise ToolRefused(f"{spec.name} output is {size} bytes, over {MAX_OUTPUT_BYTES}")
+            raise ToolRefusal(f"{spec.name} output is {size} bytes, over {MAX_OUTPUT_BYTES}")
         if size > WARN_OUTPUT_BYTES:
             log.warning("large tool output", bytes=size)
         # A tool that calls models costs what its calls cost (its listed price is only the

@@ -8,6 +8,8 @@ from collections.abc import Callable
 
 from pydantic import BaseModel, Field
 
+from keel.errors import ToolRefusal
+
 MAX_EXPONENT = 1000
 MAX_LENGTH = 500
 _TOKEN = re.compile(r"\s*(?:(\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|(\*\*|//|[-+*/%(),])|([a-z]+))")
@@ -20,8 +22,8 @@ _FUNCTIONS: dict[str, Callable[..., float]] = {
 }
 
 
-class CalculatorError(ValueError):
-    pass
+class CalculatorError(ToolRefusal):
+    """An expression the calculator cannot or will not evaluate."""
 
 
 class CalculatorInput(BaseModel):

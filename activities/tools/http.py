@@ -46,11 +46,10 @@ from pydantic import (
     create_model,
     field_validator,
 )
-from temporalio.exceptions import ApplicationError
 
 from activities.tools.registry import Tool, ToolContext, define_tool
 from keel.contracts import SideEffects
-from keel.durable import HTTP_UNAVAILABLE
+from keel.errors import HttpUnavailable, ToolRefusal
 from keel.queues import HTTP
 from keel.settings import Settings, load_json_config
 
@@ -255,13 +254,16 @@ class HttpGetOutput(BaseModel):
 
 def build_url(api: HttpApi, path: str, params: Mapping[str, str]) -> httpx.URL:
     """The URL of a call, checked to keep the base's origin and stay under its path."""
-    check_path(path)
+    try:
+        check_path(path)  # a validator too, so a ValueError, as pydantic wants
+    except ValueError as err:
+        raise ToolRefusal(str(err)) from None
     relative = path.removeprefix("/")
     url = httpx.URL(api.base_url + ("/" + relative if relative else ""), params=dict(params))
     base_path = api.base_path
     inside = url.path == base_path or url.path.startswith(base_path + "/") or base_path == ""
     if (url.scheme, url.host, url.port) != api.origin or not inside:
-        raise ValueError(f"{path!r} leads outside {api.base_url}")
+        raise ToolRefusal(f"{path!r} leads outside {api.base_url}")
     return url
 
 
@@ -296,11 +298,7 @@ def _retry_after(value: str | None) -> timedelta | None:
 
 
 def _reject_constant(name: str) -> Any:
-    raise ValueError(f"the body is not standard JSON ({name})")
-
-
-def _retryable(message: str, delay: timedelta | None = None) -> ApplicationError:
-    return ApplicationError(message, type=HTTP_UNAVAILABLE, next_retry_delay=delay)
+    raise ToolRefusal(f"the body is not standard JSON ({name})")
 
 
 class HttpGet:
@@ -330,12 +328,12 @@ class HttpGet:
         for header, var in api.headers_env.items():
             value = environ.get(var, "")
             if not value:
-                raise ValueError(
+                raise ToolRefusal(
                     f"API {name} needs header {header} from environment variable {var}, which "
                     "is not set where the tools worker runs: set it there and restart the worker"
                 )
             if not value.isascii() or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-                raise ValueError(
+                raise ToolRefusal(
                     f"API {name}: environment variable {var} (header {header}) holds "
                     "characters a header value cannot have"
                 )
@@ -346,7 +344,7 @@ class HttpGet:
         name = args.api
         api = self.apis.get(name)
         if api is None:
-            raise ValueError(f"API {name!r} is not allowlisted (allowed: {', '.join(self.apis)})")
+            raise ToolRefusal(f"API {name!r} is not allowlisted (allowed: {', '.join(self.apis)})")
         url = build_url(api, args.path, args.params)
         call = _Call(f"GET {name}:/{args.path.removeprefix('/')}", self._secrets(name, api))
         headers = {
@@ -370,9 +368,13 @@ class HttpGet:
                 media = call.content_type(response, api.content_types)
                 body = await call.read(response, api.max_bytes)
         except TimeoutError:
-            raise _retryable(f"{call.where}: no answer within {api.timeout_s:g} s") from None
+            raise HttpUnavailable(
+                f"{call.where}: no answer within {api.timeout_s:g} s"
+            ).to_application_error() from None
         except httpx.TransportError as err:  # connection refused, reset, ...: worth retrying
-            raise _retryable(call.scrub(f"{call.where}: {type(err).__name__}: {err}")) from None
+            raise HttpUnavailable(
+                call.scrub(f"{call.where}: {type(err).__name__}: {err}")
+            ).to_application_error() from None
         return self._output(call, args, response, media, body)
 
     def _output(
@@ -387,18 +389,23 @@ class HttpGet:
             try:
                 parsed = json.loads(body, parse_constant=_reject_constant)
             except json.JSONDecodeError as err:
-                raise ValueError(
+                raise ToolRefusal(
                     f"{call.where}: the body is not valid JSON (line {err.lineno}, column "
                     f"{err.colno}: {err.msg})"
                 ) from None
-            except ValueError as err:  # NaN, Infinity
-                raise ValueError(f"{call.where}: {err}") from None
+            except UnicodeDecodeError as err:  # json.loads detects UTF-8, -16 or -32
+                raise ToolRefusal(
+                    f"{call.where}: the body is not valid JSON ({err.encoding}: {err.reason} at "
+                    f"byte {err.start})"
+                ) from None
+            except ToolRefusal as refusal:  # NaN, Infinity
+                raise refusal.reworded(f"{call.where}: {refusal.message}") from None
             validator = self._validators.get(args.api)
             if validator is not None:
                 error = jsonschema.exceptions.best_match(validator.iter_errors(parsed))
                 if error is not None:
                     at = "/" + "/".join(str(p) for p in error.absolute_path)
-                    raise ValueError(
+                    raise ToolRefusal(
                         f"{call.where}: the body does not match the API's schema at {at}: "
                         + call.scrub(_short(error.message))
                     )
@@ -435,7 +442,7 @@ class _Call:
     def refuse_echo(self, data: bytes) -> None:
         for header, value in self.secrets.items():
             if value.encode() in data:
-                raise ValueError(
+                raise ToolRefusal(
                     f"{self.where}: the response contains the value of the secret header "
                     f"{header}; refused so that it never reaches the workflow history"
                 )
@@ -453,15 +460,17 @@ class _Call:
         said = _short(snippet.decode("utf-8", errors="replace"))
         answer = f"{status} {response.reason_phrase}".strip() + (f": {said}" if said else "")
         if status == 429 or status >= 500:
-            delay = _retry_after(response.headers.get("retry-after"))
-            raise _retryable(f"{self.where}: the API answered {answer} (retried)", delay)
+            raise HttpUnavailable(
+                f"{self.where}: the API answered {answer} (retried)",
+                next_retry_delay=_retry_after(response.headers.get("retry-after")),
+            ).to_application_error()
         if 300 <= status < 400:
             location = self.scrub(_short(response.headers.get("location", "(no Location)")))
-            raise ValueError(
+            raise ToolRefusal(
                 f"{self.where}: the API redirects ({status}) to {location}; redirects are not "
                 "followed: call the final path of an allowlisted API instead"
             )
-        raise ValueError(f"{self.where}: the API answered {answer}")
+        raise ToolRefusal(f"{self.where}: the API answered {answer}")
 
     def content_type(self, response: httpx.Response, allowed: list[str]) -> str:
         """The response's media type, checked before its body is read."""
@@ -471,9 +480,9 @@ class _Call:
         ):
             return media
         if not media:
-            raise ValueError(f"{self.where}: the response has no Content-Type")
+            raise ToolRefusal(f"{self.where}: the response has no Content-Type")
         if not _accepted(media, allowed):
-            raise ValueError(
+            raise ToolRefusal(
                 f"{self.where}: content type {media} is not one of {', '.join(allowed)}"
             )
         return media
@@ -482,7 +491,7 @@ class _Call:
         """The body, read as a stream and abandoned as soon as it is over `max_bytes`."""
         declared = response.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > max_bytes:
-            raise ValueError(
+            raise ToolRefusal(
                 f"{self.where}: the body is {int(declared):,} bytes, over {max_bytes:,}"
             )
         chunks: list[bytes] = []
@@ -490,7 +499,7 @@ class _Call:
         async for chunk in response.aiter_bytes():
             size += len(chunk)
             if size > max_bytes:  # stop: the rest is never downloaded
-                raise ValueError(f"{self.where}: the body is over {max_bytes:,} bytes")
+                raise ToolRefusal(f"{self.where}: the body is over {max_bytes:,} bytes")
             chunks.append(chunk)
         body = b"".join(chunks)
         self.refuse_echo(body)

@@ -50,7 +50,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from activities.tools.registry import Tool, ToolContext
 from keel.contracts import SideEffects, ToolSpec
-from keel.errors import ServiceStartError
+from keel.errors import ServiceStartError, ToolRefusal
 from keel.queues import TOOLS
 from keel.settings import SettingsError, load_json_config
 
@@ -147,7 +147,7 @@ def load_servers(path: Path) -> ServersFile:
 # --- secrets and connections ---------------------------------------------------------------
 
 
-class MissingSecret(ValueError):
+class MissingSecret(ToolRefusal):
     """A variable the servers file names is not set in the worker's environment."""
 
 
@@ -352,7 +352,7 @@ def _make_tool(
             ) from None
         text = "\n".join(b.text for b in result.content if isinstance(b, mcp_types.TextContent))
         if result.is_error:  # the tool refused: a refusal in Keel too (no retry, a re-plan)
-            raise ValueError(redact(text or "the server reported an error without a message"))
+            raise ToolRefusal(redact(text or "the server reported an error without a message"))
         if remote.output_schema is None:
             output: Any = {"text": text}
         elif wrapped:

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from activities.tools.registry import ToolContext
 from keel.settings import Settings
-from sandbox import Limits, Run, SandboxBackend, SandboxError, build_backend, limits_from
+from sandbox import Limits, Run, SandboxBackend, build_backend, limits_from
 
 MAIN = "main.py"
 MAX_CODE = 64 * 1024
@@ -63,10 +63,9 @@ class RunPython:
         return self._backend
 
     async def __call__(self, args: RunPythonInput, ctx: ToolContext) -> RunPythonOutput:
-        try:
-            backend = self.backend()
-        except SandboxError as err:
-            raise ValueError(str(err)) from None
+        # A sandbox that cannot run (SandboxError) is an outage of this worker, not the
+        # program's fault: it fails the call, retried, perhaps on a worker that can run it.
+        backend = self.backend()
         run = Run(
             argv=[str(self.settings.sandbox_python), "-E", "-s", MAIN],
             files={MAIN: args.code.encode()},

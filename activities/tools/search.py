@@ -11,6 +11,7 @@ import re
 from pydantic import BaseModel, Field
 
 from activities.tools.registry import ToolContext
+from keel.errors import ToolRefusal
 
 _WORD = re.compile(r"[a-z0-9]+")
 # Words too common to say anything about relevance.
@@ -74,7 +75,7 @@ def _words(text: str) -> set[str]:
 async def search_docs(args: SearchDocsInput, ctx: ToolContext) -> SearchDocsOutput:
     wanted = _words(args.query)
     if not wanted:
-        raise ValueError(f"the query {args.query!r} has no words to search for")
+        raise ToolRefusal(f"the query {args.query!r} has no words to search for")
     workspace = ctx.workspace()
     found: list[DocMatch] = []
     for path in workspace.list_files():

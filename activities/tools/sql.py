@@ -20,9 +20,9 @@ The database role in KEEL_SQL_URL should be allowed SELECT and nothing else: the
 filter is a first line, the read-only transaction and the role's rights are what the
 database itself enforces (a function that writes, `nextval`, server files ...).
 
-Refusals (the query's fault) raise ValueError, which the tool activity turns into a
-non-retryable error the planner can act on; an unreachable database raises an ordinary
-exception, retried by Temporal. The URL's password never appears in an error or output.
+Refusals (the query's fault) raise ToolRefusal, which the tool activity turns into a
+non-retryable error the planner can act on; an unreachable database raises SqlUnavailable,
+retried by Temporal. The URL's password never appears in an error or output.
 
 A cancelled call (its activity cancelled with its task) stops its statement on the server, not
 only here: psycopg (3.2 and later) answers the cancellation of a task waiting on a statement
@@ -51,6 +51,7 @@ from psycopg import errors as pg_errors
 from pydantic import BaseModel, Field
 
 from activities.tools.registry import ToolContext, ToolFn
+from keel.errors import KeelError, ToolRefusal
 from keel.settings import Settings, SettingsError
 
 MAX_QUERY_CHARS = 10_000
@@ -152,7 +153,7 @@ class SqlQueryOutput(BaseModel):
     text: str
 
 
-class SqlUnavailable(RuntimeError):
+class SqlUnavailable(KeelError, RuntimeError):
     """The database could not be reached or failed for a reason other than the query."""
 
 
@@ -224,14 +225,14 @@ def tokenize(query: str) -> Iterator[Token]:
         elif kind == "dollar":
             close = query.find(match.group(), end)
             if close < 0:
-                raise ValueError("the query has an unterminated dollar-quoted string")
+                raise ToolRefusal("the query has an unterminated dollar-quoted string")
             end = close + len(match.group())
             kind = "string"
         elif kind == "estring":
             kind = "string"
         elif kind == "punct" and match.group() in "'\"":
             what = "string literal" if match.group() == "'" else "quoted identifier"
-            raise ValueError(f"the query has an unterminated {what}")
+            raise ToolRefusal(f"the query has an unterminated {what}")
         if kind not in ("space", "comment", "block"):
             yield Token(kind, query[pos:end], pos, end)
         pos = end
@@ -248,12 +249,12 @@ def _block_comment_end(query: str, pos: int) -> int:
                 return pos
         else:
             pos += 1
-    raise ValueError("the query has an unterminated /* comment */")
+    raise ToolRefusal("the query has an unterminated /* comment */")
 
 
 def check_read_only(query: str) -> str:
     """The one statement of `query` (without a trailing semicolon) if it is a read-only
-    query; otherwise ValueError saying why not."""
+    query; otherwise ToolRefusal saying why not."""
     tokens = list(tokenize(query))
     statements: list[list[Token]] = [[]]
     for token in tokens:
@@ -263,9 +264,9 @@ def check_read_only(query: str) -> str:
             statements[-1].append(token)
     statements = [s for s in statements if s]
     if not statements:
-        raise ValueError("the query is empty")
+        raise ToolRefusal("the query is empty")
     if len(statements) > 1:
-        raise ValueError(
+        raise ToolRefusal(
             f"the query has {len(statements)} statements; send exactly one (no `;` between "
             "statements)"
         )
@@ -273,7 +274,7 @@ def check_read_only(query: str) -> str:
     first = next((t for t in statement if t.text != "("), None)
     if first is None or first.kind != "word" or first.text.upper() not in ALLOWED_FIRST:
         shown = first.text[:30] if first is not None else "("
-        raise ValueError(
+        raise ToolRefusal(
             f"only read-only queries run here: a statement starting with "
             f"{', '.join(ALLOWED_FIRST)}, not {shown!r}"
         )
@@ -289,7 +290,7 @@ def check_read_only(query: str) -> str:
             continue  # an alias
         locks = word == "SHARE" and before is not None and before.text.upper() in ("FOR", "KEY")
         if word in FORBIDDEN or locks:
-            raise ValueError(
+            raise ToolRefusal(
                 f"{word} is not allowed: only read-only queries run here (no writes, DDL, "
                 "row locks, SELECT INTO or SET). If it is a column name, write it in double "
                 f'quotes: "{token.text.lower()}"'
@@ -355,7 +356,7 @@ class _Database:
                 assert explained is not None
                 cost = float(explained[0][0]["Plan"]["Total Cost"])
                 if cost > limits.max_cost:
-                    raise ValueError(
+                    raise ToolRefusal(
                         f"refused before running: the database estimates this query at "
                         f"{_number(cost)} cost units, over the limit of "
                         f"{_number(limits.max_cost)} (KEEL_SQL_MAX_COST). Add WHERE filters "
@@ -380,7 +381,7 @@ class _Database:
             return _timed_out(limits)
         if sqlstate[:2] in _REFUSED_CLASSES:
             hint = f" ({err.diag.message_hint})" if err.diag.message_hint else ""
-            return ValueError(self.redact(f"the database refused the query: {primary}{hint}"))
+            return ToolRefusal(self.redact(f"the database refused the query: {primary}{hint}"))
         return SqlUnavailable(
             self.redact(f"database error {sqlstate or '(no SQLSTATE)'} {self.where}: {primary}")
         )
@@ -394,8 +395,8 @@ async def _arm(cur: psycopg.AsyncCursor[Any], deadline: float, limits: _Limits) 
     await cur.execute("SELECT set_config('statement_timeout', %s, true)", (str(left_ms),))
 
 
-def _timed_out(limits: _Limits) -> ValueError:
-    return ValueError(
+def _timed_out(limits: _Limits) -> ToolRefusal:
+    return ToolRefusal(
         f"the query ran longer than {limits.timeout_ms} ms (KEEL_SQL_TIMEOUT_MS) and was "
         "stopped; filter with WHERE, join on keys, aggregate in SQL or add a LIMIT"
     )
