@@ -1,4 +1,5 @@
-"""The error tree (keel/errors.py) and refusals versus failures in tools. Pure: no server."""
+"""The error tree (keel/errors.py), refusals versus failures in tools, and the Retry-After
+reader (keel/retry_after.py). Pure: no server."""
 
 from __future__ import annotations
 
@@ -9,17 +10,21 @@ import json
 import re
 from collections import Counter
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from pathlib import Path
 
+import httpx
 import pytest
 from pydantic import BaseModel
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 import keel.errors
+from activities.models.provider_errors import MAX_RETRY_DELAY_S
 from activities.tools.activity import ToolActivities
 from activities.tools.calculator import CalculatorError
+from activities.tools.http import MAX_RETRY_AFTER_S, _Call
 from activities.tools.registry import Tool, ToolContext, ToolRegistry, define_tool
 from keel import durable
 from keel.contracts import ToolCall, ToolOutput
@@ -33,6 +38,7 @@ from keel.errors import (
     ToolRefusal,
 )
 from keel.queues import TOOLS
+from keel.retry_after import retry_after
 from keel.settings import Settings
 from tests.conftest import REPO
 
@@ -277,3 +283,58 @@ async def test_the_validated_path_refuses_with_the_failure_types(tmp_path: Path)
         await executor.execute(bad_output, _call())
     out = await executor.execute(tool, _call())
     assert out == ToolOutput(output={"n": 1}, cost_usd=0.01)
+
+
+# --- Retry-After ---------------------------------------------------------------------------
+
+NOW = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+def _after(headers: dict[str, str], cap_s: float = 600) -> timedelta | None:
+    return retry_after(headers, cap_s=cap_s, now=NOW.timestamp())
+
+
+@pytest.mark.parametrize(
+    ("headers", "seconds"),
+    [
+        ({"retry-after": "2"}, 2),
+        ({"Retry-After": " 7 "}, 7),  # any case, around spaces
+        ({"retry-after": "1.5"}, 1.5),  # a fraction, as the provider SDKs read it
+        ({"retry-after": "0"}, 0),
+        ({"retry-after-ms": "250", "retry-after": "9"}, 0.25),  # the milliseconds win
+        ({"retry-after-ms": "soon", "retry-after": "9"}, 9),  # ... when they can be read
+        ({"retry-after": format_datetime(NOW + timedelta(seconds=30), usegmt=True)}, 30),
+        ({"retry-after": "Tuesday, 01-Jan-30 00:00:45 GMT"}, 45),  # RFC 850
+        ({"retry-after": "Tue Jan  1 00:01:00 2030"}, 60),  # asctime: no zone, GMT
+        ({"retry-after": format_datetime(NOW - timedelta(hours=1), usegmt=True)}, 0),  # past
+        ({"retry-after": "86400"}, 600),  # capped
+        ({"retry-after": "9" * 400}, 600),
+        ({"retry-after-ms": "86400000"}, 600),
+    ],
+)
+def test_retry_after_reads(headers: dict[str, str], seconds: float) -> None:
+    assert _after(headers) == timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize(
+    "value", ["", "soon", "-4", "+3", "1e3", "inf", "nan", "1_000", "3 s", "Tue, 99 Foo 2030"]
+)
+def test_retry_after_ignores_what_is_no_delay(value: str) -> None:
+    assert _after({"retry-after": value}) is None
+    assert _after({"retry-after-ms": value}) is None
+
+
+def test_retry_after_without_the_headers() -> None:
+    assert _after({}) is None
+    assert _after({"x-should-retry": "true"}) is None
+    headers = httpx.Headers({"Retry-After": "12"})  # what both callers pass
+    assert retry_after(headers, cap_s=MAX_RETRY_DELAY_S) == timedelta(seconds=12)
+
+
+async def test_each_caller_keeps_its_cap() -> None:
+    assert (MAX_RETRY_DELAY_S, MAX_RETRY_AFTER_S) == (600, 60)
+    response = httpx.Response(503, headers={"Retry-After": "86400"}, content=b"down")
+    with pytest.raises(ApplicationError) as busy:
+        await _Call("GET api:/x", {}).refuse_status(response)
+    assert busy.value.type == durable.HTTP_UNAVAILABLE and not busy.value.non_retryable
+    assert busy.value.next_retry_delay == timedelta(seconds=MAX_RETRY_AFTER_S)

@@ -9,11 +9,7 @@ non-retryable, with one line saying what to do.
 
 from __future__ import annotations
 
-import email.utils
-import math
-import time
 from collections.abc import Mapping
-from datetime import timedelta
 
 from temporalio.exceptions import ApplicationError
 
@@ -24,6 +20,7 @@ from keel.errors import (
     ModelRateLimited,
     ModelUnavailable,
 )
+from keel.retry_after import retry_after
 
 # A provider asking for more than this is capped: the activity's own timeouts and attempts
 # bound the wait anyway, and a garbled header must not park a task for days.
@@ -32,41 +29,6 @@ MAX_MESSAGE_CHARS = 300
 
 _OVERLOADED = (503, 529)  # 529: Anthropic's "overloaded"
 _RETRYABLE_CLIENT = (408, 409, 425)  # timeouts and conflicts a provider expects to be retried
-
-
-def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """The delay a response asks for: `retry-after-ms`, or `retry-after` as seconds or as an
-    HTTP date. None when absent or unreadable."""
-    value = headers.get("retry-after-ms")
-    if value is not None:
-        seconds = _number(value)
-        if seconds is not None:
-            return _clamp(seconds / 1000)
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    seconds = _number(value)
-    if seconds is not None:
-        return _clamp(seconds)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:  # HTTP dates are GMT; a naive parse means the zone was left out
-        return None
-    return _clamp(when.timestamp() - (time.time() if now is None else now))
-
-
-def _number(value: str) -> float | None:
-    try:
-        number = float(value.strip())
-    except ValueError:
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _clamp(seconds: float) -> float:
-    return min(max(seconds, 0.0), MAX_RETRY_DELAY_S)
 
 
 def provider_message(body: object, fallback: str) -> str:
@@ -117,8 +79,7 @@ def status_error(
     message = provider_message(body, fallback_message)
     where = f"{provider} model {model}"
     details = {"status": status, "request_id": request_id}
-    delay = retry_after_seconds(headers)
-    next_delay = timedelta(seconds=delay) if delay is not None else None
+    delay = retry_after(headers, cap_s=MAX_RETRY_DELAY_S)
 
     if status == 401:
         return ModelAuthError(
@@ -143,7 +104,7 @@ def status_error(
                 details,
             ).to_application_error()
         return ModelRateLimited(
-            f"{where} is rate limited ({message})", details, next_retry_delay=next_delay
+            f"{where} is rate limited ({message})", details, next_retry_delay=delay
         ).to_application_error()
     if status >= 500 or status in _RETRYABLE_CLIENT:
         # Providers may say explicitly that a retry cannot help (`x-should-retry: false`).
@@ -152,7 +113,7 @@ def status_error(
         return ModelUnavailable(
             f"{where} is {state} ({message})",
             details,
-            next_retry_delay=next_delay,
+            next_retry_delay=delay,
             non_retryable=give_up,
         ).to_application_error()
     # 400, 404, 413, 422, ...: the same request would fail the same way.

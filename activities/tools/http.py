@@ -25,13 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import email.utils
 import json
 import os
 import re
 import urllib.parse
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -51,6 +49,7 @@ from activities.tools.registry import Tool, ToolContext, define_tool
 from keel.contracts import SideEffects
 from keel.errors import HttpUnavailable, ToolRefusal
 from keel.queues import HTTP
+from keel.retry_after import retry_after
 from keel.settings import Settings, load_json_config
 
 NAME = "http_get"
@@ -280,23 +279,6 @@ def _is_json(media: str) -> bool:
     return media == "application/json" or media.endswith("+json")
 
 
-def _retry_after(value: str | None) -> timedelta | None:
-    if not value:
-        return None
-    seconds: float | None = None
-    if value.strip().isdigit():
-        seconds = float(value.strip())
-    else:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - datetime.now(UTC)).total_seconds()
-    return timedelta(seconds=min(max(seconds, 0.0), MAX_RETRY_AFTER_S))
-
-
 def _reject_constant(name: str) -> Any:
     raise ToolRefusal(f"the body is not standard JSON ({name})")
 
@@ -462,7 +444,7 @@ class _Call:
         if status == 429 or status >= 500:
             raise HttpUnavailable(
                 f"{self.where}: the API answered {answer} (retried)",
-                next_retry_delay=_retry_after(response.headers.get("retry-after")),
+                next_retry_delay=retry_after(response.headers, cap_s=MAX_RETRY_AFTER_S),
             ).to_application_error()
         if 300 <= status < 400:
             location = self.scrub(_short(response.headers.get("location", "(no Location)")))
