@@ -26,10 +26,17 @@ CALC_SPEC = {
 )
 def test_calculator(expression: str, value: float) -> None:
     assert evaluate(expression) == value
+    assert evaluate("(" * 48 + expression + ")" * 48) == value
+    assert evaluate("-" * 400 + expression) == value  # signs in a loop, not nested calls
 
 
 @pytest.mark.parametrize(
-    "expression", ["1/0", "__import__('os')", "2**99999", "1+", "open('x')", "9**9**9"]
+    "expression",
+    [
+        *("1/0", "__import__('os')", "2**99999", "1+", "open('x')", "9**9**9"),
+        "(" * 51 + "1" + ")" * 51,  # nesting that would overflow the parser's stack
+        "round(10**300*10**300)",  # round(inf): OverflowError, the expression's fault
+    ],
 )
 def test_calculator_refuses(expression: str) -> None:
     with pytest.raises(CalculatorError):

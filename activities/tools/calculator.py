@@ -12,6 +12,7 @@ from keel.errors import ToolRefusal
 
 MAX_EXPONENT = 1000
 MAX_LENGTH = 500
+MAX_DEPTH = 50  # nested parentheses and calls; deeper would overflow the parser's stack
 _TOKEN = re.compile(r"\s*(?:(\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|(\*\*|//|[-+*/%(),])|([a-z]+))")
 _FUNCTIONS: dict[str, Callable[..., float]] = {
     "sqrt": math.sqrt,
@@ -55,7 +56,7 @@ class _Parser:
     atom := number | name '(' expr (',' expr)* ')' | '(' expr ')'"""
 
     def __init__(self, tokens: list[str]) -> None:
-        self.tokens, self.pos = tokens, 0
+        self.tokens, self.pos, self.depth = tokens, 0, 0
 
     def peek(self) -> str | None:
         return self.tokens[self.pos] if self.pos < len(self.tokens) else None
@@ -70,9 +71,13 @@ class _Parser:
         return token
 
     def expr(self) -> float:
+        if self.depth > MAX_DEPTH:  # 0 at the top, then one per enclosing ( or call
+            raise CalculatorError(f"more than {MAX_DEPTH} nested parentheses or calls")
+        self.depth += 1
         value = self.term()
         while self.peek() in ("+", "-"):
             value = value + self.term() if self.take() == "+" else value - self.term()
+        self.depth -= 1
         return value
 
     def term(self) -> float:
@@ -92,9 +97,11 @@ class _Parser:
         return value
 
     def unary(self) -> float:
-        if self.peek() in ("-", "+"):
-            return -self.unary() if self.take() == "-" else self.unary()
-        return self.power()
+        negative = False
+        while self.peek() in ("-", "+"):  # a loop: "- - - ... 1" must not nest calls
+            negative ^= self.take() == "-"
+        value = self.power()
+        return -value if negative else value
 
     def power(self) -> float:
         base = self.atom()
@@ -124,7 +131,7 @@ class _Parser:
             self.take(")")
             try:
                 return float(_FUNCTIONS[token](*args))
-            except (TypeError, ValueError) as err:
+            except (TypeError, ValueError, OverflowError) as err:
                 raise CalculatorError(f"{token}: {err}") from None
         if token[0].isdigit() or token[0] == ".":
             return float(token)
