@@ -13,8 +13,8 @@ from temporalio.service import RPCError
 
 from keel import durable, search_attributes
 from keel.contracts import Memorized, MemorizeRequest, TaskRequest, TaskResult
-from keel.converter import data_converter
 from keel.errors import KeelError
+from keel.plugin import KeelPlugin
 from keel.queues import Queues
 from keel.settings import Settings, get_settings
 
@@ -46,7 +46,7 @@ async def connect(settings: Settings | None = None, address: str | None = None) 
             namespace=settings.temporal_namespace,
             tls=_tls(settings),
             api_key=settings.temporal_api_key,
-            data_converter=data_converter,
+            plugins=[KeelPlugin()],
         )
     except RuntimeError as err:
         raise TemporalUnreachable(

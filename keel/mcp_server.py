@@ -333,11 +333,3 @@ def build_server(
         router=components.router if models else None,
         max_usd_per_call=max_usd_per_call,
     )
-
-
-if __name__ == "__main__":
-    import sys
-
-    from keel.cli import main
-
-    sys.exit(main(["mcp", *sys.argv[1:]]))

@@ -50,7 +50,8 @@ from keel.durable import HTTP_UNAVAILABLE
 from keel.errors import ToolRefusal
 from keel.queues import Queues
 from keel.settings import Settings, SettingsError
-from tests.conftest import Stack, scripted_components, scripted_plan, unique
+from keel.testing import Stack, scripted_plan
+from tests.conftest import scripted_components, unique
 from workers.process import build_all, workers_running
 
 TOKEN_VAR = "KEEL_TEST_HTTP_TOKEN"

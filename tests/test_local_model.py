@@ -31,9 +31,10 @@ from keel.contracts import ExtractionRequest, PlanRequest, ReactRequest, TaskReq
 from keel.durable import MODEL_UNAVAILABLE
 from keel.queues import Queues
 from keel.settings import Settings
+from keel.testing import Stack, eventually, scripted_plan
 from sandbox.backend import Limits, Run
 from sandbox.bwrap import BwrapBackend
-from tests.conftest import Stack, eventually, scripted_plan, unique
+from tests.conftest import unique
 from workers.components import Components
 from workers.process import build_all, workers_running
 

@@ -1,6 +1,6 @@
 """MCP both ways, with the official `mcp` SDK on the other side.
 
-- Keel as a server: `python -m keel.mcp_server` (= `keel mcp`) over stdio and over streamable
+- Keel as a server: `python -m keel.cli mcp` (= `keel mcp`) over stdio and over streamable
   HTTP, driven by the SDK's own client;
 - Keel as a client: the tools of tests/mcp_fixture_server.py (and of Keel's own HTTP server)
   as Keel tools, called by an AgentTask on the real Temporal dev server, with a secret passed
@@ -39,13 +39,14 @@ from keel.client import start_task
 from keel.contracts import SideEffects, StepStatus, TaskRequest, TaskStatus, ToolCall
 from keel.durable import TOOL_ERROR
 from keel.errors import ToolRefusal
+from keel.local_server import stop_process
 from keel.mcp_server import KeelMcpServer
 from keel.ports import free_port
 from keel.queues import TOOLS, Queues
 from keel.settings import Settings, SettingsError
-from tests.conftest import REPO, scripted_components, scripted_plan, unique
+from keel.testing import scripted_plan
+from tests.conftest import REPO, scripted_components, unique
 from workers.process import build_all, workers_running
-from workers.service import stop_process
 
 FIXTURE = REPO / "tests" / "mcp_fixture_server.py"
 READY_TIMEOUT_S = 30.0
@@ -65,7 +66,7 @@ async def test_stdio_server_serves_the_registry_through_the_validated_path(
     home = tmp_path / "home"
     server = StdioServerParameters(
         command=sys.executable,
-        args=["-m", "keel.mcp_server"],
+        args=["-m", "keel.cli", "mcp"],
         env={"KEEL_HOME": str(home), "KEEL_LOG_LEVEL": "WARNING"},
         cwd=REPO,
     )
@@ -119,14 +120,14 @@ async def test_stdio_server_serves_the_registry_through_the_validated_path(
 
 
 class HttpServer:
-    """`python -m keel.mcp_server --http 127.0.0.1:<free port> --token-env ...`."""
+    """`python -m keel.cli mcp --http 127.0.0.1:<free port> --token-env ...`."""
 
     def __init__(self, home: Path, token: str, log: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/mcp"
         self.log = log
         env = {**os.environ, "KEEL_HOME": str(home), "KEEL_TEST_MCP_TOKEN": token}
-        command = [sys.executable, "-m", "keel.mcp_server", "--http", f"127.0.0.1:{self.port}"]
+        command = [sys.executable, "-m", "keel.cli", "mcp", "--http", f"127.0.0.1:{self.port}"]
         with log.open("wb") as out:
             self.proc = subprocess.Popen(
                 [*command, "--token-env", "KEEL_TEST_MCP_TOKEN"],

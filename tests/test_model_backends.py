@@ -47,7 +47,7 @@ from keel.durable import (
 from keel.ports import free_port
 from keel.queues import Queues
 from keel.settings import Settings
-from tests.conftest import Stack
+from keel.testing import Stack
 from tests.servers import (
     FakeAnthropic,
     anthropic_error,

@@ -29,7 +29,8 @@ from keel.errors import ToolRefusal
 from keel.ports import free_port
 from keel.queues import TOOLS, Queues
 from keel.settings import Settings, SettingsError
-from tests.conftest import scripted_components, scripted_plan, unique
+from keel.testing import scripted_plan
+from tests.conftest import scripted_components, unique
 from tests.postgres_server import READER, PostgresServer
 from workers.process import build_all, workers_running
 

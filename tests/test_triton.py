@@ -23,7 +23,7 @@ from keel.contracts import TaskRequest, TaskStatus
 from keel.durable import MODEL_UNAVAILABLE
 from keel.ports import free_port
 from keel.queues import Queues
-from tests.conftest import Stack
+from keel.testing import Stack
 from workers import planner
 from workers.components import Components
 from workers.process import build_all, workers_running
