@@ -60,7 +60,7 @@ from keel.contracts import (
     TaskStatus,
 )
 from keel.converter import describe_validation_error
-from keel.errors import ServiceStartError
+from keel.errors import KeelError, ServiceStartError
 from keel.lifeline import SHUTDOWN_GRACE_S, leave_within
 from keel.queues import Queues
 from keel.settings import Settings, SettingsError, get_settings
@@ -79,7 +79,7 @@ QUERY_TIMEOUT = timedelta(seconds=STALL_AFTER_S)  # a query no worker answers fa
 STATUS_QUERY_WAIT_S = 20.0  # `keel status` of a running task with no worker: gives up then
 
 
-class UsageError(Exception):
+class UsageError(KeelError):
     """Bad input on the command line: one line saying what is wrong and what to do."""
 
 
@@ -900,7 +900,7 @@ class _Stop:
     cancels = True
 
 
-class _Stopped(Exception):
+class _Stopped(KeelError):
     def __init__(self, signum: int) -> None:
         self.code = 128 + signum
 

@@ -23,6 +23,10 @@
     +-- TemporalUnreachable     (keel/client.py) ConnectionError: no Temporal server answers
     +-- SandboxError            (sandbox/backend.py) RuntimeError: the sandbox cannot run
     +-- SqlUnavailable          (activities/tools/sql.py) RuntimeError: the database is down
+    +-- BudgetExhausted         (keel/core/budget.py) the next call does not fit what is left
+    +-- TimedOutWaiting         (workflows/human.py) nobody decided in time; the task gives up
+    +-- UsageError              (keel/cli.py) bad command-line input: one line, exit 2
+    +-- _Stopped                (keel/cli.py) SIGINT or SIGTERM ended the command
     +-- ServiceStartError       RuntimeError: a server Keel starts is missing or won't start
         +-- McpServerError      (activities/tools/mcp_remote.py) an MCP server at discovery
         +-- Neo4jError          (workers/neo4j/server.py)

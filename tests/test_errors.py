@@ -45,15 +45,6 @@ from tests.conftest import REPO
 PACKAGES = ("keel", "activities", "workers", "sandbox", "temporal", "workflows")
 # Runs in Triton's own Python process, which cannot import Keel (see keel/errors.py).
 OUTSIDE = {REPO / "workers" / "triton" / "model_repository"}
-# Exceptions of the workflows and the CLI, not rooted at KeelError (yet); once they are, the
-# drawing must show them like every other.
-NOT_ROOTED = {
-    "keel.cli.UsageError",
-    "keel.cli._Stopped",
-    "keel.core.budget.BudgetExhausted",
-    "workflows.agent_task._BudgetExhausted",
-    "workflows.human.TimedOutWaiting",
-}
 _BUILTIN_EXCEPTIONS = {
     name
     for name, value in vars(builtins).items()
@@ -132,7 +123,7 @@ def test_every_exception_class_is_a_keel_error() -> None:
     loose = [
         f"{c.__module__}.{c.__qualname__}"
         for c in _exception_classes()
-        if not issubclass(c, KeelError) and f"{c.__module__}.{c.__qualname__}" not in NOT_ROOTED
+        if not issubclass(c, KeelError)
     ]
     assert loose == [], "root these at KeelError (keel/errors.py) and draw them there"
 

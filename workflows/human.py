@@ -15,6 +15,7 @@ from datetime import timedelta
 from temporalio import workflow
 
 from keel.contracts import HumanPolicy, PendingKind, PendingRequest
+from keel.errors import KeelError
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,7 @@ class Decision:
     by: str
 
 
-class TimedOutWaiting(Exception):
+class TimedOutWaiting(KeelError):
     """No one decided within the policy's timeout, and the policy says to give up."""
 
 

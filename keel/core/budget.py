@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from keel.contracts import Ledger, LedgerEntry, ModelUsage
+from keel.errors import KeelError
 
 # Costs are sums of float prices: a cost equal to what is left must fit despite rounding.
 EPSILON_USD = 1e-12
@@ -21,7 +22,7 @@ def fits(cost_usd: float, left_usd: float) -> bool:
     return cost_usd <= left_usd + EPSILON_USD
 
 
-class BudgetExhausted(Exception):
+class BudgetExhausted(KeelError):
     """The next call does not fit in what is left: the task ends as budget_exhausted."""
 
 
