@@ -35,6 +35,7 @@ from activities.tools.registry import Tool, ToolContext, ToolRegistry
 from keel import durable
 from keel.contracts import ToolCall, ToolOutput, ToolSpec
 from keel.converter import describe_validation_error
+from keel.core.budget import fits
 from keel.errors import BudgetExceeded, Failure, InvalidToolOutput, ToolRefusal
 from keel.logging import activity_logger
 from keel.settings import Settings
@@ -98,7 +99,7 @@ class ToolActivities:
             args = tool.input_model.model_validate(call.args)
         except ValidationError as err:
             raise ToolRefusal(describe_validation_error(err, f"{spec.name} arguments")) from None
-        if spec.cost_per_call_usd > call.max_usd + 1e-12:
+        if not fits(spec.cost_per_call_usd, call.max_usd):
             raise BudgetExceeded(
                 f"{spec.name} costs ${spec.cost_per_call_usd:.6f} per call; "
                 f"only ${call.max_usd:.6f} was reserved"
