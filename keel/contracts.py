@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator
 
+from keel.durable import TOOLS_QUEUE
 from keel.short_term import ShortTermMemory
 
 STEP_ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,31}$"
@@ -138,7 +139,7 @@ class ToolSpec(BaseModel):
         description="activity: a tool activity; human: the task asks a person (ask_human); "
         "subagent: a child AgentTask (the tool's name is the sub-agent's)",
     )
-    queue: str = "keel-tools"
+    queue: str = TOOLS_QUEUE
     queue_arg: str | None = Field(
         default=None,
         description="when set, each call goes to `<queue>-<args[queue_arg]>`: one task queue "
