@@ -37,9 +37,9 @@ from keel.queues import Queues
 from workflows import memory_calls
 from workflows.answer import synthesize
 from workflows.human import Decision, TimedOutWaiting
-from workflows.planning import Outcome, plan_and_execute
+from workflows.planning import plan_and_execute
 from workflows.react import react
-from workflows.state import TaskState
+from workflows.state import Outcome, TaskState
 
 
 @workflow.defn(name=durable.AGENT_TASK)
@@ -112,12 +112,12 @@ class AgentTask:
         workflow.upsert_search_attributes([sa.USER.value_set(request.user_id)])
         try:
             try:
-                outcome, answer = await self._work()
+                outcome = await self._work()
             except TimedOutWaiting as err:
-                outcome = Outcome(TaskStatus.TIMED_OUT_WAITING, str(err))
-                answer = f"The task stopped waiting: {err}"
+                stopped = f"The task stopped waiting: {err}"
+                outcome = Outcome(TaskStatus.TIMED_OUT_WAITING, str(err), stopped)
             if workflow.info().parent is None:  # a sub-agent's episode is its parent's
-                await memory_calls.remember(task, answer, outcome.status)
+                await memory_calls.remember(task, outcome.answer, outcome.status)
         except asyncio.CancelledError:
             task.set_status(TaskStatus.CANCELLED, "cancelled; in-flight work stopped")
             if workflow.info().parent is not None:
@@ -125,9 +125,9 @@ class AgentTask:
                 return task.result(TaskStatus.CANCELLED, "", "cancelled")
             raise
         task.set_status(outcome.status, f"finished: {outcome.status.value}")
-        return task.result(outcome.status, answer, outcome.error)
+        return task.result(outcome.status, outcome.answer, outcome.error)
 
-    async def _work(self) -> tuple[Outcome, str]:
+    async def _work(self) -> Outcome:
         """Recall, then plan and execute (or react), then write the answer."""
         task = self._task
         recall = await memory_calls.recall(task)
@@ -140,9 +140,9 @@ class AgentTask:
             return await react(task, context, tools)
         outcome = await plan_and_execute(task, context, tools)
         if outcome.status != TaskStatus.COMPLETED:
-            return outcome, outcome.error or ""
+            return Outcome(outcome.status, outcome.error, outcome.error or "")
         try:
-            return outcome, await synthesize(task, context, knowledge)
+            return Outcome(TaskStatus.COMPLETED, answer=await synthesize(task, context, knowledge))
         except BudgetExhausted as err:
             answer = f"The budget ran out before the answer could be written: {err}"
-            return Outcome(TaskStatus.BUDGET_EXHAUSTED, str(err)), answer
+            return Outcome(TaskStatus.BUDGET_EXHAUSTED, str(err), answer)

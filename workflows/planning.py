@@ -28,15 +28,14 @@ from keel.plans import MAX_STEPS, budget_error, validate_plan
 from workflows import activity_options as options
 from workflows.execution import execute
 from workflows.people import ask
-from workflows.state import TaskState, short_args
+from workflows.state import Outcome, TaskState, short_args
 
 
 @dataclass(frozen=True)
-class Outcome:
-    """How the task's work ended; `error` says why when it did not complete."""
+class Replan:
+    """The plan's steps failed; another plan, told why, may still do the task."""
 
-    status: TaskStatus
-    error: str | None = None
+    failures: list[str]
 
 
 async def plan_and_execute(
@@ -48,9 +47,10 @@ async def plan_and_execute(
     if task.resume_plan is not None:  # the previous run continued as new mid-plan
         resumed = task.resume_plan
         version = resumed.plan.version
-        outcome = await _run_plan(task, resumed.plan, tools, failures, resumed)
-        if outcome is not None:
-            return outcome
+        ran = await _run_plan(task, resumed.plan, tools, failures, resumed)
+        if isinstance(ran, Outcome):
+            return ran
+        failures.extend(ran.failures)
     while True:
         version += 1
         if version > task.first_version and workflow.info().is_continue_as_new_suggested():
@@ -95,9 +95,10 @@ async def plan_and_execute(
             continue
         role = "planner"
         assert plan is not None
-        outcome = await _run_plan(task, plan, tools, failures)
-        if outcome is not None:
-            return outcome
+        ran = await _run_plan(task, plan, tools, failures)
+        if isinstance(ran, Outcome):
+            return ran
+        failures.extend(ran.failures)
 
 
 async def _approve_plan(task: TaskState, plan: Plan) -> str:
@@ -126,8 +127,8 @@ async def _run_plan(
     tools: dict[str, ToolSpec],
     failures: list[str],
     resumed: Snapshot | None = None,
-) -> Outcome | None:
-    """Execute one plan; the task's outcome, or None when it must be re-planned."""
+) -> Outcome | Replan:
+    """Execute one plan: the task's outcome, or what failed when it must be re-planned."""
     task.plan = plan
     task.set_status(
         TaskStatus.EXECUTING,
@@ -145,10 +146,9 @@ async def _run_plan(
         return Outcome(TaskStatus.BUDGET_EXHAUSTED, str(err))
     if not failed:
         return Outcome(TaskStatus.COMPLETED)
-    failures.extend(failed)
     if plan.version > task.request.max_replans:
         return Outcome(TaskStatus.FAILED, "; ".join(failed))
-    return None
+    return Replan(failed)
 
 
 async def _call_planner(

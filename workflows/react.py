@@ -20,14 +20,10 @@ from keel.core.budget import BudgetExhausted, fits
 from keel.plans import validate_plan
 from workflows import activity_options as options
 from workflows.execution import run_step
-from workflows.planning import Outcome
-from workflows.state import TaskState
+from workflows.state import Outcome, TaskState
 
 
-async def react(
-    task: TaskState, context: list[str], tools: dict[str, ToolSpec]
-) -> tuple[Outcome, str]:
-    """The outcome and the model's answer."""
+async def react(task: TaskState, context: list[str], tools: dict[str, ToolSpec]) -> Outcome:
     request = task.request
     history: list[StepResult] = []
     unusable = 0
@@ -37,18 +33,18 @@ async def react(
             remaining = task.book.require(f"react turn {turn}")
             decision = await _turn(task, context, tools, history, remaining)
         except BudgetExhausted as err:
-            return Outcome(TaskStatus.BUDGET_EXHAUSTED, str(err)), ""
+            return Outcome(TaskStatus.BUDGET_EXHAUSTED, str(err))
         except ActivityError as err:
-            return Outcome(TaskStatus.FAILED, f"the model failed: {err.cause or err}"), ""
+            return Outcome(TaskStatus.FAILED, f"the model failed: {err.cause or err}")
         task.book.book_model(decision.usage)
         if decision.error is not None:
             unusable += 1
             task.event(f"react turn {turn}: unusable output: {decision.error}")
             if unusable > request.max_replans:
-                return Outcome(TaskStatus.FAILED, decision.error), ""
+                return Outcome(TaskStatus.FAILED, decision.error)
             continue
         if decision.tool is None:
-            return Outcome(TaskStatus.COMPLETED), (decision.answer or "").strip()
+            return Outcome(TaskStatus.COMPLETED, answer=(decision.answer or "").strip())
         if turn > request.max_steps:
             break
         step = PlanStep(id=f"r{turn}", tool=decision.tool, args=decision.args)
@@ -65,16 +61,14 @@ async def react(
             )
             task.event(f"{step.id}: refused: {result.error}")
         elif not fits(spec.cost_per_call_usd, task.book.remaining_usd()):
-            return Outcome(
-                TaskStatus.BUDGET_EXHAUSTED, f"step {step.id} does not fit the budget"
-            ), ""
+            return Outcome(TaskStatus.BUDGET_EXHAUSTED, f"step {step.id} does not fit the budget")
         else:
             task.set_status(TaskStatus.EXECUTING, f"react turn {turn}: {spec.name}")
             result = await run_step(task, 0, step, spec)
         history.append(result)
         task.record(result)
         task.publish_cost()
-    return Outcome(TaskStatus.FAILED, f"no answer after {request.max_steps} tool calls"), ""
+    return Outcome(TaskStatus.FAILED, f"no answer after {request.max_steps} tool calls")
 
 
 async def _turn(

@@ -38,6 +38,15 @@ EVENTS_KEPT = 50
 RESULTS_CARRIED = 20
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """How the task's work ended: its status, why when it did not complete, and the answer."""
+
+    status: TaskStatus
+    error: str | None = None
+    answer: str = ""
+
+
 def short_args(args: dict[str, object], limit: int = 60) -> str:
     """Arguments as one short line for events and the UI timeline."""
     text = ", ".join(f"{v}" if len(args) == 1 else f"{k}={v}" for k, v in args.items())
