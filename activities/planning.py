@@ -34,7 +34,18 @@ Use as few steps as the task needs. Steps without depends_on run in parallel.
 To use an earlier step's output inside a text argument write {{s1}} and list s1 in depends_on.
 A step may add "when": a condition over earlier outputs such as "len(s1.matches) > 0" or
 "s1.value >= 100"; it runs only if the condition holds (list s1 in depends_on).
-Every tool shows its price: the whole plan must cost less than the budget left."""
+Every tool shows its price: the tools and the answer must cost less than the budget left."""
+
+# The prompt's labels: planning_prompt writes them and the scripted model
+# (activities/models/scripted.py) reads the prompt back by them, so the two cannot drift.
+TASK = "Task: "
+TOOLS = "Tools:"
+FILES = "Files: "
+BUDGET = "Budget left: $"
+ANSWER_SHARE = ", of which writing the answer takes about $"
+MEMORY = "Relevant memory:"
+DONE = "Already done (depend on these ids to use them; do not repeat them):"
+FAILURES = "Earlier attempts failed; plan around these errors:"
 
 # One worked example as a prior chat turn: small local models follow a demonstration far
 # better than a description.
@@ -126,33 +137,48 @@ def grammar_schema(schema: Any) -> Any:
     return schema
 
 
-def planning_prompt(request: PlanRequest, files: list[str]) -> list[Message]:
-    lines = [f"Task: {request.task}", "", "Tools:"]
-    for spec in request.tools:
-        props = ", ".join(spec.input_schema.get("properties", {}))
-        lines.append(
-            f"- {spec.name}({props}): {spec.description} "
-            f"[${spec.cost_per_call_usd:.6f}/call, ~{spec.avg_latency_ms:.0f} ms]"
-        )
+def one_line(text: str) -> str:
+    """The text with its line breaks as spaces: every item of a prompt's list is one line."""
+    return " ".join(text.split())
+
+
+def tool_line(spec: ToolSpec, latency: bool = True) -> str:
+    """One line per tool: its name, arguments, description, price and latency."""
+    props = ", ".join(spec.input_schema.get("properties", {}))
+    about = one_line(spec.description)
+    price = f"${spec.cost_per_call_usd:.6f}/call"
+    if latency:
+        price += f", ~{spec.avg_latency_ms:.0f} ms"
+    return f"- {spec.name}({props}): {about} [{price}]"
+
+
+def planning_prompt(
+    request: PlanRequest, files: list[str], answer_usd: float | None = None
+) -> list[Message]:
+    """The planner's messages; `answer_usd`, when given, is what writing the answer will take
+    of the budget left (the plan is refused unless its tools and the answer fit)."""
+    lines = [f"{TASK}{request.task}", "", TOOLS, *(tool_line(spec) for spec in request.tools)]
     if files:
-        lines.append(f"Files: {', '.join(files)}")
-    lines.append(f"Budget left: ${request.remaining_usd:.6f}")
+        lines.append(f"{FILES}{', '.join(files)}")
+    budget = f"{BUDGET}{request.remaining_usd:.6f}"
+    if answer_usd is not None:
+        budget += f"{ANSWER_SHARE}{answer_usd:.6f}"
+    lines.append(budget)
     if request.context:
-        lines += ["", "Relevant memory:", *(f"- {c}" for c in request.context)]
+        lines += ["", MEMORY, *(f"- {one_line(c)}" for c in request.context)]
     done = [r for r in request.completed if r.status == StepStatus.SUCCEEDED]
     if done:
-        lines += ["", "Already done (depend on these ids to use them; do not repeat them):"]
+        lines += ["", DONE]
         for r in done:
             lines.append(
                 f"- {r.step_id}: {r.tool}({json.dumps(r.args)}) -> "
-                f"{output_text(r)[:RESULT_PREVIEW]}"
+                f"{one_line(output_text(r)[:RESULT_PREVIEW])}"
             )
     if request.failures:
-        lines += ["", "Earlier attempts failed; plan around these errors:"]
-        lines += [f"- {f}" for f in request.failures]
+        lines += ["", FAILURES, *(f"- {f}" for f in request.failures)]
     return [
         Message("system", SYSTEM),
-        Message("user", f"Task: {EXAMPLE_TASK}"),
+        Message("user", f"{TASK}{EXAMPLE_TASK}"),
         Message("assistant", EXAMPLE_PLAN),
         Message("user", "\n".join(lines)),
     ]
@@ -219,12 +245,11 @@ class PlanningActivities:
         routed = await self.router.complete(
             request.role,
             ModelRequest(
-                messages=planning_prompt(request, files),
+                messages=planning_prompt(request, files, synthesis_usd),
                 max_tokens=plan_max_tokens(request.max_steps),
                 json_schema=plan_output_schema(
                     request.tools, files, done, request.max_steps or MAX_PLAN_STEPS
                 ),
-                meta=planning_meta(request, synthesis_usd),
             ),
             max_usd=request.max_usd,
             max_tokens=request.max_tokens,
@@ -241,22 +266,3 @@ class PlanningActivities:
             "planned", role=request.role, steps=len(plan.steps), expected_usd=plan.expected_cost_usd
         )
         return PlanResponse(plan=plan, usage=routed.usage)
-
-
-def planning_meta(request: PlanRequest, synthesis_usd: float) -> dict[str, str]:
-    """What a scripted model reads instead of the prompt (real models see only messages)."""
-    done = [
-        {"id": r.step_id, "tool": r.tool, "args": r.args}
-        for r in request.completed
-        if r.status == StepStatus.SUCCEEDED
-    ]
-    return {
-        "purpose": "plan",
-        "task": request.task,
-        "tools": ",".join(t.name for t in request.tools),
-        "costs": json.dumps({t.name: t.cost_per_call_usd for t in request.tools}),
-        "remaining_usd": repr(request.remaining_usd),
-        "synthesis_usd": repr(synthesis_usd),
-        "done": json.dumps(done),
-        "context": json.dumps(request.context),
-    }

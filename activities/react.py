@@ -15,7 +15,7 @@ from temporalio import activity
 
 from activities.models.base import Message, ModelRequest
 from activities.models.router import ModelRouter
-from activities.planning import grammar_schema
+from activities.planning import BUDGET, MEMORY, TASK, TOOLS, grammar_schema, one_line, tool_line
 from keel import durable
 from keel.contracts import ReactDecision, ReactRequest, StepStatus, ToolSpec
 from keel.converter import describe_validation_error
@@ -25,6 +25,7 @@ from keel.plans import output_text
 FINISH = "finish"
 TURN_MAX_TOKENS = 300
 OBSERVATION_CHARS = 600
+OBSERVATION = "Observation: "  # the user turn after each action (the scripted model reads it)
 
 SYSTEM = f"""You are an agent that solves the task one tool call at a time.
 Each turn reply with JSON only, either a tool call:
@@ -73,17 +74,11 @@ def react_output_schema(tools: list[ToolSpec]) -> dict[str, Any]:
 
 
 def react_prompt(request: ReactRequest) -> list[Message]:
-    lines = [f"Task: {request.task}", "", "Tools:"]
-    for spec in request.tools:
-        props = ", ".join(spec.input_schema.get("properties", {}))
-        lines.append(
-            f"- {spec.name}({props}): {spec.description} [${spec.cost_per_call_usd:.6f}/call]"
-        )
+    lines = [f"{TASK}{request.task}", "", TOOLS]
+    lines += [tool_line(spec, latency=False) for spec in request.tools]
     if request.context:
-        lines += ["", "Relevant memory:", *(f"- {c}" for c in request.context)]
-    lines.append(
-        f"Budget left: ${request.remaining_usd:.6f}; tool calls left: {request.steps_left}"
-    )
+        lines += ["", MEMORY, *(f"- {one_line(c)}" for c in request.context)]
+    lines.append(f"{BUDGET}{request.remaining_usd:.6f}; tool calls left: {request.steps_left}")
     messages = [Message("system", SYSTEM), Message("user", "\n".join(lines))]
     for step in request.history:  # the transcript: every action and what it returned
         messages.append(Message("assistant", json.dumps({"tool": step.tool, "args": step.args})))
@@ -92,22 +87,8 @@ def react_prompt(request: ReactRequest) -> list[Message]:
             if step.status == StepStatus.SUCCEEDED
             else f"error: {step.error}"
         )
-        messages.append(Message("user", f"Observation: {observation}"))
+        messages.append(Message("user", f"{OBSERVATION}{observation}"))
     return messages
-
-
-def react_meta(request: ReactRequest) -> dict[str, str]:
-    """What a scripted model reads instead of the prompt."""
-    done = [
-        {"tool": s.tool, "args": s.args, "result": output_text(s) if s.output else s.error}
-        for s in request.history
-    ]
-    return {
-        "purpose": "react",
-        "task": request.task,
-        "tools": ",".join(t.name for t in request.tools),
-        "done": json.dumps(done),
-    }
 
 
 class ReactActivities:
@@ -122,7 +103,6 @@ class ReactActivities:
                 messages=react_prompt(request),
                 max_tokens=TURN_MAX_TOKENS,
                 json_schema=react_output_schema(request.tools),
-                meta=react_meta(request),
             ),
             max_usd=request.max_usd,
             max_tokens=request.max_tokens,

@@ -21,6 +21,12 @@ SYSTEM = (
     "the results give them. Be brief."
 )
 
+# The prompt's labels (the scripted model reads the prompt back by them).
+TASK = "Task: "
+RESULTS = "Tool results:"
+NO_RESULTS = "(none)"
+MEMORY = "From memory:"
+
 
 def results_text(request: SynthesisRequest) -> str:
     lines = []
@@ -31,23 +37,22 @@ def results_text(request: SynthesisRequest) -> str:
     return "\n".join(lines)
 
 
+def synthesis_prompt(request: SynthesisRequest) -> list[Message]:
+    user = f"{TASK}{request.task}\n\n{RESULTS}\n{results_text(request) or NO_RESULTS}"
+    if request.context:
+        user += f"\n\n{MEMORY}\n" + "\n".join(f"- {c}" for c in request.context)
+    return [Message("system", SYSTEM), Message("user", user)]
+
+
 class ReasoningActivities:
     def __init__(self, router: ModelRouter) -> None:
         self.router = router
 
     @activity.defn(name=durable.SYNTHESIZE)
     async def synthesize(self, request: SynthesisRequest) -> Synthesis:
-        results = results_text(request)
-        user = f"Task: {request.task}\n\nTool results:\n{results or '(none)'}"
-        if request.context:
-            user += "\n\nFrom memory:\n" + "\n".join(f"- {c}" for c in request.context)
         routed = await self.router.complete(
             "reasoner",
-            ModelRequest(
-                messages=[Message("system", SYSTEM), Message("user", user)],
-                max_tokens=ANSWER_MAX_TOKENS,
-                meta={"purpose": "synthesize", "task": request.task, "results": results},
-            ),
+            ModelRequest(messages=synthesis_prompt(request), max_tokens=ANSWER_MAX_TOKENS),
             max_usd=request.max_usd,
             max_tokens=request.max_tokens,
         )

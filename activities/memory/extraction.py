@@ -30,7 +30,10 @@ SYSTEM = (
     "preferred_language, lives_in, works_at. Only facts worth remembering for later tasks; "
     "an empty list when there are none."
 )
-EXAMPLE_USER = "Task: I live in Porto. What is 2+2?\nAnswer: 4"
+# The prompt's labels (the scripted model reads the prompt back by them).
+TASK = "Task: "
+ANSWER = "Answer: "
+EXAMPLE_USER = f"{TASK}I live in Porto. What is 2+2?\n{ANSWER}4"
 EXAMPLE_FACTS = '{"facts": [{"subject": "user", "relation": "lives_in", "object": "Porto"}]}'
 
 
@@ -58,6 +61,16 @@ def extraction_schema() -> dict[str, object]:
     }
 
 
+def extraction_prompt(request: ExtractionRequest) -> list[Message]:
+    user = f"{TASK}{request.task[:TEXT_CHARS]}\n{ANSWER}{request.answer[:TEXT_CHARS]}"
+    return [
+        Message("system", SYSTEM),
+        Message("user", EXAMPLE_USER),
+        Message("assistant", EXAMPLE_FACTS),
+        Message("user", user),
+    ]
+
+
 def parse_triples(text: str) -> list[Triple]:
     data = json.loads(text)
     facts = data.get("facts", []) if isinstance(data, dict) else []
@@ -70,19 +83,12 @@ class ExtractionActivities:
 
     @activity.defn(name=durable.EXTRACT_FACTS)
     async def extract_facts(self, request: ExtractionRequest) -> Extraction:
-        user = f"Task: {request.task[:TEXT_CHARS]}\nAnswer: {request.answer[:TEXT_CHARS]}"
         routed = await self.router.complete(
             "memory",
             ModelRequest(
-                messages=[
-                    Message("system", SYSTEM),
-                    Message("user", EXAMPLE_USER),
-                    Message("assistant", EXAMPLE_FACTS),
-                    Message("user", user),
-                ],
+                messages=extraction_prompt(request),
                 max_tokens=EXTRACT_MAX_TOKENS,
                 json_schema=extraction_schema(),
-                meta={"purpose": "extract", "task": request.task, "answer": request.answer},
             ),
             max_usd=request.max_usd,
             max_tokens=request.max_tokens,

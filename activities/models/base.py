@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 
@@ -19,9 +19,6 @@ class ModelRequest:
     max_tokens: int = 512
     json_schema: dict[str, Any] | None = None  # constrain the output to this schema
     temperature: float = 0.0
-    # Structured facts about the call (role, task, ...) for logs and for scripted models;
-    # real backends only ever see `messages`.
-    meta: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

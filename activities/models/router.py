@@ -120,11 +120,8 @@ class ModelRouter:
                 f"{MIN_OUTPUT_TOKENS} output tokens, more than its allowance "
                 f"(${max_usd:.6f}, {max_tokens if max_tokens is not None else 'any'} tokens)"
             ).to_application_error()
-        meta = {**request.meta, "role": role}
         async with heartbeating():  # a dead worker is noticed in seconds, not at the timeout
-            completion = await model.complete(
-                dataclasses.replace(request, max_tokens=limit, meta=meta)
-            )
+            completion = await model.complete(dataclasses.replace(request, max_tokens=limit))
         usd = price.actual(
             completion.input_tokens, completion.output_tokens, completion.latency_ms / 1000
         )

@@ -19,16 +19,16 @@ class AskReasonerOutput(BaseModel):
     answer: str
 
 
+def question_prompt(question: str) -> list[Message]:
+    return [Message("system", SYSTEM), Message("user", question)]
+
+
 async def ask_reasoner(args: AskReasonerInput, ctx: ToolContext) -> AskReasonerOutput:
     if ctx.router is None:
         raise RuntimeError("ask_reasoner runs on the reasoner worker, which has no model router")
     routed = await ctx.router.complete(
         "reasoner",
-        ModelRequest(
-            messages=[Message("system", SYSTEM), Message("user", args.question)],
-            max_tokens=MAX_ANSWER_TOKENS,
-            meta={"purpose": "ask", "task": args.question},
-        ),
+        ModelRequest(messages=question_prompt(args.question), max_tokens=MAX_ANSWER_TOKENS),
         max_usd=ctx.max_usd,
         max_tokens=ctx.max_tokens,
     )
