@@ -143,8 +143,12 @@ async def test_whole_task_on_the_local_model(stack: Stack, local_model: LlamaCpp
         _vectors=stack.components.vectors,
     )
     async with workers_running(build_all(stack.client, components)):
+        # a user of its own: other real-model tests ask the same task, whose cached answer
+        # would stand in for this one
         handle = await start_task(
-            stack.client, TaskRequest(task="Compute 6*7 and read handbook.md"), queues=queues
+            stack.client,
+            TaskRequest(task="Compute 6*7 and read handbook.md", user_id=unique("user")),
+            queues=queues,
         )
         result = await asyncio.wait_for(handle.result(), timeout=240)
 

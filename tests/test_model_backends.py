@@ -48,6 +48,7 @@ from keel.ports import free_port
 from keel.queues import Queues
 from keel.settings import Settings
 from keel.testing import Stack
+from tests.conftest import unique
 from tests.servers import (
     FakeAnthropic,
     anthropic_error,
@@ -294,8 +295,12 @@ async def test_whole_task_with_the_planner_on_the_openai_backend(
         _vectors=stack.components.vectors,  # Qdrant local mode: one client per folder
     )
     async with workers_running(build_all(stack.client, components)):
+        # a user of its own: other real-model tests ask the same task, whose cached answer
+        # would stand in for this one
         handle = await start_task(
-            stack.client, TaskRequest(task="Compute 6*7 and read handbook.md"), queues=queues
+            stack.client,
+            TaskRequest(task="Compute 6*7 and read handbook.md", user_id=unique("user")),
+            queues=queues,
         )
         result = await asyncio.wait_for(handle.result(), timeout=240)
 
