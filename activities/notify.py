@@ -13,8 +13,8 @@ import httpx
 from temporalio import activity
 
 from keel import durable
+from keel._logging import activity_logger
 from keel.contracts import Notification
-from keel.logging import activity_logger
 from keel.settings import Settings
 
 WEBHOOK_TIMEOUT_S = 10.0

@@ -18,10 +18,10 @@ from temporalio import activity
 from activities.models.base import Message, ModelRequest
 from activities.models.router import TYPICAL_REASONER_CALL, ModelRouter
 from keel import durable
+from keel._converter import describe_validation_error
+from keel._logging import activity_logger
+from keel._plans import output_text
 from keel.contracts import Plan, PlanRequest, PlanResponse, PlanStep, StepStatus, ToolSpec
-from keel.converter import describe_validation_error
-from keel.logging import activity_logger
-from keel.plans import output_text
 
 MAX_PLAN_STEPS = 6
 PLAN_MAX_TOKENS = 400

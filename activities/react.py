@@ -17,10 +17,10 @@ from activities.models.base import Message, ModelRequest
 from activities.models.router import ModelRouter
 from activities.planning import BUDGET, MEMORY, TASK, TOOLS, grammar_schema, one_line, tool_line
 from keel import durable
+from keel._converter import describe_validation_error
+from keel._logging import activity_logger
+from keel._plans import output_text
 from keel.contracts import ReactDecision, ReactRequest, StepStatus, ToolSpec
-from keel.converter import describe_validation_error
-from keel.logging import activity_logger
-from keel.plans import output_text
 
 FINISH = "finish"
 TURN_MAX_TOKENS = 300

@@ -9,9 +9,9 @@ from temporalio import activity
 from activities.models.base import Message, ModelRequest
 from activities.models.router import ModelRouter
 from keel import durable
+from keel._logging import activity_logger
+from keel._plans import output_text
 from keel.contracts import StepStatus, Synthesis, SynthesisRequest
-from keel.logging import activity_logger
-from keel.plans import output_text
 
 ANSWER_MAX_TOKENS = 300
 RESULT_CHARS = 1500

@@ -29,9 +29,9 @@ from activities.models.router import ModelRouter  # noqa: E402
 from activities.tools.builtin import default_registry  # noqa: E402
 from bench.report import save  # noqa: E402
 from bench.suite import TASKS, SuiteTask  # noqa: E402
+from keel._queues import Queues  # noqa: E402
 from keel.client import start_task  # noqa: E402
 from keel.contracts import Budget, Strategy, TaskRequest, TaskResult, TaskStatus  # noqa: E402
-from keel.queues import Queues  # noqa: E402
 from keel.settings import Settings  # noqa: E402
 from temporal.devserver import start_test_environment  # noqa: E402
 from workers.components import Components  # noqa: E402

@@ -23,10 +23,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.report import print_summary, save  # noqa: E402
-from keel import logging as keel_logging  # noqa: E402
+from keel import _logging as keel_logging  # noqa: E402
+from keel._queues import Queues  # noqa: E402
 from keel.client import start_task  # noqa: E402
 from keel.contracts import Budget, TaskRequest, TaskStatus  # noqa: E402
-from keel.queues import Queues  # noqa: E402
 from keel.settings import Settings  # noqa: E402
 from keel.testing import scripted_components  # noqa: E402
 from temporal.devserver import start_test_environment  # noqa: E402

@@ -33,9 +33,13 @@ from temporalio.exceptions import ApplicationError
 from temporalio.exceptions import CancelledError as TemporalCancelledError
 from temporalio.service import RPCError, RPCStatusCode
 
+from keel import _logging as keel_logging
+from keel import _search_attributes as sa
 from keel import durable
-from keel import logging as keel_logging
-from keel import search_attributes as sa
+from keel._converter import describe_validation_error
+from keel._lifeline import SHUTDOWN_GRACE_S, leave_within
+from keel._queues import Queues
+from keel._stalls import STALL_AFTER_S, last_poll_s, stalls, unanswered
 from keel.client import (
     TemporalUnreachable,
     connect,
@@ -59,12 +63,8 @@ from keel.contracts import (
     TaskResult,
     TaskStatus,
 )
-from keel.converter import describe_validation_error
 from keel.errors import KeelError, ServiceStartError
-from keel.lifeline import SHUTDOWN_GRACE_S, leave_within
-from keel.queues import Queues
 from keel.settings import Settings, SettingsError, get_settings
-from keel.stalls import STALL_AFTER_S, last_poll_s, stalls, unanswered
 from workers import NAMES
 
 T = TypeVar("T")
@@ -705,7 +705,7 @@ def _is_loopback(host: str) -> bool:
 
 
 async def cmd_mcp(args: argparse.Namespace, settings: Settings) -> int:
-    from keel.mcp_server import build_server
+    from keel._mcp_server import build_server
 
     if args.max_usd_per_call < 0:
         raise UsageError("--max-usd-per-call must be 0 or more")

@@ -11,11 +11,12 @@ from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client, TLSConfig, WorkflowHandle
 from temporalio.service import RPCError
 
-from keel import durable, search_attributes
+from keel import _search_attributes as search_attributes
+from keel import durable
+from keel._queues import Queues
 from keel.contracts import Memorized, MemorizeRequest, TaskRequest, TaskResult
 from keel.errors import KeelError
 from keel.plugin import KeelPlugin
-from keel.queues import Queues
 from keel.settings import Settings, get_settings
 
 

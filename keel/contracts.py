@@ -12,8 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator
 
+from keel._short_term import ShortTermMemory
 from keel.durable import TOOLS_QUEUE
-from keel.short_term import ShortTermMemory
 
 STEP_ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,31}$"
 SHARED_SCOPE = "*"  # the memory scope every user reads (a shared cache); no user may be it
@@ -169,7 +169,7 @@ class PlanStep(BaseModel):
     depends_on: list[str] = Field(default_factory=list)
     when: str | None = Field(
         default=None,
-        description="run only if this condition over earlier outputs holds (keel/conditions.py)",
+        description="run only if this condition over earlier outputs holds (keel/_conditions.py)",
     )
     expected_cost_usd: float = 0.0
     expected_latency_ms: float = 0.0

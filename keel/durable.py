@@ -45,7 +45,7 @@ def tool_activity(tool_name: str) -> str:
 # The cache kind of a tool's results is its activity name; a task's answer has its own kind.
 SYNTHESIS_CACHE_KIND = SYNTHESIZE
 
-# --- task queues (DESIGN.md §2; a deployment may prefix them all, keel/queues.py) -----------
+# --- task queues (DESIGN.md §2; a deployment may prefix them all, keel/_queues.py) -----------
 AGENT_QUEUE = "keel-agent"
 PLANNER_QUEUE = "keel-planner"
 LLM_QUEUE = "keel-llm"

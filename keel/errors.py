@@ -18,12 +18,12 @@
     |       +-- ModelBadRequest     ModelBadRequest, final: this request fails as it is
     |       +-- ModelRefused        ModelRefused, final: the model declined to answer
     +-- SettingsError           (keel/settings.py) ValueError: a KEEL_* value is unusable
-    +-- ConditionError          (keel/conditions.py) ValueError: a step condition is bad
+    +-- ConditionError          (keel/_conditions.py) ValueError: a step condition is bad
     +-- VectorStoreError        (activities/memory/vectors.py) ValueError: store misconfigured
     +-- TemporalUnreachable     (keel/client.py) ConnectionError: no Temporal server answers
     +-- SandboxError            (sandbox/backend.py) RuntimeError: the sandbox cannot run
     +-- SqlUnavailable          (activities/tools/sql.py) RuntimeError: the database is down
-    +-- BudgetExhausted         (keel/core/budget.py) the next call does not fit what is left
+    +-- BudgetExhausted         (keel/_core/budget.py) the next call does not fit what is left
     +-- TimedOutWaiting         (workflows/human.py) nobody decided in time; the task gives up
     +-- UsageError              (keel/cli.py) bad command-line input: one line, exit 2
     +-- _Stopped                (keel/cli.py) SIGINT or SIGTERM ended the command

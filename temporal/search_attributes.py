@@ -10,7 +10,7 @@ from temporalio.api.operatorservice.v1 import (
 from temporalio.client import Client
 from temporalio.common import SearchAttributeIndexedValueType
 
-from keel import search_attributes as sa
+from keel import _search_attributes as sa
 
 _FLAG_TYPES = {
     SearchAttributeIndexedValueType.KEYWORD: "Keyword",

@@ -20,9 +20,9 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.tools.registry import Tool, ToolContext, define_tool
 from keel import testing
+from keel._ports import LOCALHOST, free_port
+from keel._queues import Queues
 from keel.contracts import SideEffects
-from keel.ports import LOCALHOST, free_port
-from keel.queues import Queues
 from keel.settings import Settings
 from keel.testing import ScriptedModel, Stack, scripted_stack
 from temporal.devserver import start_test_environment

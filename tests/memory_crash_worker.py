@@ -16,9 +16,9 @@ from datetime import datetime
 from pathlib import Path
 
 from activities.memory.graph_sqlite import SqliteGraphStore
+from keel._queues import Queues
 from keel.client import connect
 from keel.contracts import Fact, Triple
-from keel.queues import Queues
 from keel.settings import Settings
 from workers import memory
 from workers.components import Components

@@ -41,8 +41,8 @@ from typing import Any
 
 import psycopg
 
-from keel.local_server import LocalServer, stop_process
-from keel.ports import free_port
+from keel._local_server import LocalServer, stop_process
+from keel._ports import free_port
 
 HOST = "127.0.0.1"
 DATABASE = "shop"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from activities.models.prices import price_of
-from keel import search_attributes as sa
+from keel import _search_attributes as sa
 from keel.client import new_workflow_id, start_task
 from keel.contracts import Budget, StepStatus, TaskProgress, TaskRequest, TaskStatus
 from keel.testing import Stack, scripted_plan

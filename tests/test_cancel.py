@@ -10,7 +10,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import CancelledError
 
-from keel import search_attributes as sa
+from keel import _search_attributes as sa
 from keel.client import start_task
 from keel.contracts import TaskProgress, TaskRequest, TaskResult, TaskStatus
 from keel.testing import Stack, eventually, scripted_plan

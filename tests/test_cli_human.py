@@ -15,7 +15,7 @@ import pytest
 from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import CancelledError
 
-from keel import search_attributes as sa
+from keel import _search_attributes as sa
 from keel.client import start_task
 from keel.contracts import (
     PendingRequest,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from keel.conditions import ConditionError, parse_condition
+from keel._conditions import ConditionError, parse_condition
 
 OUTPUTS = {
     "s1": {"matches": [{"path": "handbook.md", "year": 2025}], "text": "Deploy on Tuesdays"},

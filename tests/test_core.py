@@ -12,6 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from keel._core.budget import EPSILON_USD, BudgetBook, BudgetExhausted, fits
+from keel._core.cache_keys import answer_key, tool_call_key
+from keel._core.plan_run import PlanRun, gate
 from keel.contracts import (
     Ledger,
     ModelUsage,
@@ -22,9 +25,6 @@ from keel.contracts import (
     StepStatus,
     ToolSpec,
 )
-from keel.core.budget import EPSILON_USD, BudgetBook, BudgetExhausted, fits
-from keel.core.cache_keys import answer_key, tool_call_key
-from keel.core.plan_run import PlanRun, gate
 
 SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}}
 

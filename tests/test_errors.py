@@ -1,5 +1,5 @@
 """The error tree (keel/errors.py), refusals versus failures in tools, and the Retry-After
-reader (keel/retry_after.py). Pure: no server."""
+reader (keel/_retry_after.py). Pure: no server."""
 
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ from activities.tools.calculator import CalculatorError
 from activities.tools.http import MAX_RETRY_AFTER_S, _Call
 from activities.tools.registry import Tool, ToolContext, ToolRegistry, define_tool
 from keel import durable
+from keel._queues import TOOLS
+from keel._retry_after import retry_after
 from keel.contracts import ToolCall, ToolOutput
 from keel.errors import (
     BudgetExceeded,
@@ -37,8 +39,6 @@ from keel.errors import (
     ModelUnavailable,
     ToolRefusal,
 )
-from keel.queues import TOOLS
-from keel.retry_after import retry_after
 from keel.settings import Settings
 from tests.conftest import REPO
 

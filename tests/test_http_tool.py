@@ -44,11 +44,11 @@ from activities.tools.http import (
     load_http_apis,
 )
 from activities.tools.registry import Tool
+from keel._queues import Queues
 from keel.client import start_task
 from keel.contracts import SideEffects, StepStatus, TaskRequest, TaskResult, TaskStatus
 from keel.durable import HTTP_UNAVAILABLE
 from keel.errors import ToolRefusal
-from keel.queues import Queues
 from keel.settings import Settings, SettingsError
 from keel.testing import Stack, scripted_plan
 from tests.conftest import scripted_components, unique

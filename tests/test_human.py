@@ -10,7 +10,9 @@ import pytest
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 
-from keel import search_attributes as sa
+from keel import _search_attributes as sa
+from keel._ports import free_port
+from keel._queues import Queues
 from keel.client import connect, start_task
 from keel.contracts import (
     Approval,
@@ -24,8 +26,6 @@ from keel.contracts import (
     TaskResult,
     TaskStatus,
 )
-from keel.ports import free_port
-from keel.queues import Queues
 from keel.testing import Stack, eventually, scripted_plan
 from temporal.devserver import DevServer
 from tests.conftest import (

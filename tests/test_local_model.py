@@ -26,10 +26,10 @@ from activities.models.router import ModelRouter
 from activities.planning import PlanningActivities
 from activities.react import ReactActivities
 from activities.tools.builtin import default_registry
+from keel._queues import Queues
 from keel.client import start_task
 from keel.contracts import ExtractionRequest, PlanRequest, ReactRequest, TaskRequest, TaskStatus
 from keel.durable import MODEL_UNAVAILABLE
-from keel.queues import Queues
 from keel.settings import Settings
 from keel.testing import Stack, eventually, scripted_plan
 from sandbox.backend import Limits, Run

@@ -35,14 +35,14 @@ from activities.tools.activity import ToolActivities
 from activities.tools.calculator import CalculatorInput, CalculatorOutput
 from activities.tools.mcp_remote import discover_tools, keel_tool_name, load_servers, redactor
 from activities.tools.registry import ToolContext, ToolRegistry, define_tool
+from keel._local_server import stop_process
+from keel._mcp_server import KeelMcpServer
+from keel._ports import free_port
+from keel._queues import TOOLS, Queues
 from keel.client import start_task
 from keel.contracts import SideEffects, StepStatus, TaskRequest, TaskStatus, ToolCall
 from keel.durable import TOOL_ERROR
 from keel.errors import ToolRefusal
-from keel.local_server import stop_process
-from keel.mcp_server import KeelMcpServer
-from keel.ports import free_port
-from keel.queues import TOOLS, Queues
 from keel.settings import Settings, SettingsError
 from keel.testing import scripted_plan
 from tests.conftest import REPO, scripted_components, unique

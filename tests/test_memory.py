@@ -20,6 +20,7 @@ from activities.memory.context import build_context, tokens
 from activities.memory.episodes import EpisodeStore
 from activities.memory.graph_sqlite import SqliteGraphStore
 from activities.memory.vectors import LOCAL_SHARDS, VectorStore, VectorStoreError
+from keel._queues import Queues
 from keel.client import memorize, start_task
 from keel.contracts import (
     SHARED_SCOPE,
@@ -35,7 +36,6 @@ from keel.contracts import (
     TaskResult,
     TaskStatus,
 )
-from keel.queues import Queues
 from keel.testing import Stack
 from tests.conftest import REPO, scripted_components, unique
 from workers.process import build_all, workers_running

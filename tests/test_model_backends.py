@@ -35,6 +35,8 @@ from activities.models.router import ModelRouter, build_model
 from activities.planning import plan_output_schema, planning_prompt
 from activities.reasoning import ReasoningActivities
 from activities.tools.builtin import default_registry
+from keel._ports import free_port
+from keel._queues import Queues
 from keel.client import start_task
 from keel.contracts import PlanRequest, Synthesis, SynthesisRequest, TaskRequest, TaskStatus
 from keel.durable import (
@@ -44,8 +46,6 @@ from keel.durable import (
     MODEL_RATE_LIMITED,
     MODEL_UNAVAILABLE,
 )
-from keel.ports import free_port
-from keel.queues import Queues
 from keel.settings import Settings
 from keel.testing import Stack
 from tests.conftest import unique

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from activities.models.llama_server import how_it_ended
-from keel.lifeline import SHUTDOWN_GRACE_S, bound_to_this_process
-from keel.local_server import stop_process
-from keel.ports import free_port, port_open
+from keel._lifeline import SHUTDOWN_GRACE_S, bound_to_this_process
+from keel._local_server import stop_process
+from keel._ports import free_port, port_open
 from keel.settings import settings_from_env
 from temporal.devserver import leftover_dev_server, listener_pid, temporal_cli
 from tests.conftest import REPO
@@ -76,7 +76,7 @@ def test_a_bound_child_dies_with_its_parent_however_the_parent_ends() -> None:
         [
             sys.executable, "-c",
             "import subprocess, sys, time\n"
-            "from keel.lifeline import bound_to_this_process\n"
+            "from keel._lifeline import bound_to_this_process\n"
             "child = subprocess.Popen(bound_to_this_process(['sleep', '300']))\n"
             "print(child.pid, flush=True)\n"
             "time.sleep(300)\n",

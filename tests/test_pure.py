@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from activities.tools.calculator import CalculatorError, evaluate
+from keel._plans import budget_error, resolve_args, validate_plan
 from keel.contracts import Plan, PlanStep
-from keel.plans import budget_error, resolve_args, validate_plan
 from keel.settings import SettingsError, settings_from_env
 from sandbox.workspace import TaskWorkspace, WorkspaceError
 

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 from temporalio.client import WorkflowExecutionStatus
 
+from keel._short_term import SUMMARY_CHARS, WINDOW_CHARS, WINDOW_ENTRIES, ShortTermMemory
 from keel.client import start_task
 from keel.contracts import (
     CarriedState,
@@ -20,7 +21,6 @@ from keel.contracts import (
     TaskRequest,
     TaskStatus,
 )
-from keel.short_term import SUMMARY_CHARS, WINDOW_CHARS, WINDOW_ENTRIES, ShortTermMemory
 from keel.testing import Stack, scripted_plan
 from tests.conftest import own_stack, unique
 

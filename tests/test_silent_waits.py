@@ -18,10 +18,10 @@ from temporalio.api.enums.v1 import PendingActivityState
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from keel._queues import Queues
+from keel._stalls import Stall
 from keel.client import start_task
 from keel.contracts import TaskRequest, TaskStatus
-from keel.queues import Queues
-from keel.stalls import Stall
 from keel.testing import Stack, eventually
 from tests.conftest import REPO, scripted_components, unique
 from workers.process import build_all, workers_running

@@ -22,12 +22,12 @@ from activities.tools.activity import ToolActivities
 from activities.tools.builtin import builtin_tools, default_registry
 from activities.tools.registry import ToolRegistry
 from activities.tools.sql import SqlUnavailable, _Database, _Limits, check_read_only
+from keel._ports import free_port
+from keel._queues import TOOLS, Queues
 from keel.client import start_task
 from keel.contracts import SideEffects, StepStatus, TaskRequest, TaskStatus, ToolCall
 from keel.durable import TOOL_ERROR
 from keel.errors import ToolRefusal
-from keel.ports import free_port
-from keel.queues import TOOLS, Queues
 from keel.settings import Settings, SettingsError
 from keel.testing import scripted_plan
 from tests.conftest import scripted_components, unique

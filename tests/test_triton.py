@@ -18,11 +18,11 @@ from temporalio.exceptions import ApplicationError
 from activities.models.base import Message, ModelRequest
 from activities.models.llamacpp import SMOLLM2_NAME, LlamaCppModel
 from activities.models.triton import TritonModel
+from keel._ports import free_port
+from keel._queues import Queues
 from keel.client import start_task
 from keel.contracts import TaskRequest, TaskStatus
 from keel.durable import MODEL_UNAVAILABLE
-from keel.ports import free_port
-from keel.queues import Queues
 from keel.testing import Stack
 from tests.conftest import unique
 from workers import planner

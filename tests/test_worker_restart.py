@@ -11,9 +11,9 @@ from pydantic import BaseModel
 
 from activities.models.scripted import ScriptedModel
 from activities.tools.registry import ToolContext, define_tool
+from keel._queues import Queues
 from keel.client import start_task
 from keel.contracts import StepStatus, TaskRequest, TaskStatus
-from keel.queues import Queues
 from keel.testing import Stack, scripted_plan
 from tests.conftest import scripted_components, unique
 from workers.components import Components

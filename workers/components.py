@@ -13,7 +13,7 @@ from activities.memory.vectors import VectorStore
 from activities.models.router import ModelRouter
 from activities.tools.builtin import default_registry
 from activities.tools.registry import ToolRegistry
-from keel.queues import Queues
+from keel._queues import Queues
 from keel.settings import Settings
 
 if TYPE_CHECKING:

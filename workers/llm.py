@@ -7,7 +7,7 @@ from temporalio.worker import Worker
 
 from activities.reasoning import ReasoningActivities
 from activities.tools.activity import ToolActivities
-from keel.queues import LLM
+from keel._queues import LLM
 from workers.components import Components
 
 MAX_CONCURRENT_CALLS = 32  # I/O bound against remote APIs

@@ -11,10 +11,10 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from keel import logging as keel_logging
+from keel import _logging as keel_logging
+from keel._lifeline import SHUTDOWN_GRACE_S, leave_within
 from keel.client import TemporalUnreachable, connect
 from keel.errors import ServiceStartError
-from keel.lifeline import SHUTDOWN_GRACE_S, leave_within
 from keel.settings import SettingsError, get_settings
 from workers import NAMES, agent, llm, memory, planner, tools
 from workers.components import Components

@@ -10,7 +10,7 @@ from temporalio.worker import Worker
 
 from activities.tools.activity import ToolActivities
 from activities.tools.http import HTTP_QUEUE, api_queues
-from keel.queues import TOOLS
+from keel._queues import TOOLS
 from workers.components import Components
 
 # Tools heartbeat every second; the SDK would otherwise hold heartbeats back for up to 0.8 of

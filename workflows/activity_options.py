@@ -15,8 +15,8 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.workflow import ActivityCancellationType
 
+from keel._core.budget import BudgetExhausted
 from keel.contracts import Extraction, PlanResponse, ReactDecision, Synthesis, ToolSpec
-from keel.core.budget import BudgetExhausted
 from keel.durable import BUDGET_EXCEEDED, INVALID_INPUT, INVALID_OUTPUT, TOOL_ERROR
 
 

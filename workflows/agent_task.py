@@ -18,8 +18,10 @@ import asyncio
 
 from temporalio import workflow
 
+from keel import _search_attributes as sa
 from keel import durable
-from keel import search_attributes as sa
+from keel._core.budget import BudgetExhausted
+from keel._queues import Queues
 from keel.contracts import (
     Approval,
     HumanAnswer,
@@ -32,8 +34,6 @@ from keel.contracts import (
     TaskResult,
     TaskStatus,
 )
-from keel.core.budget import BudgetExhausted
-from keel.queues import Queues
 from workflows import memory_calls
 from workflows.answer import synthesize
 from workflows.human import Decision, TimedOutWaiting

@@ -6,8 +6,8 @@ from __future__ import annotations
 from temporalio import workflow
 
 from keel import durable
+from keel._core.cache_keys import answer_key
 from keel.contracts import CacheStore, Synthesis, SynthesisRequest, TaskStatus
-from keel.core.cache_keys import answer_key
 from workflows import activity_options as options
 from workflows.memory_calls import cache_lookup, cache_store
 from workflows.state import TaskState

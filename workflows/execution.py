@@ -1,4 +1,4 @@
-"""Executing a plan: the scheduler (keel/core/plan_run.py) decides which steps start; this
+"""Executing a plan: the scheduler (keel/_core/plan_run.py) decides which steps start; this
 runs them as tool activities (or asks a person, or delegates), books what they cost and
 continues as new mid-plan when Temporal suggests it."""
 
@@ -12,6 +12,10 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 from keel import durable
+from keel._core.budget import BudgetExhausted
+from keel._core.cache_keys import tool_call_key
+from keel._core.plan_run import PlanRun, Snapshot
+from keel._plans import resolve_args
 from keel.contracts import (
     CacheStore,
     PendingKind,
@@ -23,10 +27,6 @@ from keel.contracts import (
     ToolOutput,
     ToolSpec,
 )
-from keel.core.budget import BudgetExhausted
-from keel.core.cache_keys import tool_call_key
-from keel.core.plan_run import PlanRun, Snapshot
-from keel.plans import resolve_args
 from workflows import activity_options as options
 from workflows.memory_calls import cache_lookup, cache_store
 from workflows.people import ask

@@ -13,8 +13,8 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 from keel import durable
+from keel._queues import Queues
 from keel.contracts import Memorized, MemorizeRequest, RememberDocument
-from keel.queues import Queues
 
 DOCUMENT_TIMEOUT = timedelta(minutes=2)  # embedding a long document takes a while on a CPU
 

@@ -13,6 +13,8 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 from keel import durable
+from keel._core.budget import BudgetExhausted
+from keel._workflow_tools import ASK_HUMAN, DEFAULT_SUBAGENTS, subagent_spec
 from keel.contracts import (
     CacheAnswer,
     CacheHit,
@@ -28,8 +30,6 @@ from keel.contracts import (
     ToolSpec,
     Triple,
 )
-from keel.core.budget import BudgetExhausted
-from keel.workflow_tools import ASK_HUMAN, DEFAULT_SUBAGENTS, subagent_spec
 from workflows import activity_options as options
 from workflows.state import TaskState
 

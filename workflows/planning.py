@@ -14,6 +14,9 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 from keel import durable
+from keel._core.budget import BudgetExhausted
+from keel._core.plan_run import Snapshot
+from keel._plans import MAX_STEPS, budget_error, validate_plan
 from keel.contracts import (
     PendingKind,
     Plan,
@@ -22,9 +25,6 @@ from keel.contracts import (
     TaskStatus,
     ToolSpec,
 )
-from keel.core.budget import BudgetExhausted
-from keel.core.plan_run import Snapshot
-from keel.plans import MAX_STEPS, budget_error, validate_plan
 from workflows import activity_options as options
 from workflows.execution import execute
 from workflows.people import ask

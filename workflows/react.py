@@ -6,6 +6,8 @@ from __future__ import annotations
 from temporalio.exceptions import ActivityError
 
 from keel import durable
+from keel._core.budget import BudgetExhausted, fits
+from keel._plans import validate_plan
 from keel.contracts import (
     Plan,
     PlanStep,
@@ -16,8 +18,6 @@ from keel.contracts import (
     TaskStatus,
     ToolSpec,
 )
-from keel.core.budget import BudgetExhausted, fits
-from keel.plans import validate_plan
 from workflows import activity_options as options
 from workflows.execution import run_step
 from workflows.state import Outcome, TaskState

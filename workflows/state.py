@@ -14,7 +14,12 @@ from typing import Any
 from temporalio import workflow
 from temporalio.common import SearchAttributeUpdate
 
-from keel import search_attributes as sa
+from keel import _search_attributes as sa
+from keel._core.budget import BudgetBook
+from keel._core.plan_run import Snapshot
+from keel._plans import output_text
+from keel._queues import Queues
+from keel._short_term import ShortTermMemory
 from keel.contracts import (
     CarriedState,
     Plan,
@@ -26,11 +31,6 @@ from keel.contracts import (
     TaskResult,
     TaskStatus,
 )
-from keel.core.budget import BudgetBook
-from keel.core.plan_run import Snapshot
-from keel.plans import output_text
-from keel.queues import Queues
-from keel.short_term import ShortTermMemory
 from workflows.human import HumanDesk
 
 EVENTS_KEPT = 50

@@ -9,8 +9,8 @@ from typing import Any
 from temporalio import workflow
 from temporalio.exceptions import ChildWorkflowError
 
+from keel import _search_attributes as sa
 from keel import durable
-from keel import search_attributes as sa
 from keel.contracts import (
     Budget,
     Ledger,

@@ -14,6 +14,7 @@ from activities.memory.documents import DocumentStore
 from activities.memory.episodes import EpisodeStore
 from activities.memory.graph import GraphStore
 from keel import durable
+from keel._logging import activity_logger
 from keel.contracts import (
     CacheAnswer,
     CacheLookup,
@@ -26,7 +27,6 @@ from keel.contracts import (
     Remembered,
     RememberRequest,
 )
-from keel.logging import activity_logger
 
 CACHED_IN_CONTEXT = 2
 DOCUMENTS_IN_CONTEXT = 2

@@ -15,9 +15,9 @@ from temporalio import activity
 from activities.models.base import Message, ModelRequest
 from activities.models.router import ModelRouter
 from keel import durable
+from keel._converter import describe_validation_error
+from keel._logging import activity_logger
 from keel.contracts import Extraction, ExtractionRequest, Triple
-from keel.converter import describe_validation_error
-from keel.logging import activity_logger
 
 MAX_FACTS = 8
 EXTRACT_MAX_TOKENS = 256

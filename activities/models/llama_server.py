@@ -3,7 +3,7 @@
 
 llama.cpp is native code: a crash in it (a CPU it was not built for, a bad model file) must
 cost one retried activity, never the worker. So the model never runs in the worker's own
-interpreter: this child does the decoding, bound to the worker's life (keel/lifeline.py),
+interpreter: this child does the decoding, bound to the worker's life (keel/_lifeline.py),
 on a free loopback port behind a random API key. When it dies, the call in flight fails with
 one line naming how it died; the next call starts a fresh child.
 """
@@ -22,10 +22,10 @@ from pathlib import Path
 import httpx
 import structlog
 
+from keel._lifeline import bound_to_this_process
+from keel._local_server import stop_process
+from keel._ports import LOCALHOST, free_port
 from keel.errors import ServiceStartError
-from keel.lifeline import bound_to_this_process
-from keel.local_server import stop_process
-from keel.ports import LOCALHOST, free_port
 
 log = structlog.get_logger(__name__)
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 from temporalio.exceptions import ApplicationError
 
+from keel._retry_after import retry_after
 from keel.errors import (
     ModelAuthError,
     ModelBadRequest,
@@ -20,7 +21,6 @@ from keel.errors import (
     ModelRateLimited,
     ModelUnavailable,
 )
-from keel.retry_after import retry_after
 
 # A provider asking for more than this is capped: the activity's own timeouts and attempts
 # bound the wait anyway, and a garbled header must not park a task for days.

@@ -2,7 +2,7 @@
 
 `ToolActivities.execute` is the validated execution path (input validation, cost check, the
 tool itself, output validation, size cap); the activities run it, and so does anything else
-that calls Keel tools outside a workflow (the MCP server, keel/mcp_server.py), so the same
+that calls Keel tools outside a workflow (the MCP server, keel/_mcp_server.py), so the same
 refusals and caps hold everywhere.
 
 A tool refuses a call only by raising `ToolRefusal` (keel/errors.py): a final failure the
@@ -33,11 +33,11 @@ from activities.heartbeat import heartbeating
 from activities.models.router import ModelRouter
 from activities.tools.registry import Tool, ToolContext, ToolRegistry
 from keel import durable
+from keel._converter import describe_validation_error
+from keel._core.budget import fits
+from keel._logging import activity_logger
 from keel.contracts import ToolCall, ToolOutput, ToolSpec
-from keel.converter import describe_validation_error
-from keel.core.budget import fits
 from keel.errors import BudgetExceeded, Failure, InvalidToolOutput, ToolRefusal
-from keel.logging import activity_logger
 from keel.settings import Settings
 
 WARN_OUTPUT_BYTES = 256 * 1024

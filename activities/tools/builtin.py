@@ -9,8 +9,8 @@ from activities.tools.http import http_tools
 from activities.tools.python import RunPython, RunPythonInput, RunPythonOutput
 from activities.tools.reasoner import AskReasonerInput, AskReasonerOutput, ask_reasoner
 from activities.tools.registry import Tool, ToolContext, ToolRegistry, define_tool
+from keel._queues import LLM
 from keel.contracts import CachePolicy, SideEffects
-from keel.queues import LLM
 from keel.settings import Settings
 
 

@@ -46,10 +46,10 @@ from pydantic import (
 )
 
 from activities.tools.registry import Tool, ToolContext, define_tool
+from keel._queues import HTTP
+from keel._retry_after import retry_after
 from keel.contracts import SideEffects
 from keel.errors import HttpUnavailable, ToolRefusal
-from keel.queues import HTTP
-from keel.retry_after import retry_after
 from keel.settings import Settings, load_json_config
 
 NAME = "http_get"

@@ -49,9 +49,9 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, m
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from activities.tools.registry import Tool, ToolContext
+from keel._queues import TOOLS
 from keel.contracts import SideEffects, ToolSpec
 from keel.errors import ServiceStartError, ToolRefusal
-from keel.queues import TOOLS
 from keel.settings import SettingsError, load_json_config
 
 SERVER_NAME = r"^[a-z][a-z0-9_]{0,23}$"

@@ -14,8 +14,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from activities.models.router import ModelRouter
+from keel._queues import TOOLS
 from keel.contracts import CachePolicy, ModelUsage, SideEffects, ToolSpec
-from keel.queues import TOOLS
 from sandbox.workspace import TaskWorkspace
 
 

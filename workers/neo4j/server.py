@@ -33,9 +33,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from keel._local_server import LocalServer, stop_process
+from keel._ports import free_port, port_open
 from keel.errors import ServiceStartError
-from keel.local_server import LocalServer, stop_process
-from keel.ports import free_port, port_open
 
 HERE = Path(__file__).resolve().parent
 POM = HERE / "pom.xml"

@@ -30,10 +30,10 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from keel._lifeline import bound_to_this_process
+from keel._local_server import LocalServer, stop_process
+from keel._ports import free_port, port_open
 from keel.errors import ServiceStartError
-from keel.lifeline import bound_to_this_process
-from keel.local_server import LocalServer, stop_process
-from keel.ports import free_port, port_open
 
 MODEL_REPOSITORY = Path(__file__).resolve().parent / "model_repository"
 START_TIMEOUT_S = 120.0

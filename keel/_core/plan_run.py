@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
-from keel.conditions import ConditionError, parse_condition
+from keel._conditions import ConditionError, parse_condition
+from keel._core.budget import BudgetBook
+from keel._plans import ready_steps, resolve_args
 from keel.contracts import Plan, PlanStep, SideEffects, StepResult, StepStatus, ToolSpec
-from keel.core.budget import BudgetBook
-from keel.plans import ready_steps, resolve_args
 
 
 def failure_text(result: StepResult) -> str:

@@ -13,9 +13,9 @@ from typing import Any
 
 import jsonschema
 
-from keel.conditions import ConditionError, parse_condition
+from keel._conditions import ConditionError, parse_condition
+from keel._core.budget import fits
 from keel.contracts import Plan, PlanStep, StepResult, ToolSpec
-from keel.core.budget import fits
 
 # `{{s1}}` inside a string argument is replaced by the text of step s1's output.
 REF_PATTERN = re.compile(r"\{\{\s*([A-Za-z][A-Za-z0-9_-]{0,31})\s*\}\}")

@@ -42,9 +42,9 @@ from temporalio.exceptions import ApplicationError
 from activities.models.router import ModelRouter
 from activities.tools.activity import ToolActivities
 from activities.tools.registry import Tool, ToolRegistry
+from keel._queues import LLM
 from keel.contracts import SideEffects, ToolCall, ToolSpec
 from keel.errors import BudgetExceeded, ToolRefusal
-from keel.queues import LLM
 from keel.settings import Settings
 
 SESSION_HEADER = "mcp-session-id"
