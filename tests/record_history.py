@@ -1,8 +1,9 @@
 """Record the histories of real AgentTask runs into tests/histories/ for the replay test.
 
-Run after a deliberate change to the workflow's command sequence (and say so in review):
-    .venv/bin/python -m tests.record_history                      # every scenario
+Record a new scenario after a deliberate change to the workflow's command sequence (behind
+`workflow.patched()`; say so in review), and keep the old recordings (tests/test_replay.py):
     .venv/bin/python -m tests.record_history ask_human subagent   # only these
+    .venv/bin/python -m tests.record_history                      # every scenario
 Each scenario is a real run on a dev server with real workers and the scripted model, under a
 fixed workflow id, history-<name>, which tests/test_replay.py replays it under again (its file
 is <name>.json; a child's and a later run's files add a suffix); a person's part is played
@@ -23,12 +24,16 @@ from typing import Any
 from temporalio.api.enums.v1 import PendingActivityState
 from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
 
+from keel import durable
 from keel.client import start_task
 from keel.contracts import (
     Approval,
     Budget,
+    Document,
     HumanAnswer,
     HumanPolicy,
+    Memorized,
+    MemorizeRequest,
     PendingRequest,
     Rejection,
     TaskRequest,
@@ -299,6 +304,51 @@ async def _continue_as_new_mid_plan(stack: Stack, name: str) -> None:
     await _save(first, f"{name}_run1")
     second = stack.client.get_workflow_handle(handle.id, run_id=continued.new_execution_run_id)
     await _save(second, f"{name}_run2")
+
+
+@recorder("reused_step_readies_its_dependant")
+async def _reused_step_readies_its_dependant(stack: Stack, name: str) -> None:
+    """A re-plan repeats a finished read-only step (reused, no call) and builds on it: the
+    dependant starts at once though nothing else runs (the patch in workflows/execution.py;
+    the same scenario recorded before the patch is ..._before_patch.json, where it never
+    started)."""
+    request = TaskRequest(task="Work out 6*7, read absent.md, then add one")
+    first = scripted_plan(
+        {"id": "s1", "tool": "calculator", "args": {"expression": "6*7"}},
+        {"id": "s2", "tool": "read_file", "args": {"path": "absent.md"}},
+    )
+    second = scripted_plan(
+        {"id": "s3", "tool": "calculator", "args": {"expression": "6*7"}},
+        {
+            "id": "s4",
+            "tool": "calculator",
+            "args": {"expression": "{{s3}} + 1"},
+            "depends_on": ["s3"],
+        },
+    )
+    handle = await _start(stack, name, request, first, second)
+    result = await _ended(handle, TaskStatus.COMPLETED)
+    if "s4" not in {r.step_id for r in result.steps}:
+        raise RuntimeError(f"{handle.id}: s4 never ran")
+    await _save(handle, name)
+
+
+@recorder("memorize_documents")
+async def _memorize_documents(stack: Stack, name: str) -> None:
+    """The MemorizeDocuments workflow: one remember_document activity per document."""
+    documents = [
+        Document(source="a.md", text="Deploys happen on Tuesdays."),
+        Document(source="b.md", text="Rollbacks need two approvals."),
+    ]
+    handle = await stack.client.start_workflow(
+        durable.MEMORIZE_DOCUMENTS,
+        MemorizeRequest(user_id="history", documents=documents),
+        id=f"history-{name}",
+        task_queue=stack.components.queues.agent,
+        result_type=Memorized,
+    )
+    await handle.result()
+    await _save(handle, name)  # type: ignore[arg-type]
 
 
 async def record(names: list[str]) -> None:

@@ -1,5 +1,10 @@
 """Recorded histories replay against today's workflow code: a change that breaks
-determinism for running tasks fails here (re-record with `python -m tests.record_history`)."""
+determinism for running tasks fails here.
+
+A history is what a task started by an earlier release looks like: keep it. A deliberate
+change to the command sequence goes behind `workflow.patched()` and adds a new recording
+(`python -m tests.record_history NAME`); re-recording an old one would hide the very break
+this test exists to catch."""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from temporalio.worker import Replayer
 
 from keel.plugin import KeelPlugin
 from workflows.agent_task import AgentTask
+from workflows.memorize import MemorizeDocuments
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 
@@ -24,5 +30,5 @@ async def test_history_replays(path: Path) -> None:
     # Under the workflow id it was recorded with: a sub-agent's id is derived from its
     # parent's, and the replay checks it. (A child's and a later run's ids differ, unchecked.)
     history = WorkflowHistory.from_json(f"history-{path.stem}", path.read_text())
-    replayer = Replayer(workflows=[AgentTask], plugins=[KeelPlugin()])
+    replayer = Replayer(workflows=[AgentTask, MemorizeDocuments], plugins=[KeelPlugin()])
     await replayer.replay_workflow(history)  # raises on any nondeterminism

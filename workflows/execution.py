@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError
@@ -33,7 +33,14 @@ from workflows.people import ask
 from workflows.state import TaskState, short_args
 from workflows.subagents import delegate
 
-ContinueAsNew = Callable[[Snapshot], None]
+ContinueAsNew = Callable[[Snapshot], NoReturn]
+# Runs started before this patch start steps readied by a step that needed no call only
+# after the next call returns (or never, when none is running): they replay that way.
+READIED_NOW_PATCH = "keel-start-steps-readied-without-a-call"
+
+
+def _readied_now() -> bool:
+    return workflow.patched(READIED_NOW_PATCH)
 
 
 async def execute(
@@ -59,7 +66,9 @@ async def execute(
         while True:
             pause = run.should_pause(workflow.info().is_continue_as_new_suggested)
             if not pause:
-                for step in run.advance(tools, task.outputs, task.book, task.record, task.event):
+                for step in run.advance(
+                    tools, task.outputs, task.book, task.record, task.event, _readied_now
+                ):
                     running[step.id] = asyncio.ensure_future(
                         run_step(task, plan.version, step, tools[step.tool])
                     )

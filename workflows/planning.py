@@ -9,6 +9,7 @@ new when Temporal suggests it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NoReturn
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError
@@ -137,7 +138,7 @@ async def _run_plan(
         + (f", … ({len(plan.steps)} steps)" if len(plan.steps) > 20 else ""),
     )
 
-    def pause(snapshot: Snapshot) -> None:
+    def pause(snapshot: Snapshot) -> NoReturn:
         _continue_as_new(task, failures, plan.version, snapshot)
 
     try:
@@ -187,7 +188,7 @@ async def _call_planner(
 
 def _continue_as_new(
     task: TaskState, failures: list[str], version: int, snapshot: Snapshot | None
-) -> None:
+) -> NoReturn:
     """History is getting long: start a fresh run with compact state (Temporal suggests
     this well before its limits). Does not return."""
     task.event(f"continuing as new after {task.steps_total} steps (plan v{version})")

@@ -70,11 +70,14 @@ class PlanRun:
         book: BudgetBook,
         settle: Callable[[StepResult], None],
         note: Callable[[str], None],
+        readied_now: Callable[[], bool] = lambda: True,
     ) -> list[PlanStep]:
         """Start every ready step that may start now, and return those that need a call
         (their expected cost reserved in `book`). Steps that need no call settle here
         through `settle` (which records the result, so later gates see it); `note` gets
-        what a person watching should read."""
+        what a person watching should read. `readied_now` is asked when such a step readied
+        others: whether they start at once (the workflow's patch for runs started before
+        they did; those start them after the next call returns, or never)."""
         launch: list[PlanStep] = []
         ready = ready_steps(self.plan, self.settled, self.started)
         while ready and not self.blocked:
@@ -99,6 +102,8 @@ class PlanRun:
             # a step settled without a call (skipped, reused) may have readied its
             # dependants: they start now, not only after some running call returns
             ready = ready_steps(self.plan, self.settled, self.started)
+            if ready and not readied_now():
+                break
         return launch
 
     def settle(self, result: StepResult, by_call: bool = True) -> None:
