@@ -10,12 +10,14 @@ no wiring of its own; a `Replayer` takes it the same way.
 
 from __future__ import annotations
 
+import dataclasses
+
 from temporalio.converter import DataConverter
 from temporalio.plugin import SimplePlugin
 from temporalio.worker import WorkflowRunner
-from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
-from keel._converter import data_converter
+from keel._converter import KeelPayloadConverter, data_converter
 
 # Imported once per worker instead of once per workflow run: deterministic code with no
 # module state (contracts, the pure core, durable names) and the libraries under it.
@@ -23,21 +25,24 @@ PASSED_THROUGH = ("keel", "pydantic", "pydantic_core", "jsonschema", "annotated_
 
 
 def _keel_converter(configured: DataConverter | None) -> DataConverter:
-    if configured is not None and configured is not DataConverter.default:
-        if configured.payload_converter_class is not data_converter.payload_converter_class:
-            raise ValueError(
-                "KeelPlugin needs Keel's data converter (pydantic payloads); this client was "
-                "given another: drop the data_converter argument"
-            )
-        return configured  # Keel's payloads with the caller's codec (e.g. encryption)
-    return data_converter
+    """Keel's payload converter, keeping whatever else the caller configured (a payload
+    codec that encrypts, a failure converter)."""
+    if configured is None:
+        return data_converter
+    return dataclasses.replace(configured, payload_converter_class=KeelPayloadConverter)
 
 
 def _keel_runner(configured: WorkflowRunner | None) -> WorkflowRunner:
-    if configured is not None and not isinstance(configured, SandboxedWorkflowRunner):
-        return configured  # e.g. UnsandboxedWorkflowRunner in a debugger: the caller's call
-    restrictions = SandboxRestrictions.default.with_passthrough_modules(*PASSED_THROUGH)
-    return SandboxedWorkflowRunner(restrictions=restrictions)
+    """The caller's sandbox (its restrictions and runner) with Keel's pure modules passed
+    through; a runner that is no sandbox (a debugger's) is the caller's call."""
+    if configured is None:
+        configured = SandboxedWorkflowRunner()
+    if not isinstance(configured, SandboxedWorkflowRunner):
+        return configured
+    return SandboxedWorkflowRunner(
+        restrictions=configured.restrictions.with_passthrough_modules(*PASSED_THROUGH),
+        runner_class=configured.runner_class,
+    )
 
 
 class KeelPlugin(SimplePlugin):
