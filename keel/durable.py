@@ -62,6 +62,7 @@ SA_WITHOUT_HUMAN = "KeelWithoutHuman"
 # --- failure types (ApplicationError.type; keel/errors.py attaches each to its class) -------
 BUDGET_EXCEEDED = "BudgetExceeded"  # a call could not fit in what it was allowed to spend
 TOOL_ERROR = "ToolError"  # the tool refused its input; retrying will not help
+TOOL_FAILED = "ToolFailed"  # the tool crashed (a bug or an outage); retried when idempotent
 INVALID_OUTPUT = "InvalidToolOutput"  # the tool returned data that breaks its output schema
 INVALID_INPUT = "InvalidInput"  # a payload did not match its contract
 HTTP_UNAVAILABLE = "HttpUnavailable"  # an API call failed in a way a retry may fix

@@ -7,6 +7,7 @@
     |   |   +-- CalculatorError     (activities/tools/calculator.py) not arithmetic it does
     |   |   +-- MissingSecret       (activities/tools/mcp_remote.py) a variable is not set
     |   |   +-- WorkspaceError      (sandbox/workspace.py) a path outside the task's files
+    |   +-- ToolFailed              ToolFailed, retried: a tool crashed (a bug or an outage)
     |   +-- BudgetExceeded          BudgetExceeded, final: the call cannot fit its allowance
     |   +-- InvalidInput            InvalidInput, final: a payload breaks its contract
     |   +-- HttpUnavailable         HttpUnavailable, retried: an API is down or busy
@@ -73,6 +74,7 @@ __all__ = [
     "ModelRefused",
     "ModelUnavailable",
     "ServiceStartError",
+    "ToolFailed",
     "ToolRefusal",
 ]
 
@@ -90,13 +92,14 @@ class ServiceStartError(KeelError, RuntimeError):
 class Failure(KeelError):
     """A failure that crosses Temporal as an `ApplicationError` of type `type`.
 
-    `non_retryable` is the class's rule; one failure may override it (a provider that says a
-    retry cannot help). `next_retry_delay` replaces the retry policy's backoff once (a
-    provider's Retry-After). `details` travel with the failure, as ApplicationError details.
+    `final` is the class's rule (never retried); one failure may override it (a provider that
+    says a retry cannot help), and `retryable` says what holds for this one.
+    `next_retry_delay` replaces the retry policy's backoff once (a provider's Retry-After).
+    `details` travel with the failure, as ApplicationError details.
     Subclasses keep this constructor (`reworded` relies on it)."""
 
     type: ClassVar[str]  # the failure type Temporal stores: a name from keel/durable.py
-    non_retryable: ClassVar[bool] = True
+    final: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -105,15 +108,17 @@ class Failure(KeelError):
         next_retry_delay: timedelta | None = None,
         non_retryable: bool | None = None,
     ) -> None:
+        if not isinstance(getattr(type(self), "type", None), str):
+            raise TypeError(f"{type(self).__name__} has no failure type: raise a subclass")
         super().__init__(message)
         self.message = message
         self.details = details
         self.next_retry_delay = next_retry_delay
-        self.retryable = not (self.non_retryable if non_retryable is None else non_retryable)
+        self.retryable = not (self.final if non_retryable is None else non_retryable)
 
     def to_application_error(self) -> ApplicationError:
         """The ApplicationError an activity raises for this failure."""
-        # Imported here, not above: the pure core (keel/core, no Temporal) uses this tree too.
+        # Imported here, not above: the pure core (keel/_core, no Temporal) uses this tree too.
         from temporalio.exceptions import ApplicationError
 
         return ApplicationError(
@@ -147,6 +152,14 @@ class InvalidToolOutput(ToolRefusal):
     type = durable.INVALID_OUTPUT
 
 
+class ToolFailed(Failure):
+    """A tool raised something other than a refusal: a bug or an outage. Its message names
+    the exception's class; retried when the tool is idempotent."""
+
+    type = durable.TOOL_FAILED
+    final = False
+
+
 class BudgetExceeded(Failure):
     """A call (a model's or a tool's) cannot fit in what it was allowed to spend."""
 
@@ -163,7 +176,7 @@ class HttpUnavailable(Failure):
     """An allowlisted API did not answer, or answered 429 or 5xx: a later try may work."""
 
     type = durable.HTTP_UNAVAILABLE
-    non_retryable = False
+    final = False
 
 
 class ModelFailure(Failure):
@@ -186,7 +199,7 @@ class ModelRateLimited(ModelFailure):
     """Too many requests: retried, after the provider's Retry-After when it gives one."""
 
     type = durable.MODEL_RATE_LIMITED
-    non_retryable = False
+    final = False
 
 
 class ModelUnavailable(ModelFailure):
@@ -194,7 +207,7 @@ class ModelUnavailable(ModelFailure):
     process: retried, unless the provider says a retry cannot help."""
 
     type = durable.MODEL_UNAVAILABLE
-    non_retryable = False
+    final = False
 
 
 class ModelBadRequest(ModelFailure):

@@ -36,6 +36,7 @@ from keel.errors import (
     HttpUnavailable,
     InvalidToolOutput,
     KeelError,
+    ModelFailure,
     ModelUnavailable,
     ToolRefusal,
 )
@@ -161,7 +162,7 @@ def test_each_failure_type_belongs_to_one_class() -> None:
     for cls in owners:  # the drawing says the type and whether it is retried
         says = drawn[cls.__name__][1]
         assert says.startswith(f"{cls.type}, "), says
-        assert ("final" in says) == cls.non_retryable, says
+        assert ("final" in says) == cls.final, says
 
 
 def test_a_failure_becomes_the_application_error_temporal_stores() -> None:
@@ -176,6 +177,9 @@ def test_a_failure_becomes_the_application_error_temporal_stores() -> None:
     assert (error.details, error.next_retry_delay) == (({"status": 503},), delay)
     assert ModelUnavailable("x", non_retryable=True).to_application_error().non_retryable
     assert ToolRefusal("no").to_application_error().non_retryable
+    assert ModelUnavailable("gone", non_retryable=True).retryable is False  # this one's rule
+    with pytest.raises(TypeError, match="no failure type"):
+        ModelFailure("which one?")
     assert not HttpUnavailable("busy").to_application_error().non_retryable
     reworded = CalculatorError("division by zero").reworded("calculator: division by zero")
     assert type(reworded) is CalculatorError and reworded.type == durable.TOOL_ERROR
@@ -232,7 +236,7 @@ async def test_a_bug_in_a_tool_is_no_refusal(tmp_path: Path, bug: BaseException)
     [activity_fn] = _executor(tmp_path, tool).for_queue(TOOLS)
     with pytest.raises(ApplicationError) as failed:  # the activity: retried, type named
         await ActivityEnvironment().run(activity_fn, _call())
-    assert failed.value.type == type(bug).__name__
+    assert failed.value.type == durable.TOOL_FAILED and not failed.value.non_retryable
     assert not failed.value.non_retryable
     assert failed.value.message.startswith(f"probe failed: {type(bug).__name__}: ")
     assert failed.value.__cause__ is bug  # its traceback travels as the failure's cause

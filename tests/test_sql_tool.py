@@ -22,6 +22,7 @@ from activities.tools.activity import ToolActivities
 from activities.tools.builtin import builtin_tools, default_registry
 from activities.tools.registry import ToolRegistry
 from activities.tools.sql import SqlUnavailable, _Database, _Limits, check_read_only
+from keel import durable
 from keel._ports import free_port
 from keel._queues import TOOLS, Queues
 from keel.client import start_task
@@ -317,7 +318,7 @@ async def test_connection_failure_is_retryable_and_never_shows_the_password(
     )
     with pytest.raises(ApplicationError) as info:  # not a refusal: Temporal retries it
         await run_sql(bad_password, "SELECT 1")
-    assert info.value.type == SqlUnavailable.__name__ and not info.value.non_retryable
+    assert info.value.type == durable.TOOL_FAILED and not info.value.non_retryable
     assert isinstance(info.value.__cause__, SqlUnavailable)
     message = info.value.message
     assert message.startswith("sql_query failed: SqlUnavailable: cannot connect")
@@ -328,7 +329,7 @@ async def test_connection_failure_is_retryable_and_never_shows_the_password(
     nowhere = Settings(sql_url=f"postgresql://{READER}:{wrong}@127.0.0.1:{closed_port}/shop")
     with pytest.raises(ApplicationError) as info:
         await run_sql(nowhere, "SELECT 1")
-    assert info.value.type == SqlUnavailable.__name__ and not info.value.non_retryable
+    assert info.value.type == durable.TOOL_FAILED and not info.value.non_retryable
     assert "KEEL_SQL_URL" in info.value.message and wrong not in info.value.message
 
 

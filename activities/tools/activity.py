@@ -27,7 +27,7 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 from temporalio import activity
-from temporalio.exceptions import ApplicationError, FailureError
+from temporalio.exceptions import FailureError
 
 from activities.heartbeat import heartbeating
 from activities.models.router import ModelRouter
@@ -37,7 +37,7 @@ from keel._converter import describe_validation_error
 from keel._core.budget import fits
 from keel._logging import activity_logger
 from keel.contracts import ToolCall, ToolOutput, ToolSpec
-from keel.errors import BudgetExceeded, Failure, InvalidToolOutput, ToolRefusal
+from keel.errors import BudgetExceeded, Failure, InvalidToolOutput, ToolFailed, ToolRefusal
 from keel.settings import Settings
 
 WARN_OUTPUT_BYTES = 256 * 1024
@@ -79,9 +79,10 @@ class ToolActivities:
             # A bug or an outage, never a refusal: retried when the tool is idempotent. The
             # step's error names the exception, which the message alone may not (a bare
             # "Expecting value: line 1 column 1"); its traceback stays in the failure's cause.
-            raise ApplicationError(
-                f"{tool.spec.name} failed: {type(err).__name__}: {err}", type=type(err).__name__
-            ) from err
+            # One failure type for all of them: a class that happens to be named like a
+            # final failure type (some library's ToolError) must not stop the retries.
+            failed = ToolFailed(f"{tool.spec.name} failed: {type(err).__name__}: {err}")
+            raise failed.to_application_error() from err
 
     async def execute(self, tool: Tool, call: ToolCall, log: Any = None) -> ToolOutput:
         """Run one call through the validated path: validate the input, check the cost
