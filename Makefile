@@ -97,4 +97,4 @@ bench: $(STAMP)  ## every benchmark, quick form; see bench/README.md
 	$(BIN)/python bench/sandbox.py --quick
 
 clean:
-	rm -rf .keel
+	rm -rf .keel build

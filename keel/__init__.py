@@ -39,6 +39,7 @@ _WHERE = {
     "memorize": "keel.client",
     "start_task": "keel.client",
     "KeelPlugin": "keel.plugin",
+    "Queues": "keel._queues",
     "Settings": "keel.settings",
     "get_settings": "keel.settings",
     # what can go wrong
@@ -55,6 +56,7 @@ __all__ = [
     "Ledger",
     "PendingRequest",
     "Plan",
+    "Queues",
     "Rejection",
     "Settings",
     "StepResult",
@@ -85,6 +87,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from keel._queues import Queues
     from keel.client import connect, memorize, start_task
     from keel.contracts import (
         Approval,

@@ -31,7 +31,7 @@ def memo(request: TaskRequest) -> dict[str, object]:
 def initial(user_id: str) -> TypedSearchAttributes:
     return TypedSearchAttributes(
         [
-            SearchAttributePair(STATUS, "running"),
+            SearchAttributePair(STATUS, TaskStatus.RUNNING.value),
             SearchAttributePair(COST_USD, 0.0),
             SearchAttributePair(USER, user_id),
         ]

@@ -57,7 +57,7 @@ async def connect(settings: Settings | None = None, address: str | None = None) 
 
 
 def new_workflow_id() -> str:
-    return f"keel-{uuid.uuid4().hex[:12]}"
+    return f"{durable.TASK_ID_PREFIX}{uuid.uuid4().hex[:12]}"
 
 
 async def start_task(
@@ -91,7 +91,7 @@ async def memorize(
     return await client.start_workflow(
         durable.MEMORIZE_DOCUMENTS,
         request,
-        id=f"keel-memorize-{uuid.uuid4().hex[:12]}",
+        id=f"{durable.MEMORIZE_ID_PREFIX}{uuid.uuid4().hex[:12]}",
         task_queue=queues.agent,
         result_type=Memorized,
         static_summary=f"memorize {sources[:120]} for user {request.user_id}",

@@ -22,6 +22,22 @@ UPDATE_APPROVE = "approve"
 UPDATE_REJECT = "reject"
 UPDATE_ANSWER = "answer"
 
+# --- ids Temporal keeps (replay checks a child's id) ---------------------------------------
+TASK_ID_PREFIX = "keel-"  # + 12 hex digits, when the caller gives no workflow id
+MEMORIZE_ID_PREFIX = "keel-memorize-"
+PLAN_APPROVAL_ID = "plan"  # what `keel approve TASK plan` approves: a whole plan over budget
+
+
+def child_task_id(parent_id: str, agent: str, plan_version: int, step_id: str) -> str:
+    """A sub-agent's workflow id: its parent's, the agent and the step that delegated."""
+    return f"{parent_id}.{agent}.v{plan_version}.{step_id}"
+
+
+def step_call_id(plan_version: int, step_id: str) -> str:
+    """A step's id as tools see it (and idempotency keys are built from)."""
+    return f"v{plan_version}.{step_id}"
+
+
 # --- activities ------------------------------------------------------------------------------
 PLAN = "plan"
 REACT_STEP = "react_step"

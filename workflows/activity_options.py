@@ -48,6 +48,10 @@ CACHE = ActivityOptions(
     schedule_to_close_timeout=timedelta(seconds=30),
     retry_policy=RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_attempts=2),
 )
+# Embedding a long document takes a while on a CPU.
+DOCUMENT = ActivityOptions(
+    start_to_close_timeout=timedelta(minutes=2), retry_policy=RetryPolicy(maximum_attempts=5)
+)
 NOTIFY = ActivityOptions(start_to_close_timeout=timedelta(seconds=30), retry_policy=MEMORY_RETRY)
 
 NON_RETRYABLE_TOOL_ERRORS = [TOOL_ERROR, INVALID_OUTPUT, BUDGET_EXCEEDED, INVALID_INPUT]

@@ -91,6 +91,8 @@ async def execute(
         for stopped in await asyncio.gather(*running.values(), return_exceptions=True):
             if isinstance(stopped, StepResult):
                 task.record(stopped)
+        for step_id in running:  # each stopped call booked its cost; nothing stays reserved
+            task.book.release(step_id)
         raise
     if run.out_of_budget is not None and not run.failures:
         raise BudgetExhausted(run.out_of_budget)
@@ -155,7 +157,7 @@ async def run_step(task: TaskState, version: int, step: PlanStep, spec: ToolSpec
             durable.tool_activity(spec.name),
             ToolCall(
                 workflow_id=workflow.info().workflow_id,
-                step_id=f"v{version}.{step.id}",
+                step_id=durable.step_call_id(version, step.id),
                 tool=spec.name,
                 args=args,
                 max_usd=spec.cost_per_call_usd,

@@ -7,16 +7,12 @@ most relevant to each later task of that user.
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 
 from keel import durable
 from keel._queues import Queues
 from keel.contracts import Memorized, MemorizeRequest, RememberDocument
-
-DOCUMENT_TIMEOUT = timedelta(minutes=2)  # embedding a long document takes a while on a CPU
+from workflows import activity_options as options
 
 
 @workflow.defn(name=durable.MEMORIZE_DOCUMENTS)
@@ -31,8 +27,7 @@ class MemorizeDocuments:
                 RememberDocument(user_id=request.user_id, document=document),
                 result_type=Memorized,
                 task_queue=queues.memory,
-                start_to_close_timeout=DOCUMENT_TIMEOUT,
-                retry_policy=RetryPolicy(maximum_attempts=5),
+                **options.DOCUMENT,
                 summary=f"remember document {document.source} for {request.user_id}",
             )
             done.chunks.update(stored.chunks)

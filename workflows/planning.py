@@ -113,7 +113,7 @@ async def _approve_plan(task: TaskState, plan: Plan) -> str:
     decision = await ask(
         task,
         PendingKind.APPROVAL,
-        "plan",
+        durable.PLAN_APPROVAL_ID,
         f"plan v{plan.version}, expected ${cost:.4f} (over ${threshold:g}): {steps}",
         cost,
     )

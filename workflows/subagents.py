@@ -51,7 +51,7 @@ async def delegate(
         result: TaskResult = await workflow.execute_child_workflow(
             durable.AGENT_TASK,
             child,
-            id=f"{workflow.info().workflow_id}.{agent.name}.v{version}.{step.id}",
+            id=durable.child_task_id(workflow.info().workflow_id, agent.name, version, step.id),
             task_queue=workflow.info().task_queue,
             result_type=TaskResult,
             search_attributes=sa.initial(task.user_id),
