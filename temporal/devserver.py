@@ -44,6 +44,9 @@ def temporal_cli() -> Path:
     )
 
 
+TEST_SERVER_ATTEMPTS = 3
+
+
 async def start_test_environment(
     *extra_args: str, ui_port: int | None = None
 ) -> WorkflowEnvironment:
@@ -55,15 +58,23 @@ async def start_test_environment(
     from keel import _search_attributes as search_attributes
     from keel.plugin import KeelPlugin
 
-    return await WorkflowEnvironment.start_local(
-        plugins=[KeelPlugin()],
-        ip=LOCALHOST,
-        ui=ui_port is not None,
-        ui_port=ui_port,
-        dev_server_existing_path=str(temporal_cli()),
-        search_attributes=list(search_attributes.ALL),
-        dev_server_extra_args=list(extra_args),
-    )
+    for attempt in range(1, TEST_SERVER_ATTEMPTS + 1):
+        try:
+            return await WorkflowEnvironment.start_local(
+                plugins=[KeelPlugin()],
+                ip=LOCALHOST,
+                ui=ui_port is not None,
+                ui_port=ui_port,
+                dev_server_existing_path=str(temporal_cli()),
+                search_attributes=list(search_attributes.ALL),
+                dev_server_extra_args=list(extra_args),
+            )
+        except RuntimeError:
+            # the SDK gives the server 5 s; on a busy 2-core machine it can miss that, or a
+            # port it picked free was taken before the server bound it
+            if attempt == TEST_SERVER_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
 
 
 class DevServer:
