@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from keel._core.budget import EPSILON_USD, BudgetBook, BudgetExhausted, fits
@@ -172,16 +172,28 @@ def plans(draw: st.DrawFn) -> tuple[Plan, dict[str, ToolSpec], dict[str, str], f
 
 
 def drive(
-    plan: Plan, tools: dict[str, ToolSpec], outcomes: dict[str, str], budget: float, seed: int
+    plan: Plan,
+    tools: dict[str, ToolSpec],
+    outcomes: dict[str, str],
+    budget: float,
+    seed: int,
+    *,
+    resumed: tuple[PlanRun, BudgetBook, dict[str, StepResult]] | None = None,
+    pause_after: int | None = None,
 ):
-    """Run the plan to its end as the workflow does, finishing running calls in a random
-    order; returns the run, the book and every settled result in order."""
+    """Run the plan as the workflow does, finishing running calls in a random order, to its
+    end or, with `pause_after`, until that many calls have returned (then nothing new
+    starts and the running calls finish: how a run continues as new). A step's output
+    depends only on its id, so two drives of one plan take the same branches. Returns the
+    run, the book, every settled result in order and the outputs."""
     rng = random.Random(seed)
-    book = BudgetBook.for_budget(budget, None)
-    run = PlanRun(plan)
-    outputs: dict[str, StepResult] = {}
+    if resumed is None:
+        run, book, outputs = PlanRun(plan), BudgetBook.for_budget(budget, None), {}
+    else:
+        run, book, outputs = resumed
     results: list[StepResult] = []
     running: list[PlanStep] = []
+    returned = 0
 
     def record(result: StepResult) -> None:
         results.append(result)
@@ -189,11 +201,12 @@ def drive(
             outputs[result.step_id] = result
 
     while True:
-        running += run.advance(tools, outputs, book, record, lambda _: None)
+        if pause_after is None or returned < pause_after:
+            running += run.advance(tools, outputs, book, record, lambda _: None)
         # the money reserved never exceeds what is left
         assert fits(sum(book.reserved.values()), book.remaining_usd())
         if not running:
-            return run, book, results
+            return run, book, results, outputs
         step = running.pop(rng.randrange(len(running)))
         cost = tools[step.tool].cost_per_call_usd
         ok = outcomes[step.id] == "ok"
@@ -205,18 +218,19 @@ def drive(
             tool=step.tool,
             args=step.args,
             status=StepStatus.SUCCEEDED if ok else StepStatus.FAILED,
-            output={"n": rng.randrange(3)} if ok else None,
+            output={"n": int(step.id[1:]) % 3} if ok else None,
             error=None if ok else "boom",
         )
         record(result)
         run.settle(result)
+        returned += 1
 
 
 @settings(max_examples=300, deadline=None)
 @given(plans(), st.integers(0, 2**16))
 def test_a_plan_run_never_overspends_and_settles_every_step_once(case, seed) -> None:
     plan, tools, outcomes, budget = case
-    run, book, results = drive(plan, tools, outcomes, budget, seed)
+    run, book, results, _ = drive(plan, tools, outcomes, budget, seed)
 
     assert book.ledger.total_usd <= budget + EPSILON_USD
     settled_ids = [r.step_id for r in results]
@@ -242,7 +256,7 @@ def test_a_plan_run_never_overspends_and_settles_every_step_once(case, seed) -> 
 @given(plans(), st.integers(0, 2**16))
 def test_a_snapshot_carries_only_what_the_rest_of_the_plan_needs(case, seed) -> None:
     plan, tools, outcomes, budget = case
-    run, _, _ = drive(plan, tools, outcomes, budget, seed)
+    run, _, _, _ = drive(plan, tools, outcomes, budget, seed)
     snap = run.snapshot()
     left = {s.id for s in snap.plan.steps}
     assert left == {s.id for s in plan.steps} - run.settled
@@ -250,6 +264,57 @@ def test_a_snapshot_carries_only_what_the_rest_of_the_plan_needs(case, seed) -> 
     assert snap.settled | snap.skipped <= snap.needed
     for step in snap.plan.steps:  # every dependency is still to run or carried as settled
         assert all(d in left or d in snap.settled for d in step.depends_on)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(plans(), st.integers(0, 2**16), st.integers(0, 12))
+def test_continuing_as_new_anywhere_runs_the_same_steps(case, seed, pause_after) -> None:
+    """Pause after any number of returned calls, snapshot, resume from only what the
+    snapshot carries (with the outputs its steps need): the same steps settle the same way
+    as in a run that never paused."""
+    plan, tools, outcomes, _ = case
+    whole, _, uninterrupted, _ = drive(plan, tools, outcomes, 10.0, seed)
+    assume(not whole.blocked)  # a failed plan is re-planned, never continued as new
+    first, book, before, outputs = drive(plan, tools, outcomes, 10.0, seed, pause_after=pause_after)
+    snap = first.snapshot()
+    carried = {i: r for i, r in outputs.items() if i in snap.needed}
+    second = PlanRun.start(snap.plan, carried, snap)
+    _, _, after, _ = drive(
+        snap.plan, tools, outcomes, 10.0, seed, resumed=(second, book, dict(carried))
+    )
+
+    def statuses(results: list[StepResult]) -> dict[str, StepStatus]:
+        return {r.step_id: r.status for r in results}
+
+    assert statuses(before) | statuses(after) == statuses(uninterrupted)
+    assert not set(statuses(before)) & set(statuses(after)), "a step settled in both runs"
+
+
+def test_a_snapshot_keeps_a_skipped_step_that_the_rest_waits_on() -> None:
+    # s1 is skipped while s2 still runs; the run continues as new before s3 starts: the
+    # next run must know s1 was skipped, or s3 would run instead of being skipped
+    plan = Plan(
+        version=1,
+        steps=[
+            PlanStep(id="s0", tool="t"),
+            PlanStep(id="s1", tool="t", depends_on=["s0"], when="s0.n > 1"),
+            PlanStep(id="s2", tool="t"),
+            PlanStep(id="s3", tool="t", depends_on=["s1", "s2"]),
+        ],
+    )
+    tools, book, outputs = {"t": spec("t", 0.0)}, BudgetBook.for_budget(1.0, None), {}
+    run = PlanRun(plan)
+    assert [s.id for s in run.advance(tools, outputs, book, print, print)] == ["s0", "s2"]
+    outputs["s0"] = result("s0", output={"n": 0})
+    run.settle(outputs["s0"])
+    assert run.advance(tools, outputs, book, print, print) == []  # s1 skipped, s3 waits
+    run.settle(result("s2"))
+    snap = run.snapshot()
+    assert [s.id for s in snap.plan.steps] == ["s3"] and snap.skipped == {"s1"}
+    resumed = PlanRun.start(snap.plan, {}, snap)
+    skipped: list[StepResult] = []
+    assert resumed.advance(tools, {}, book, skipped.append, print) == []
+    assert [(r.step_id, r.status) for r in skipped] == [("s3", StepStatus.SKIPPED)]
 
 
 def test_after_a_failure_nothing_new_starts_but_running_steps_finish() -> None:

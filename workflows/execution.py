@@ -55,12 +55,7 @@ async def execute(
     When Temporal suggests continuing as new, no new step starts, and once the running ones
     have settled the task continues as new where it stands (`continue_as_new`, which does
     not return)."""
-    run = PlanRun(
-        plan,
-        # steps done by earlier plan versions (or by this plan in the previous run) count
-        settled=set(task.outputs) | (resumed.settled if resumed else set()),
-        skipped=set(resumed.skipped) if resumed else set(),
-    )
+    run = PlanRun.start(plan, task.outputs, resumed)
     running: dict[str, asyncio.Task[StepResult]] = {}
     try:
         while True:

@@ -48,6 +48,15 @@ class PlanRun:
     def __post_init__(self) -> None:
         self.started |= self.settled
 
+    @classmethod
+    def start(cls, plan: Plan, done: Collection[str], resumed: Snapshot | None = None) -> PlanRun:
+        """A run of `plan`. Steps done before count as settled: those of earlier plan
+        versions (`done`) and, when the task continued as new in the middle of this plan,
+        the settled and skipped steps the rest of it waits on (`resumed`)."""
+        if resumed is None:
+            return cls(plan, settled=set(done))
+        return cls(plan, settled=set(done) | resumed.settled, skipped=set(resumed.skipped))
+
     @property
     def blocked(self) -> bool:
         """No new step may start: one failed or the budget cannot cover the next."""
