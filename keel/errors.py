@@ -46,7 +46,9 @@ catch (SettingsError is a ValueError, TemporalUnreachable a ConnectionError, ...
 
 Not in the tree: `BadRequest` in workers/triton/model_repository/planner/1/model.py runs in
 Triton's own Python process, which cannot import Keel; it never leaves that process (the
-client sees an HTTP 400, a ModelBadRequest).
+client sees an HTTP 400, a ModelBadRequest). And the AgentTask's Update validators
+(workflows/human.py) refuse a decision with a plain `ValueError`: Temporal hands the refusal
+to the caller under that type name, which clients match on.
 """
 
 from __future__ import annotations
