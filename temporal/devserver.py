@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from keel._lifeline import bound_to_this_process
 from keel._local_server import stop_process
-from keel._ports import LOCALHOST, port_open
+from keel._ports import LOCALHOST, free_port, port_open
 from keel.errors import ServiceStartError
 from temporal.search_attributes import DEV_SERVER_FLAGS
 
@@ -47,34 +47,49 @@ def temporal_cli() -> Path:
 TEST_SERVER_ATTEMPTS = 3
 
 
-async def start_test_environment(
-    *extra_args: str, ui_port: int | None = None
-) -> WorkflowEnvironment:
-    """A throwaway dev server (in memory, free ports) for tests, benchmarks and recording
-    histories: Keel's converter and search attributes, and any extra dev-server flags; with
-    `ui_port`, its Web UI at http://127.0.0.1:<ui_port>."""
+async def start_test_environment(*extra_args: str) -> WorkflowEnvironment:
+    """A throwaway dev server (in memory, free ports, no Web UI) for tests, benchmarks and
+    recording histories: Keel's plugin and search attributes, and any extra dev-server
+    flags."""
+    env, _ = await _start_test_environment(extra_args, with_ui=False)
+    return env
+
+
+async def start_test_environment_with_ui(*extra_args: str) -> tuple[WorkflowEnvironment, int]:
+    """The same, with its Web UI at http://127.0.0.1:<the port returned>."""
+    env, ui_port = await _start_test_environment(extra_args, with_ui=True)
+    assert ui_port is not None
+    return env, ui_port
+
+
+async def _start_test_environment(
+    extra_args: tuple[str, ...], with_ui: bool
+) -> tuple[WorkflowEnvironment, int | None]:
     from temporalio.testing import WorkflowEnvironment
 
     from keel import _search_attributes as search_attributes
     from keel.plugin import KeelPlugin
 
     for attempt in range(1, TEST_SERVER_ATTEMPTS + 1):
+        # A port the OS called free can be taken (an outgoing connection's ephemeral port)
+        # before the server binds it, and the SDK gives the server 5 s to answer, which a
+        # busy 2-core machine can miss: either way, another try on other ports.
+        ui_port = free_port() if with_ui else None
         try:
-            return await WorkflowEnvironment.start_local(
+            env = await WorkflowEnvironment.start_local(
                 plugins=[KeelPlugin()],
                 ip=LOCALHOST,
-                ui=ui_port is not None,
+                ui=with_ui,
                 ui_port=ui_port,
                 dev_server_existing_path=str(temporal_cli()),
                 search_attributes=list(search_attributes.ALL),
                 dev_server_extra_args=list(extra_args),
             )
+            return env, ui_port
         except RuntimeError:
-            # the SDK gives the server 5 s; on a busy 2-core machine it can miss that, or a
-            # port it picked free was taken before the server bound it
             if attempt == TEST_SERVER_ATTEMPTS:
                 raise
-    raise AssertionError("unreachable")
+    raise AssertionError("TEST_SERVER_ATTEMPTS is at least 1")
 
 
 class DevServer:

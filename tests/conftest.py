@@ -20,12 +20,12 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.tools.registry import Tool, ToolContext, define_tool
 from keel import testing
-from keel._ports import LOCALHOST, free_port
+from keel._ports import LOCALHOST
 from keel._queues import Queues
 from keel.contracts import SideEffects
 from keel.settings import Settings
 from keel.testing import ScriptedModel, Stack, scripted_stack
-from temporal.devserver import start_test_environment
+from temporal.devserver import start_test_environment_with_ui
 from workers.components import Components
 from workers.neo4j.server import Neo4jServer
 from workers.process import build_all, workers_running
@@ -121,22 +121,10 @@ SQUARE_STEP = {
 }
 
 
-SERVER_START_ATTEMPTS = 3
-
-
 @pytest.fixture(scope="session")
 async def temporal_env_and_ui_port() -> AsyncIterator[tuple[WorkflowEnvironment, int]]:
-    """The session's dev server and its Web UI port. A port the OS called free can be taken
-    (an outgoing connection's ephemeral port) before the server binds it: then the server
-    exits at once, and it is started again on other ports."""
-    for attempt in range(1, SERVER_START_ATTEMPTS + 1):
-        ui_port = free_port()
-        try:
-            env = await start_test_environment(ui_port=ui_port)
-            break
-        except RuntimeError:
-            if attempt == SERVER_START_ATTEMPTS:
-                raise
+    """The session's dev server and its Web UI port."""
+    env, ui_port = await start_test_environment_with_ui()
     try:
         yield env, ui_port
     finally:
