@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any
 
 import pytest
 from pydantic import BaseModel, Field
@@ -31,7 +31,6 @@ from workers.neo4j.server import Neo4jServer
 from workers.process import build_all, workers_running
 
 REPO = Path(__file__).resolve().parent.parent
-T = TypeVar("T")
 NEO4J_PASSWORD = "keel-test-password"
 
 
@@ -119,6 +118,23 @@ SQUARE_STEP = {
     "args": {"expression": "{{s1}}*{{s1}}"},
     "depends_on": ["s1"],
 }
+
+
+def counting_chains(steps: int, width: int) -> list[dict[str, Any]]:
+    """A long plan of `width` chains counting up side by side: chain c starts at c, and step
+    i adds one to step i - width ("+ 0*i": no two calls are alike, so none is answered by
+    reusing another)."""
+    return [
+        {"id": f"s{i}", "tool": "calculator", "args": {"expression": str(i)}}
+        if i <= width
+        else {
+            "id": f"s{i}",
+            "tool": "calculator",
+            "args": {"expression": f"{{{{s{i - width}}}}} + 1 + 0*{i}"},
+            "depends_on": [f"s{i - width}"],
+        }
+        for i in range(1, steps + 1)
+    ]
 
 
 @pytest.fixture(scope="session")

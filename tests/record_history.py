@@ -41,7 +41,13 @@ from keel.contracts import (
     TaskStatus,
 )
 from keel.testing import Stack, eventually, scripted_plan
-from tests.conftest import QUESTION_STEP, SQUARE_STEP, TRANSFER_STEP, own_stack
+from tests.conftest import (
+    QUESTION_STEP,
+    SQUARE_STEP,
+    TRANSFER_STEP,
+    counting_chains,
+    own_stack,
+)
 
 HISTORIES = Path(__file__).parent / "histories"
 # Scripts answer every task that contains their text: no task text here may contain another.
@@ -150,63 +156,100 @@ for _name, _task in REACT_SCENARIOS.items():
     RECORDERS[_name] = ((), _unattended(TaskRequest(task=_task, strategy="react"), []))
 
 
-@recorder("approval_granted")
-async def _approval_granted(stack: Stack, name: str) -> None:
-    """A guarded step waits, is approved, runs."""
-    request = TaskRequest(task="Send bob five dollars for lunch")
-    handle = await _start(stack, name, request, scripted_plan(TRANSFER_STEP))
-    await _waiting(handle, "s1")
-    await handle.execute_update("approve", Approval(step_id="s1", by="carol"))
-    await _ended(handle, TaskStatus.COMPLETED)
-    await _save(handle, name)
+def _decided(
+    request: TaskRequest,
+    plans: list[str],
+    waits_on: str,
+    update: str,
+    decision: Approval | Rejection | HumanAnswer,
+    *ended: TaskStatus,
+    escalated: bool = False,
+) -> Recorder:
+    """A run that waits for a person on `waits_on` (after telling someone, with
+    `escalated`), gets the decision through the Update, and ends one of the `ended` ways."""
+
+    async def how(stack: Stack, name: str) -> None:
+        handle = await _start(stack, name, request, *plans)
+        await _waiting(handle, waits_on, escalated)
+        await handle.execute_update(update, decision)
+        await _ended(handle, *ended)
+        await _save(handle, name)
+
+    return how
 
 
-@recorder("approval_rejected")
-async def _approval_rejected(stack: Stack, name: str) -> None:
-    """A guarded step is rejected; the reason reaches the re-plan, whose plan runs."""
-    request = TaskRequest(task="Pay bob five dollars, or say why not")
-    other = scripted_plan({"id": "s2", "tool": "calculator", "args": {"expression": "5*1"}})
-    handle = await _start(stack, name, request, scripted_plan(TRANSFER_STEP), other)
-    await _waiting(handle, "s1")
-    await handle.execute_update("reject", Rejection(step_id="s1", reason="too risky", by="dan"))
-    await _ended(handle, TaskStatus.COMPLETED, TaskStatus.FAILED)
-    await _save(handle, name)
-
-
-@recorder("plan_approval")
-async def _plan_approval(stack: Stack, name: str) -> None:
-    """A plan expected to cost more than the policy's threshold waits for step 'plan'."""
-    human = HumanPolicy(approve_plans_above_usd=0.000001)
-    request = TaskRequest(task="Work out 31*17 once someone agrees", human=human)
-    step = {"id": "s1", "tool": "calculator", "args": {"expression": "31*17"}}
-    handle = await _start(stack, name, request, scripted_plan(step))
-    await _waiting(handle, "plan")
-    await handle.execute_update("approve", Approval(step_id="plan", by="carol"))
-    await _ended(handle, TaskStatus.COMPLETED)
-    await _save(handle, name)
-
-
-@recorder("ask_human")
-async def _ask_human(stack: Stack, name: str) -> None:
-    """The plan asks a person; the next step uses the answer."""
-    request = TaskRequest(task="Ask me for a number, then square what I say")
-    handle = await _start(stack, name, request, scripted_plan(QUESTION_STEP, SQUARE_STEP))
-    await _waiting(handle, "s1")
-    await handle.execute_update("answer", HumanAnswer(text="7", by="erin"))
-    await _ended(handle, TaskStatus.COMPLETED)
-    await _save(handle, name)
-
-
-@recorder("human_escalation")
-async def _human_escalation(stack: Stack, name: str) -> None:
-    """Nobody approves within the timeout: notify_human runs, then someone approves."""
-    human = HumanPolicy(wait_timeout_s=1, on_timeout="escalate")
-    request = TaskRequest(task="Wire bob five dollars (the approver is slow)", human=human)
-    handle = await _start(stack, name, request, scripted_plan(TRANSFER_STEP))
-    await _waiting(handle, "s1", escalated=True)
-    await handle.execute_update("approve", Approval(step_id="s1", by="frank"))
-    await _ended(handle, TaskStatus.COMPLETED)
-    await _save(handle, name)
+DONE = TaskStatus.COMPLETED
+# a guarded step waits, is approved, runs
+RECORDERS["approval_granted"] = (
+    (),
+    _decided(
+        TaskRequest(task="Send bob five dollars for lunch"),
+        [scripted_plan(TRANSFER_STEP)],
+        "s1",
+        "approve",
+        Approval(step_id="s1", by="carol"),
+        DONE,
+    ),
+)
+# a guarded step is rejected; the reason reaches the re-plan, whose plan runs
+RECORDERS["approval_rejected"] = (
+    (),
+    _decided(
+        TaskRequest(task="Pay bob five dollars, or say why not"),
+        [
+            scripted_plan(TRANSFER_STEP),
+            scripted_plan({"id": "s2", "tool": "calculator", "args": {"expression": "5*1"}}),
+        ],
+        "s1",
+        "reject",
+        Rejection(step_id="s1", reason="too risky", by="dan"),
+        DONE,
+        TaskStatus.FAILED,
+    ),
+)
+# a plan expected to cost more than the policy's threshold waits for step 'plan'
+RECORDERS["plan_approval"] = (
+    (),
+    _decided(
+        TaskRequest(
+            task="Work out 31*17 once someone agrees",
+            human=HumanPolicy(approve_plans_above_usd=0.000001),
+        ),
+        [scripted_plan({"id": "s1", "tool": "calculator", "args": {"expression": "31*17"}})],
+        "plan",
+        "approve",
+        Approval(step_id="plan", by="carol"),
+        DONE,
+    ),
+)
+# the plan asks a person; the next step uses the answer
+RECORDERS["ask_human"] = (
+    (),
+    _decided(
+        TaskRequest(task="Ask me for a number, then square what I say"),
+        [scripted_plan(QUESTION_STEP, SQUARE_STEP)],
+        "s1",
+        "answer",
+        HumanAnswer(text="7", by="erin"),
+        DONE,
+    ),
+)
+# nobody approves within the timeout: notify_human runs, then someone approves
+RECORDERS["human_escalation"] = (
+    (),
+    _decided(
+        TaskRequest(
+            task="Wire bob five dollars (the approver is slow)",
+            human=HumanPolicy(wait_timeout_s=1, on_timeout="escalate"),
+        ),
+        [scripted_plan(TRANSFER_STEP)],
+        "s1",
+        "approve",
+        Approval(step_id="s1", by="frank"),
+        DONE,
+        escalated=True,
+    ),
+)
 
 
 @recorder("subagent")
@@ -277,18 +320,7 @@ async def _continue_as_new_mid_plan(stack: Stack, name: str) -> None:
     """A plan too long for one run's history: the first run (ends continued as new, in the
     middle of the plan) and the second (starts from the carried state)."""
     task = f"Count to {STEPS} in {WIDTH} chains"
-    # chain c counts up from c: step i adds one to step i - WIDTH ("+ 0*i": no two alike)
-    chain = [
-        {"id": f"s{i}", "tool": "calculator", "args": {"expression": str(i)}}
-        if i <= WIDTH
-        else {
-            "id": f"s{i}",
-            "tool": "calculator",
-            "args": {"expression": f"{{{{s{i - WIDTH}}}}} + 1 + 0*{i}"},
-            "depends_on": [f"s{i - WIDTH}"],
-        }
-        for i in range(1, STEPS + 1)
-    ]
+    chain = counting_chains(STEPS, WIDTH)
     request = TaskRequest(task=task, max_plan_steps=STEPS, budget=Budget(usd=1.0))
     handle = await _start(stack, name, request, scripted_plan(*chain))
     await _ended(handle, TaskStatus.COMPLETED)

@@ -11,7 +11,7 @@ from temporalio.client import WorkflowExecutionStatus
 from keel.client import start_task
 from keel.contracts import Budget, StepStatus, TaskRequest, TaskStatus
 from keel.testing import Stack, scripted_plan
-from tests.conftest import own_stack, unique
+from tests.conftest import counting_chains, own_stack, unique
 
 STEPS = 520
 WIDTH = 4
@@ -30,19 +30,7 @@ async def long_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator
 async def test_a_task_of_500_steps_completes_with_bounded_history(long_server: Stack) -> None:
     stack = long_server
     task = unique(f"Count to {STEPS}, one step at a time")
-    # WIDTH chains counting up side by side, chain c from c: step i adds one to step i - WIDTH
-    chain = [
-        {"id": f"s{i}", "tool": "calculator", "args": {"expression": str(i)}}
-        if i <= WIDTH
-        else {
-            "id": f"s{i}",
-            "tool": "calculator",
-            # "+ 0*i": no two calls are alike, so none is answered by reusing another
-            "args": {"expression": f"{{{{s{i - WIDTH}}}}} + 1 + 0*{i}"},
-            "depends_on": [f"s{i - WIDTH}"],
-        }
-        for i in range(1, STEPS + 1)
-    ]
+    chain = counting_chains(STEPS, WIDTH)
     stack.model.script(task, "plan", scripted_plan(*chain))
     # writing a plan this long takes many output tokens: more than the default budget buys
     request = TaskRequest(task=task, max_plan_steps=STEPS, budget=Budget(usd=1.0))
