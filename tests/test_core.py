@@ -40,6 +40,10 @@ def spec(name: str, cost: float, side_effects: SideEffects = SideEffects.WRITE) 
     )
 
 
+def ignore(_: object) -> None:
+    """For the notes and results a test does not look at."""
+
+
 def result(step_id: str, status: StepStatus = StepStatus.SUCCEEDED, **fields: object) -> StepResult:
     values: dict[str, object] = {"tool": "t", "args": {}, "plan_version": 1, "output": {}}
     return StepResult(step_id=step_id, status=status, **(values | fields))  # type: ignore[arg-type]
@@ -86,15 +90,19 @@ def test_bookings_become_ledger_entries() -> None:
     book.book_model(usage(0.01), step_id="s1")
     book.book_cached("model", "synthesize")
     book.book_tool("calculator", "s1", 0.002, 0.5, ok=False)
-    child = Ledger(entries=[*BudgetBook.for_budget(1, None).ledger.entries])
-    book.book_agent("coder", "s2", child, 0.2, 1.0)
+    child = BudgetBook.for_budget(0.2, None)
+    child.book_model(usage(0.03, tokens=12))
+    book.book_agent("coder", "s2", child.ledger, None, 1.0)  # what the sub-agent spent
+    book.book_agent("coder", "s3", Ledger(), 0.2, 1.0)  # unknown: its whole slice
     kinds = [(e.kind, e.name, e.usd, e.cached, e.ok) for e in book.ledger.entries]
     assert kinds == [
         ("model", "m", 0.01, False, True),
         ("model", "synthesize", 0.0, True, True),
         ("tool", "calculator", 0.002, False, False),
+        ("agent", "coder", 0.03, False, True),
         ("agent", "coder", 0.2, False, True),
     ]
+    assert book.ledger.entries[3].input_tokens == 12
     assert book.llm_calls() == 1  # the cached answer cost no call
 
 
@@ -119,7 +127,7 @@ def test_the_answer_key_ignores_failed_steps_and_argument_order() -> None:
 
 def test_a_step_of_a_skipped_dependency_is_skipped() -> None:
     step = PlanStep(id="s2", tool="t", depends_on=["s1"])
-    result = gate(1, step, spec("t", 0.0), {"s1"}, {}, lambda _: None)
+    result = gate(1, step, spec("t", 0.0), {"s1"}, {}, ignore)
     assert result is not None and result.status == StepStatus.SKIPPED
 
 
@@ -140,9 +148,9 @@ def test_a_false_condition_skips_and_a_broken_one_fails() -> None:
 def test_read_only_work_done_before_is_reused_and_writes_are_not() -> None:
     done = result("s1", args={"n": 1}, output={"n": 2})
     again = PlanStep(id="s5", tool="t", args={"n": 1})
-    reused = gate(2, again, spec("t", 1.0, SideEffects.READ), set(), {"s1": done}, print)
+    reused = gate(2, again, spec("t", 1.0, SideEffects.READ), set(), {"s1": done}, ignore)
     assert reused is not None and reused.output == {"n": 2}
-    assert gate(2, again, spec("t", 1.0, SideEffects.WRITE), set(), {"s1": done}, print) is None
+    assert gate(2, again, spec("t", 1.0, SideEffects.WRITE), set(), {"s1": done}, ignore) is None
 
 
 # --- the scheduler, driven like the workflow drives it -----------------------------------
@@ -202,7 +210,7 @@ def drive(
 
     while True:
         if pause_after is None or returned < pause_after:
-            running += run.advance(tools, outputs, book, record, lambda _: None)
+            running += run.advance(tools, outputs, book, record, ignore)
         # the money reserved never exceeds what is left
         assert fits(sum(book.reserved.values()), book.remaining_usd())
         if not running:
@@ -304,16 +312,18 @@ def test_a_snapshot_keeps_a_skipped_step_that_the_rest_waits_on() -> None:
     )
     tools, book, outputs = {"t": spec("t", 0.0)}, BudgetBook.for_budget(1.0, None), {}
     run = PlanRun(plan)
-    assert [s.id for s in run.advance(tools, outputs, book, print, print)] == ["s0", "s2"]
+    assert [s.id for s in run.advance(tools, outputs, book, ignore, ignore)] == ["s0", "s2"]
     outputs["s0"] = result("s0", output={"n": 0})
     run.settle(outputs["s0"])
-    assert run.advance(tools, outputs, book, print, print) == []  # s1 skipped, s3 waits
+    gated: list[StepResult] = []
+    assert run.advance(tools, outputs, book, gated.append, ignore) == []  # s3 waits for s2
+    assert [(r.step_id, r.status) for r in gated] == [("s1", StepStatus.SKIPPED)]
     run.settle(result("s2"))
     snap = run.snapshot()
     assert [s.id for s in snap.plan.steps] == ["s3"] and snap.skipped == {"s1"}
     resumed = PlanRun.start(snap.plan, {}, snap)
     skipped: list[StepResult] = []
-    assert resumed.advance(tools, {}, book, skipped.append, print) == []
+    assert resumed.advance(tools, {}, book, skipped.append, ignore) == []
     assert [(r.step_id, r.status) for r in skipped] == [("s3", StepStatus.SKIPPED)]
 
 
@@ -328,12 +338,12 @@ def test_after_a_failure_nothing_new_starts_but_running_steps_finish() -> None:
     )
     tools = {"t": spec("t", 0.0)}
     run, book = PlanRun(plan), BudgetBook.for_budget(1.0, None)
-    launched = run.advance(tools, {}, book, lambda _: None, lambda _: None)
+    launched = run.advance(tools, {}, book, ignore, ignore)
     assert [s.id for s in launched] == ["a", "b"]
     run.settle(result("b", StepStatus.FAILED, output=None, error="x"))
     assert run.blocked and run.failures == ["step b (t) failed: x"]
     run.settle(result("a"))
-    assert run.advance(tools, {}, book, lambda _: None, lambda _: None) == []  # c never starts
+    assert run.advance(tools, {}, book, ignore, ignore) == []  # c never starts
 
 
 def test_a_pause_is_considered_only_after_progress_with_work_left() -> None:

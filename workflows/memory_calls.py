@@ -132,11 +132,12 @@ async def _extract_facts(task: TaskState, answer: str) -> list[Triple]:
     fails: the task's result never depends on its memory upkeep. A task that says nothing
     about its user ("I", "my", "we", ...) is not sent: the call would cost money to find
     nothing personal."""
-    remaining = task.book.remaining_usd()
-    if remaining <= 0 or task.book.remaining_tokens() == 0:
-        return []
     if not _FIRST_PERSON.search(task.request.task):
         return []
+    try:
+        remaining = task.book.require("extracting facts")
+    except BudgetExhausted:
+        return []  # a spent budget is how most tasks end: nothing to say about it
     try:
         extraction = await options.call_model(
             durable.EXTRACT_FACTS,
