@@ -190,7 +190,6 @@ class TaskState:
         self.first_version = carried.plan_version + 1
         self.runs = carried.runs + 1
         if carried.plan is not None:
-            needed = {d for s in carried.plan.steps for d in s.depends_on}
             settled, skipped = set(carried.settled), set(carried.skipped)
-            self.resume_plan = Snapshot(carried.plan, settled, skipped, needed)
+            self.resume_plan = Snapshot(carried.plan, settled, skipped)
         self.event(f"continued as new (run {self.runs}), {carried.steps_total} steps done before")

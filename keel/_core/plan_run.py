@@ -30,7 +30,11 @@ class Snapshot:
     plan: Plan
     settled: set[str]
     skipped: set[str]
-    needed: set[str]
+
+    @property
+    def needed(self) -> set[str]:
+        """The steps the rest of the plan depends on: their outputs travel along."""
+        return {d for s in self.plan.steps for d in s.depends_on}
 
 
 @dataclass
@@ -131,7 +135,6 @@ class PlanRun:
             plan=self.plan.model_copy(update={"steps": left}),
             settled=self.settled & needed,
             skipped=self.skipped & needed,
-            needed=needed,
         )
 
 
