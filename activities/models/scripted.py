@@ -29,8 +29,6 @@ from activities.models.base import Completion, Message, ModelClient, ModelReques
 from activities.tools import reasoner
 from keel.errors import ModelBadRequest
 
-Responder = Callable[[ModelRequest], str]
-
 _ARITHMETIC = re.compile(r"\(?\d+(?:\.\d+)?(?:\s*(?:\*\*|[-+*/%])\s*\(?\d+(?:\.\d+)?\)?)+")
 _FILE = re.compile(r"\b[\w-]+\.(?:md|txt|csv|json)\b")
 _MY_X_IS_Y = re.compile(r"\bmy ((?:[a-z]+ ){0,2}[a-z]+) is ([\w+#.-]*\w)", re.IGNORECASE)
@@ -325,8 +323,8 @@ def react_decision(prompt: ReactPrompt) -> dict[str, object]:
     }
 
 
-def default_responder(request: ModelRequest) -> str:
-    prompt = read_prompt(request.messages)
+def default_answer(prompt: Prompt | None, request: ModelRequest) -> str:
+    """What the rules answer when no script does."""
     if isinstance(prompt, PlanPrompt):
         return json.dumps(rule_based_plan(prompt))
     if isinstance(prompt, ReactPrompt):
@@ -339,15 +337,14 @@ def default_responder(request: ModelRequest) -> str:
 
 
 class ScriptedModel(ModelClient):
-    def __init__(self, responder: Responder = default_responder, name: str = "scripted") -> None:
+    def __init__(self, name: str = "scripted") -> None:
         self.name = name
-        self._responder = responder
         self._scripts: dict[tuple[str, str], deque[str]] = {}
 
     def renamed(self, name: str) -> ScriptedModel:
         """The same model (same scripts) under another priced name, e.g. to stand in for a
         large model in routing tests."""
-        twin = ScriptedModel(self._responder, name)
+        twin = ScriptedModel(name)
         twin._scripts = self._scripts
         return twin
 
@@ -362,7 +359,8 @@ class ScriptedModel(ModelClient):
     async def complete(self, request: ModelRequest) -> Completion:
         started = time.perf_counter()
         try:
-            text = self._scripted(request) or self._responder(request)
+            prompt = read_prompt(request.messages)  # once: for the scripts and the rules
+            text = self._scripted(prompt) or default_answer(prompt, request)
         except ModelBadRequest as err:  # an activity's prompt lacks what it should carry
             raise err.to_application_error() from err
         text = text[: request.max_tokens * 4]  # a real model stops at max_tokens too
@@ -373,8 +371,7 @@ class ScriptedModel(ModelClient):
             latency_ms=(time.perf_counter() - started) * 1000,
         )
 
-    def _scripted(self, request: ModelRequest) -> str | None:
-        prompt = read_prompt(request.messages)
+    def _scripted(self, prompt: Prompt | None) -> str | None:
         if prompt is None:
             return None
         for (needle, wanted), responses in self._scripts.items():
