@@ -37,14 +37,13 @@ import structlog
 from mcp.server import Server, ServerRequestContext
 from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError
-from temporalio.exceptions import ApplicationError
 
 from activities.models.router import ModelRouter
 from activities.tools.activity import ToolActivities
 from activities.tools.registry import Tool, ToolRegistry
 from keel._queues import LLM
 from keel.contracts import SideEffects, ToolCall, ToolSpec
-from keel.errors import BudgetExceeded, ToolRefusal
+from keel.errors import BudgetExceeded, ToolRefusal, one_line
 from keel.settings import Settings
 
 SESSION_HEADER = "mcp-session-id"
@@ -119,16 +118,6 @@ def mcp_tool(spec: ToolSpec) -> types.Tool:
 
 def _error(message: str) -> types.CallToolResult:
     return types.CallToolResult(content=[types.TextContent(text=message)], is_error=True)
-
-
-def _one_line(err: BaseException) -> str:
-    """The exception's type and the first line of its message: a failure that is no
-    refusal is a bug or an outage, and its type says which."""
-    while isinstance(err, BaseExceptionGroup) and len(err.exceptions) == 1:
-        err = err.exceptions[0]
-    kind = err.type if isinstance(err, ApplicationError) and err.type else type(err).__name__
-    lines = str(err).strip().splitlines()
-    return f"{kind}: {lines[0]}" if lines else kind
 
 
 def _registry_tools(registry: ToolRegistry) -> dict[str, Tool]:
@@ -244,7 +233,7 @@ class KeelMcpServer:
             return _error(f"{name} timed out after {spec.timeout_s:g} s")
         except Exception as err:  # the tool failed (an activity would retry it)
             bound.warning("tool failed", error=repr(err))
-            return _error(f"{name} failed: {_one_line(err)}")
+            return _error(f"{name} failed: {one_line(err)}")
         return types.CallToolResult(
             content=[types.TextContent(text=json.dumps(out.output, ensure_ascii=False))],
             structured_content=out.output,

@@ -78,6 +78,7 @@ __all__ = [
     "ServiceStartError",
     "ToolFailed",
     "ToolRefusal",
+    "one_line",
 ]
 
 
@@ -222,3 +223,14 @@ class ModelRefused(ModelFailure):
     """The model declined to answer."""
 
     type = durable.MODEL_REFUSED
+
+
+def one_line(err: BaseException) -> str:
+    """An exception as one line: its failure type (an ApplicationError's or a Failure's) or
+    class name, and the first line of its message; a group of one stands for its member."""
+    while isinstance(err, BaseExceptionGroup) and len(err.exceptions) == 1:
+        err = err.exceptions[0]
+    named = getattr(err, "type", None)
+    kind = named if isinstance(named, str) and named else type(err).__name__
+    lines = str(err).strip().splitlines()
+    return f"{kind}: {lines[0]}" if lines else kind

@@ -51,7 +51,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from activities.tools.registry import Tool, ToolContext
 from keel._queues import TOOLS
 from keel.contracts import SideEffects, ToolSpec
-from keel.errors import ServiceStartError, ToolRefusal
+from keel.errors import ServiceStartError, ToolRefusal, one_line
 from keel.settings import SettingsError, load_json_config
 
 SERVER_NAME = r"^[a-z][a-z0-9_]{0,23}$"
@@ -212,13 +212,6 @@ async def _connect(server: ServerConfig, secrets: dict[str, str]) -> AsyncIterat
             yield client
 
 
-def _one_line(err: BaseException) -> str:
-    while isinstance(err, BaseExceptionGroup) and len(err.exceptions) == 1:
-        err = err.exceptions[0]
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
-
-
 # --- tools ---------------------------------------------------------------------------------
 
 
@@ -348,7 +341,7 @@ def _make_tool(
             ) from None
         except Exception as err:  # connection or protocol: retried when the tool is idempotent
             raise RuntimeError(
-                redact(f"MCP server {server_name!r} failed on {remote.name}: {_one_line(err)}")
+                redact(f"MCP server {server_name!r} failed on {remote.name}: {one_line(err)}")
             ) from None
         text = "\n".join(b.text for b in result.content if isinstance(b, mcp_types.TextContent))
         if result.is_error:  # the tool refused: a refusal in Keel too (no retry, a re-plan)
@@ -386,7 +379,7 @@ async def _list_remote(
     except TimeoutError:
         problem = f"no tool list within {DISCOVERY_TIMEOUT_S:g} s"
     except Exception as err:
-        problem = _one_line(err)
+        problem = one_line(err)
     raise McpServerError(
         redactor(secrets)(f"MCP server {name!r} ({server.where}) did not list its tools: {problem}")
     )
