@@ -58,8 +58,8 @@ def tool_activity(tool_name: str) -> str:
     return _TOOL_PREFIX + tool_name
 
 
-# The cache kind of a tool's results is its activity name; a task's answer has its own kind.
-SYNTHESIS_CACHE_KIND = SYNTHESIZE
+# A cached result's kind is the name of the activity that produced it: `tool.<name>` for a
+# tool's output, SYNTHESIZE for a task's answer.
 
 # --- task queues (DESIGN.md §2; a deployment may prefix them all, keel/_queues.py) -----------
 AGENT_QUEUE = "keel-agent"

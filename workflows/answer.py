@@ -16,7 +16,7 @@ from workflows.state import TaskState
 async def synthesize(task: TaskState, context: list[str], knowledge: list[str]) -> str:
     task.set_status(TaskStatus.SYNTHESIZING, "writing the answer")
     key = answer_key(task.request.task, knowledge, task.results)
-    hit = await cache_lookup(task, durable.SYNTHESIS_CACHE_KIND, key, True, False)
+    hit = await cache_lookup(task, durable.SYNTHESIZE, key, True, False)
     if hit is not None and isinstance(hit.value.get("answer"), str):
         task.book.book_cached("model", durable.SYNTHESIZE)
         return str(hit.value["answer"])
@@ -39,7 +39,7 @@ async def synthesize(task: TaskState, context: list[str], knowledge: list[str]) 
     await cache_store(
         task,
         CacheStore(
-            kind=durable.SYNTHESIS_CACHE_KIND,
+            kind=durable.SYNTHESIZE,
             key=key,
             user_id=task.user_id,
             value={"answer": synthesis.answer},
