@@ -8,9 +8,10 @@ tools and arguments; prices and latencies come from the catalog, not from the mo
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Collection
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 from temporalio import activity
@@ -28,12 +29,19 @@ PLAN_MAX_TOKENS = 400
 PLAN_TOKENS_PER_STEP = 70  # a long plan (TaskRequest.max_plan_steps) may write this much a step
 RESULT_PREVIEW = 300
 
-SYSTEM = """You are the planner of an agent. Break the task into tool calls.
-Reply with JSON only: {"steps": [{"id": "s1", "tool": "...", "args": {...}, "depends_on": []}]}.
+SYSTEM = """You are the planner of an agent. Turn the task into tool calls and the answer.
+Reply with JSON only, in this shape (the <...> are yours to fill):
+{"steps": [{"id": "s1", "tool": "<tool>", "args": {<its arguments>}, "depends_on": []}], "answer": "<the answer, with {{s1.value}} where a result goes>"}
+Take every number, name and file from the task; never invent one.
 Use as few steps as the task needs. Steps without depends_on run in parallel.
-To use an earlier step's output inside a text argument write {{s1}} and list s1 in depends_on.
-A step may add "when": a condition over earlier outputs such as "len(s1.matches) > 0" or
-"s1.value >= 100"; it runs only if the condition holds (list s1 in depends_on).
+To use a result in an argument write {{s1}} (the whole output) or {{s1.<field>}} (one field,
+e.g. {{s1.value}} or {{s1.matches[0].text}}) and list s1 in depends_on.
+"answer" is shown to the user as you write it, results filled in: no model reads the results
+again. Leave "answer" out only when the answer needs judgement over the results.
+When a step needs a value that only another step can find (a number in a file), do not guess
+it: plan the finding steps with "then": "plan", and you will plan the rest seeing the results.
+A step may add "when": a condition over earlier outputs such as "s1.value >= 100"; it runs
+only if the condition holds (list s1 in depends_on).
 Every tool shows its price: the tools and the answer must cost less than the budget left."""
 
 # The prompt's labels: planning_prompt writes them and the scripted model
@@ -46,13 +54,32 @@ ANSWER_SHARE = ", of which writing the answer takes about $"
 MEMORY = "Relevant memory:"
 DONE = "Already done (depend on these ids to use them; do not repeat them):"
 FAILURES = "Earlier attempts failed; plan around these errors:"
-
-# One worked example as a prior chat turn: small local models follow a demonstration far
-# better than a description.
-EXAMPLE_TASK = (
-    "How many minutes are in 3 days (3*24*60), and what does notes.md say about holidays?"
+SOLVE = (
+    "Plan only what is left, using the values above, and write the answer "
+    "(no steps when nothing is left)."
 )
-EXAMPLE_PLAN = '{"steps": [{"id": "s1", "tool": "calculator", "args": {"expression": "3*24*60"}, "depends_on": []}, {"id": "s2", "tool": "read_file", "args": {"path": "notes.md"}, "depends_on": []}]}'
+
+# A demonstration as a prior chat turn (small models follow one far better than a
+# description), on a task unlike any real one, so that none of its values fit a real task:
+# a model that copies them writes a plan that fails validation, not a wrong answer.
+EXAMPLE_TASK = (
+    "Which planet in planets.md is largest, and what is its radius in miles (km * 0.621)?"
+)
+EXAMPLE_PLAN = (
+    '{"steps": [{"id": "s1", "tool": "search_docs", "args": {"query": "largest planet radius '
+    'km", "limit": 1}, "depends_on": []}], "then": "plan"}'
+)
+EXAMPLE_DONE = '- s1: search_docs({"query": "largest planet radius km", "limit": 1}) -> Jupiter: radius 69911 km'
+EXAMPLE_SOLVE = (
+    '{"steps": [{"id": "s2", "tool": "calculator", "args": {"expression": "69911 * 0.621"}, '
+    '"depends_on": []}], "answer": "Jupiter; its radius is {{s2.value}} miles."}'
+)
+# The catalog a plan may choose from is cut to the tools most likely to help (a small
+# model given every tool puts irrelevant ones into its plans).
+MAX_OFFERED_TOOLS = 6
+# A bounded integer argument with at most this many values becomes an enum in the grammar
+# (llama.cpp's converter ignores minimum/maximum: a limit of 1,000,000 would decode).
+MAX_ENUM_INTEGERS = 64
 
 
 class _DraftStep(BaseModel):
@@ -65,6 +92,8 @@ class _DraftStep(BaseModel):
 
 class _Draft(BaseModel):
     steps: list[_DraftStep]
+    answer: str | None = None
+    then: Literal["answer", "plan"] = "answer"
 
 
 def step_ids(done: Collection[str], limit: int = MAX_PLAN_STEPS) -> list[str]:
@@ -116,9 +145,11 @@ def plan_output_schema(
             "steps": {
                 "type": "array",
                 "items": {"anyOf": branches},
-                "minItems": 1,
+                "minItems": 0 if done else 1,  # the solve round may only answer
                 "maxItems": limit,
-            }
+            },
+            "answer": {"type": "string"},
+            "then": {"enum": ["answer", "plan"]},
         },
         "required": ["steps"],
         "additionalProperties": False,
@@ -131,6 +162,11 @@ _GRAMMAR_UNFRIENDLY = ("title", "minLength", "maxLength")
 
 def grammar_schema(schema: Any) -> Any:
     if isinstance(schema, dict):
+        low, high = schema.get("minimum"), schema.get("maximum")
+        # two ifs: the first narrows low and high for the second
+        if schema.get("type") == "integer" and isinstance(low, int) and isinstance(high, int):  # noqa: SIM102
+            if 0 <= high - low < MAX_ENUM_INTEGERS:
+                return {"enum": list(range(low, high + 1))}
         return {k: grammar_schema(v) for k, v in schema.items() if k not in _GRAMMAR_UNFRIENDLY}
     if isinstance(schema, list):
         return [grammar_schema(v) for v in schema]
@@ -152,12 +188,92 @@ def tool_line(spec: ToolSpec, latency: bool = True) -> str:
     return f"- {spec.name}({props}): {about} [{price}]"
 
 
+_WORD = re.compile(r"[a-z]{3,}")
+_ARITHMETIC = re.compile(r"\d\s*(?:\*\*|[-+*/%])\s*\(?\d")
+_FILE_NAME = re.compile(r"\b[\w-]+\.(?:md|txt|csv|json)\b")
+_STOP = frozenset(
+    [
+        "the",
+        "and",
+        "for",
+        "with",
+        "what",
+        "does",
+        "from",
+        "that",
+        "this",
+        "are",
+        "how",
+        "its",
+        "into",
+        "about",
+    ]
+)
+# What a task's words say it needs beyond the tools' own words: computing, or documents.
+_CUES: dict[str, frozenset[str]] = {
+    "calculator": frozenset(
+        [
+            "compute",
+            "calculate",
+            "sum",
+            "total",
+            "together",
+            "difference",
+            "grow",
+            "growth",
+            "more",
+            "less",
+            "times",
+            "average",
+            "percent",
+            "share",
+            "many",
+            "much",
+            "hours",
+            "days",
+            "minutes",
+            "seconds",
+        ]
+    ),
+    "read_file": frozenset(["read", "says", "say", "file", "document", "according"]),
+    "search_docs": frozenset(["says", "say", "find", "document", "according", "mention", "which"]),
+    "list_files": frozenset(["files", "documents", "list", "available"]),
+}
+
+
+def relevance(task: str, spec: ToolSpec) -> float:
+    """How much a tool looks like it helps with the task: shared words, the tool's cues,
+    arithmetic for the calculator and file names for the document tools."""
+    text = task.lower()
+    words = set(_WORD.findall(text)) - _STOP
+    own = set(_WORD.findall(f"{spec.name.replace('_', ' ')} {spec.description}".lower())) - _STOP
+    score = len(words & own) + 2 * len(words & _CUES.get(spec.name, frozenset()))
+    if spec.name == "calculator" and _ARITHMETIC.search(text):
+        score += 5
+    if spec.name in ("read_file", "search_docs") and _FILE_NAME.search(text):
+        score += 5
+    return score
+
+
+def offered_tools(
+    task: str, tools: list[ToolSpec], limit: int = MAX_OFFERED_TOOLS
+) -> list[ToolSpec]:
+    """The tools the planner may choose from: all of them when they are few, otherwise the
+    `limit` most relevant to the task (catalog order among equals)."""
+    if len(tools) <= limit:
+        return tools
+    ranked = sorted(range(len(tools)), key=lambda i: (-relevance(task, tools[i]), i))
+    keep = set(ranked[:limit])
+    return [t for i, t in enumerate(tools) if i in keep]
+
+
 def planning_prompt(
     request: PlanRequest, files: list[str], answer_usd: float | None = None
 ) -> list[Message]:
     """The planner's messages; `answer_usd`, when given, is what writing the answer will take
     of the budget left (the plan is refused unless its tools and the answer fit)."""
-    lines = [f"{TASK}{request.task}", "", TOOLS, *(tool_line(spec) for spec in request.tools)]
+    tools = offered_tools(request.task, request.tools)
+    lines = [f"{TASK}{request.task}", "", TOOLS, *(tool_line(spec) for spec in tools)]
     if files:
         lines.append(f"{FILES}{', '.join(files)}")
     budget = f"{BUDGET}{request.remaining_usd:.6f}"
@@ -176,10 +292,14 @@ def planning_prompt(
             )
     if request.failures:
         lines += ["", FAILURES, *(f"- {f}" for f in request.failures)]
+    if done:
+        lines += ["", SOLVE]
     return [
         Message("system", SYSTEM),
         Message("user", f"{TASK}{EXAMPLE_TASK}"),
         Message("assistant", EXAMPLE_PLAN),
+        Message("user", f"{TASK}{EXAMPLE_TASK}\n\n{DONE}\n{EXAMPLE_DONE}\n\n{SOLVE}"),
+        Message("assistant", EXAMPLE_SOLVE),
         Message("user", "\n".join(lines)),
     ]
 
@@ -220,8 +340,15 @@ def cost_plan(draft: _Draft, request: PlanRequest, synthesis_usd: float, model: 
                 expected_latency_ms=spec.avg_latency_ms if spec else 0.0,
             )
         )
+    # A plan that writes its own answer needs no model to write it (unless it plans on).
+    templated = draft.answer is not None and draft.then == "answer"
     return Plan(
-        version=request.version, steps=steps, model=model, synthesis_estimate_usd=synthesis_usd
+        version=request.version,
+        steps=steps,
+        model=model,
+        synthesis_estimate_usd=0.0 if templated else synthesis_usd,
+        answer=draft.answer,
+        then=draft.then,
     )
 
 
@@ -248,7 +375,10 @@ class PlanningActivities:
                 messages=planning_prompt(request, files, synthesis_usd),
                 max_tokens=plan_max_tokens(request.max_steps),
                 json_schema=plan_output_schema(
-                    request.tools, files, done, request.max_steps or MAX_PLAN_STEPS
+                    offered_tools(request.task, request.tools),
+                    files,
+                    done,
+                    request.max_steps or MAX_PLAN_STEPS,
                 ),
             ),
             max_usd=request.max_usd,

@@ -51,7 +51,7 @@ class ReasoningActivities:
     @activity.defn(name=durable.SYNTHESIZE)
     async def synthesize(self, request: SynthesisRequest) -> Synthesis:
         routed = await self.router.complete(
-            "reasoner",
+            request.role,
             ModelRequest(messages=synthesis_prompt(request), max_tokens=ANSWER_MAX_TOKENS),
             max_usd=request.max_usd,
             max_tokens=request.max_tokens,

@@ -2,10 +2,11 @@
 
 Runs the task suite (bench/suite.py: tasks with known answers over offline tools) as real
 AgentTask workflows on a real Temporal dev server, once per strategy, first with the
-scripted model (deterministic orchestration) and then with the real local model
-(SmolLM2 through llama.cpp, planner and answer both local).
+scripted model (deterministic orchestration; its plans write their answer where the tools
+allow, as a good planner's do) and then with the real embedded local model
+(KEEL_LOCAL_MODEL through llama.cpp, planner and answer both local).
 
-    .venv/bin/python bench/planning.py [--quick] [--local-tasks N] [--no-local]
+    .venv/bin/python bench/planning.py [--quick] [--local] [--local-tasks N] [--no-local]
 
 Prints a table and writes bench/results/planning.json.
 """
@@ -77,6 +78,7 @@ async def run_suite(
             rows[strategy].append(
                 {
                     "task": suite_task.task,
+                    "kind": suite_task.kind,
                     "status": result.status.value,
                     "success": ok,
                     "llm_calls": result.llm_calls,
@@ -121,34 +123,40 @@ def summarize(rows: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
     summary["tokens_ratio"] = round(
         summary["plan_tokens_per_task"] / summary["react_tokens_per_task"], 3
     )
+    summary["plan_median_s"] = statistics.median(r["seconds"] for r in rows["plan"])
+    summary["react_median_s"] = statistics.median(r["seconds"] for r in rows["react"])
+    for kind in dict.fromkeys(r["kind"] for r in rows["plan"]):
+        ok = [r["success"] for r in rows["plan"] if r["kind"] == kind]
+        summary[f"plan_success[{kind}]"] = f"{sum(ok)}/{len(ok)}"
     return summary
 
 
-async def bench(local_tasks: int, with_local: bool) -> dict[str, Any]:
+async def bench(local_tasks: int, with_scripted: bool, with_local: bool) -> dict[str, Any]:
+    from activities.models.router import build_model
     from activities.models.scripted import ScriptedModel
 
     env = await start_test_environment()
     report: dict[str, Any] = {"machine": f"{platform.node()} ({platform.machine()}, CPU only)"}
+    report["summary"] = {}
     try:
         with tempfile.TemporaryDirectory() as home:
             settings = Settings(
                 home=Path(home), planner_model="scripted", reasoner_model="scripted"
             )
-            print(f"scripted model: {len(TASKS)} tasks x {len(STRATEGIES)} strategies")
-            scripted = await run_suite(env.client, ScriptedModel(), settings, TASKS, "s-", 8)
-            report["summary"] = summarize(scripted)
-            report["scripted_runs"] = scripted
+            if with_scripted:
+                print(f"scripted model: {len(TASKS)} tasks x {len(STRATEGIES)} strategies")
+                model = ScriptedModel(plans_answers=True)
+                scripted = await run_suite(env.client, model, settings, TASKS, "s-", 8)
+                report["summary"] = summarize(scripted)
+                report["scripted_runs"] = scripted
             if with_local:
-                from activities.models.llamacpp import LlamaCppModel
-
-                subset = TASKS[:local_tasks]
-                print(f"local model (SmolLM2 via llama.cpp): {len(subset)} tasks x 2 strategies")
                 local_settings = settings.model_copy(
                     update={"planner_model": "llamacpp", "reasoner_model": "llamacpp"}
                 )
-                local = await run_suite(
-                    env.client, LlamaCppModel(), local_settings, subset, "l-", 2
-                )
+                local_model = build_model("llamacpp", local_settings)
+                subset = TASKS[:local_tasks]
+                print(f"local model ({local_model.name}): {len(subset)} tasks x 2 strategies")
+                local = await run_suite(env.client, local_model, local_settings, subset, "l-", 2)
                 report["summary"]["local_model"] = summarize(local)
                 report["local_runs"] = local
     finally:
@@ -157,13 +165,13 @@ async def bench(local_tasks: int, with_local: bool) -> dict[str, Any]:
 
 
 def print_table(summary: dict[str, Any]) -> None:
-    columns = [("scripted", summary)]
+    columns = [("scripted", summary)] if "tasks" in summary else []
     if "local_model" in summary:
         columns.append(("local model", summary["local_model"]))
-    keys = [k for k in summary if k != "local_model"]
-    print(f"\n{'metric':26}" + "".join(f"{name:>14}" for name, _ in columns))
+    keys = list(dict.fromkeys(k for _, col in columns for k in col if k != "local_model"))
+    print(f"\n{'metric':34}" + "".join(f"{name:>14}" for name, _ in columns))
     for key in keys:
-        print(f"{key:26}" + "".join(f"{col.get(key, ''):>14}" for _, col in columns))
+        print(f"{key:34}" + "".join(f"{col.get(key, ''):>14}" for _, col in columns))
 
 
 def main() -> None:
@@ -171,9 +179,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer local-model tasks (< 3 min)")
     parser.add_argument("--local-tasks", type=int, default=None, help="tasks for the local model")
     parser.add_argument("--no-local", action="store_true", help="skip the local-model run")
+    parser.add_argument("--local", action="store_true", help="only the local model, every task")
     args = parser.parse_args()
     local_tasks = args.local_tasks or (4 if args.quick else len(TASKS))
-    report = asyncio.run(bench(local_tasks, with_local=not args.no_local))
+    report = asyncio.run(
+        bench(local_tasks, with_scripted=not args.local, with_local=not args.no_local)
+    )
     print_table(report["summary"])
     save("planning", report)
 

@@ -15,18 +15,23 @@ import jsonschema
 
 from keel._conditions import ConditionError, parse_condition
 from keel._core.budget import fits
-from keel.contracts import Plan, PlanStep, StepResult, ToolSpec
+from keel.contracts import Plan, PlanStep, StepResult, StepStatus, ToolSpec
 
-# `{{s1}}` inside a string argument is replaced by the text of step s1's output.
-REF_PATTERN = re.compile(r"\{\{\s*([A-Za-z][A-Za-z0-9_-]{0,31})\s*\}\}")
+# `{{s1}}` inside a string argument (or the plan's answer) is replaced by the text of step
+# s1's output; `{{s1.value}}` or `{{s1.matches[0].text}}` by one field inside it.
+REF_PATTERN = re.compile(
+    r"\{\{\s*([A-Za-z][A-Za-z0-9_-]{0,31})((?:\.[A-Za-z_][A-Za-z0-9_]{0,63}|\[\d{1,4}\]){0,8})\s*\}\}"
+)
+_PATH_PART = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]")
 REF_TEXT_LIMIT = 4000
 MAX_STEPS = 16
+MAX_ANSWER_TEMPLATE = 2000
 
 
 def referenced_steps(value: Any) -> set[str]:
     """Step ids referenced with `{{id}}` anywhere inside an argument value."""
     if isinstance(value, str):
-        return set(REF_PATTERN.findall(value))
+        return {m.group(1) for m in REF_PATTERN.finditer(value)}
     if isinstance(value, Mapping):
         return set().union(*(referenced_steps(v) for v in value.values())) if value else set()
     if isinstance(value, list):
@@ -46,8 +51,8 @@ def validate_plan(
     may depend on them (and reference their outputs) but not reuse their ids.
     """
     errors: list[str] = []
-    if not plan.steps:
-        return ["the plan has no steps"]
+    if not plan.steps and plan.answer is None:
+        return ["the plan has no steps and no answer"]
     if len(plan.steps) > max_steps:
         errors.append(f"the plan has {len(plan.steps)} steps; at most {max_steps} are allowed")
     ids = [s.id for s in plan.steps]
@@ -72,6 +77,7 @@ def validate_plan(
         for ref in referenced_steps(step.args):
             if ref not in step.depends_on:
                 errors.append(f"step {step.id}: uses {{{{{ref}}}}} but does not depend on {ref}")
+        errors += [f"step {step.id}: {e}" for e in _path_errors(step.args, plan, tools)]
         if step.when is not None:
             try:
                 condition = parse_condition(step.when)
@@ -88,7 +94,73 @@ def validate_plan(
     cycle = find_cycle(plan.steps)
     if cycle:
         errors.append(f"the steps form a cycle: {' -> '.join(cycle)}")
+    if plan.answer is not None:
+        errors += _answer_errors(plan, tools, known)
     return errors
+
+
+def _answer_errors(plan: Plan, tools: Mapping[str, ToolSpec], known: set[str]) -> list[str]:
+    answer = plan.answer or ""
+    if not answer.strip():
+        return ["the answer template is empty: write the answer, or leave it out"]
+    if len(answer) > MAX_ANSWER_TEMPLATE:
+        return [f"the answer template has {len(answer)} characters; at most {MAX_ANSWER_TEMPLATE}"]
+    errors = [
+        f"the answer uses {{{{{ref}}}}} but no step has that id"
+        for ref in sorted(referenced_steps(answer) - known)
+    ]
+    return errors + [f"the answer: {e}" for e in _path_errors(answer, plan, tools)]
+
+
+def _path_errors(value: Any, plan: Plan, tools: Mapping[str, ToolSpec]) -> list[str]:
+    """Field references (`{{s1.value}}`) that the referenced tool's output cannot have."""
+    tool_of = {s.id: s.tool for s in plan.steps}
+    errors = []
+    for ref, path in _references(value):
+        spec = tools.get(tool_of.get(ref, ""))
+        if not path or spec is None:
+            continue  # a whole output, or a step of an earlier plan (its output is known)
+        if _schema_at(spec.output_schema, path) is None:
+            fields = ", ".join(sorted(spec.output_schema.get("properties", {}))) or "none"
+            errors.append(
+                f"{{{{{ref}{path}}}}}: {spec.name} output has no such field (fields: {fields})"
+            )
+    return errors
+
+
+def _references(value: Any) -> list[tuple[str, str]]:
+    if isinstance(value, str):
+        return [(m.group(1), m.group(2)) for m in REF_PATTERN.finditer(value)]
+    if isinstance(value, Mapping):
+        return [r for v in value.values() for r in _references(v)]
+    if isinstance(value, list):
+        return [r for v in value for r in _references(v)]
+    return []
+
+
+def _schema_at(schema: Any, path: str) -> Any:
+    """The sub-schema a field path reaches, or None when the schema says it cannot exist.
+    A schema that does not describe its fields lets any path through."""
+    defs = schema.get("$defs", {}) if isinstance(schema, dict) else {}
+    for name, index in _PATH_PART.findall(path):
+        if isinstance(schema, dict) and str(schema.get("$ref", "")).startswith("#/$defs/"):
+            schema = defs.get(schema["$ref"].removeprefix("#/$defs/"), {})
+        if not isinstance(schema, dict):
+            return {}
+        if index:
+            if schema.get("type") not in (None, "array"):
+                return None
+            schema = schema.get("items", {})
+        else:
+            props = schema.get("properties")
+            if props is None:
+                if schema.get("type") not in (None, "object"):
+                    return None
+                return {}
+            if name not in props:
+                return None
+            schema = props[name]
+    return schema
 
 
 def budget_error(plan: Plan, remaining_usd: float) -> str | None:
@@ -105,7 +177,7 @@ def budget_error(plan: Plan, remaining_usd: float) -> str | None:
 
 def _schema_error(args: dict[str, Any], schema: dict[str, Any]) -> str | None:
     # References are resolved at run time; validate with placeholders that keep the type.
-    probe = _replace_refs(args, lambda _ref: "0")
+    probe = _replace_refs(args, lambda _ref, _path: "0")
     error = jsonschema.exceptions.best_match(
         jsonschema.Draft202012Validator(schema).iter_errors(probe)
     )
@@ -158,18 +230,48 @@ def output_text(result: StepResult) -> str:
     return json.dumps(output, sort_keys=True)
 
 
+def field_text(result: StepResult | None, path: str) -> str:
+    """The text of a step output, or of the field `path` (".value", ".matches[0].text")
+    inside it; empty when the step did not succeed or the field is missing."""
+    if result is None or result.status != StepStatus.SUCCEEDED:
+        return ""
+    if not path:
+        return output_text(result)
+    value: Any = result.output or {}
+    for name, index in _PATH_PART.findall(path):
+        if index and isinstance(value, list) and int(index) < len(value):
+            value = value[int(index)]
+        elif name and isinstance(value, Mapping) and name in value:
+            value = value[name]
+        else:
+            return ""
+    if isinstance(value, float):
+        return f"{value:.12g}"  # 1144.9, not 1144.9000000000001; 2856, not 2856.0
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True)
+
+
 def resolve_args(args: dict[str, Any], results: Mapping[str, StepResult]) -> dict[str, Any]:
-    def text(ref: str) -> str:
-        return output_text(results[ref])[:REF_TEXT_LIMIT]
+    def text(ref: str, path: str) -> str:
+        return field_text(results.get(ref), path)[:REF_TEXT_LIMIT]
 
     resolved = _replace_refs(args, text)
     assert isinstance(resolved, dict)
     return resolved
 
 
+def render_answer(template: str, results: Mapping[str, StepResult]) -> str:
+    """The plan's answer with every reference replaced by what its step returned (a step
+    that was skipped or failed reads as empty)."""
+    return REF_PATTERN.sub(
+        lambda m: field_text(results.get(m.group(1)), m.group(2))[:REF_TEXT_LIMIT], template
+    ).strip()
+
+
 def _replace_refs(value: Any, text: Any) -> Any:
     if isinstance(value, str):
-        return REF_PATTERN.sub(lambda m: text(m.group(1)), value)
+        return REF_PATTERN.sub(lambda m: text(m.group(1), m.group(2)), value)
     if isinstance(value, Mapping):
         return {k: _replace_refs(v, text) for k, v in value.items()}
     if isinstance(value, list):

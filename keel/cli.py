@@ -267,6 +267,7 @@ _POLICY_FLAGS = {
     "approve_plans_above_usd": "--approve-above",
     "wait_timeout_s": "--wait-timeout",
     "on_timeout": "--on-timeout",
+    "questions": "--questions",
 }
 
 
@@ -277,6 +278,7 @@ def _human_policy(args: argparse.Namespace) -> HumanPolicy:
         "approve_plans_above_usd": args.approve_above,
         "wait_timeout_s": args.wait_timeout,
         "on_timeout": args.on_timeout,
+        "questions": args.questions or None,
     }
     try:
         return HumanPolicy.model_validate({k: v for k, v in given.items() if v is not None})
@@ -790,6 +792,12 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="when nobody decides in time: escalate (notify, keep waiting; the default) "
         "or fail (end as timed_out_waiting)",
+    )
+    run.add_argument(
+        "--questions",
+        action="store_true",
+        help="someone will answer the task's questions (keel answer): the planner may ask "
+        "(ask_human); without it no plan waits on a question",
     )
     run.add_argument(
         "--timeout",

@@ -55,6 +55,11 @@ class HumanPolicy(BaseModel):
         description="escalate: send a notification, then keep waiting; "
         "fail: end the task with status timed_out_waiting",
     )
+    questions: bool = Field(
+        default=False,
+        description="a person answers the task's questions: the planner may ask them "
+        "(the ask_human tool); off, no plan can wait on a question nobody was asked to answer",
+    )
 
 
 class SubAgent(BaseModel):
@@ -181,6 +186,16 @@ class Plan(BaseModel):
     model: str = ""
     synthesis_estimate_usd: float = Field(
         default=0.0, description="expected cost of writing the final answer"
+    )
+    answer: str | None = Field(
+        default=None,
+        description="the answer as a template over step outputs ({{s1.value}}), rendered by "
+        "the workflow with no model call; None: a model writes the answer from the results",
+    )
+    then: Literal["answer", "plan"] = Field(
+        default="answer",
+        description="plan: once these steps are done the planner sees their results and "
+        "plans the rest (the solve round), for work that needs values only a step can read",
     )
 
     @computed_field  # type: ignore[prop-decorator]
@@ -416,6 +431,7 @@ class CarriedState(BaseModel):
     results: list[StepResult] = Field(default_factory=list)
     failures: list[str] = Field(default_factory=list)
     replans: int = 0
+    solve_rounds: int = 0
     plan_version: int = 0
     runs: int = Field(default=1, description="how many runs this task has had before")
     outputs: list[StepResult] = Field(
@@ -651,6 +667,11 @@ class SynthesisRequest(BaseModel):
     context: list[str] = Field(default_factory=list)
     max_usd: float
     max_tokens: int | None = None
+    role: Literal["reasoner", "planner"] = Field(
+        default="reasoner",
+        description="who writes it: the large reasoner, or the small planner model when "
+        "the budget left cannot pay for the large one",
+    )
 
 
 class Synthesis(BaseModel):

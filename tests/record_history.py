@@ -226,7 +226,9 @@ RECORDERS["plan_approval"] = (
 RECORDERS["ask_human"] = (
     (),
     _decided(
-        TaskRequest(task="Ask me for a number, then square what I say"),
+        TaskRequest(
+            task="Ask me for a number, then square what I say", human=HumanPolicy(questions=True)
+        ),
         [scripted_plan(QUESTION_STEP, SQUARE_STEP)],
         "s1",
         "answer",

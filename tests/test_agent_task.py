@@ -112,7 +112,7 @@ async def test_invalid_plan_is_never_executed(stack: Stack) -> None:
 async def test_budget_too_small_for_the_plan(stack: Stack) -> None:
     # The planning call fits; the plan (an ask_reasoner step plus the answer) does not.
     task = unique("Explain the theory of relativity")
-    request = TaskRequest(task=task, budget=Budget(usd=0.001), max_replans=0)
+    request = TaskRequest(task=task, budget=Budget(usd=0.002), max_replans=0)
     result = await (await start_task(stack.client, request)).result()
 
     assert result.status == TaskStatus.BUDGET_EXHAUSTED

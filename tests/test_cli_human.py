@@ -18,6 +18,7 @@ from temporalio.exceptions import CancelledError
 from keel import _search_attributes as sa
 from keel.client import start_task
 from keel.contracts import (
+    HumanPolicy,
     PendingRequest,
     StepStatus,
     TaskProgress,
@@ -160,7 +161,8 @@ async def test_reject_needs_a_reason_and_the_planner_reads_it(stack: Stack) -> N
 async def test_answer_a_question_and_refusals_are_one_line(stack: Stack) -> None:
     task = unique("Ask me which number to square, then square it")
     stack.model.script(task, "plan", scripted_plan(QUESTION_STEP, SQUARE_STEP))
-    handle = await start_task(stack.client, TaskRequest(task=task))
+    request = TaskRequest(task=task, human=HumanPolicy(questions=True))
+    handle = await start_task(stack.client, request)
     await waiting_for(handle, "s1")
 
     status = await keel_ok(stack, "status", handle.id)

@@ -166,7 +166,8 @@ async def test_ask_human_pauses_for_an_answer(stack: Stack) -> None:
         "plan",
         scripted_plan(QUESTION_STEP, SQUARE_STEP),
     )
-    handle = await start_task(stack.client, TaskRequest(task=task))
+    request = TaskRequest(task=task, human=HumanPolicy(questions=True))
+    handle = await start_task(stack.client, request)
     [pending] = await waiting_for(handle, "s1")
     assert pending.kind == PendingKind.QUESTION and pending.text == "Which number?"
     assert (await handle.query("status")).get("status") == "awaiting_answer"

@@ -216,7 +216,7 @@ async def test_a_step_is_rejected_with_the_temporal_cli(stack: Stack) -> None:
 async def test_a_question_is_answered_with_the_temporal_cli(stack: Stack) -> None:
     task = unique("Ask me which number to square, then square it")
     stack.model.script(task, "plan", scripted_plan(QUESTION_STEP, SQUARE_STEP))
-    workflow_id = await _start(stack, {"task": task})
+    workflow_id = await _start(stack, {"task": task, "human": {"questions": True}})
     [pending] = await _waiting(stack, workflow_id, "s1")
     assert pending["kind"] == "question" and pending["text"] == "Which number?"
     assert (await _query(stack, workflow_id, "status"))["status"] == "awaiting_answer"

@@ -141,6 +141,8 @@ class AgentTask:
         outcome = await plan_and_execute(task, context, tools)
         if outcome.status != TaskStatus.COMPLETED:
             return Outcome(outcome.status, outcome.error, outcome.error or "")
+        if outcome.answer:  # the plan wrote it
+            return outcome
         try:
             return Outcome(TaskStatus.COMPLETED, answer=await synthesize(task, context, knowledge))
         except BudgetExhausted as err:

@@ -3,9 +3,12 @@ before, otherwise by the reasoner (then cached for next time)."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from temporalio import workflow
 
 from keel import durable
+from keel._core.budget import fits
 from keel._core.cache_keys import answer_key
 from keel.contracts import CacheStore, Synthesis, SynthesisRequest, TaskStatus
 from workflows import activity_options as options
@@ -21,6 +24,9 @@ async def synthesize(task: TaskState, context: list[str], knowledge: list[str]) 
         task.book.book_cached("model", durable.SYNTHESIZE)
         return str(hit.value["answer"])
     remaining = task.book.require("writing the answer")
+    # the large model when the budget left pays for its usual answer, else the small one
+    estimate = task.plan.synthesis_estimate_usd if task.plan is not None else 0.0
+    role: Literal["reasoner", "planner"] = "reasoner" if fits(estimate, remaining) else "planner"
     synthesis = await options.call_model(
         durable.SYNTHESIZE,
         SynthesisRequest(
@@ -29,10 +35,11 @@ async def synthesize(task: TaskState, context: list[str], knowledge: list[str]) 
             context=context,
             max_usd=remaining,
             max_tokens=task.book.remaining_tokens(),
+            role=role,
         ),
         Synthesis,
         task.queues.llm,
-        summary=f"synthesize: answer from {len(task.results)} step results",
+        summary=f"synthesize: answer from {len(task.results)} step results by the {role}",
         refusal="the answer does not fit the budget",
     )
     task.book.book_model(synthesis.usage)

@@ -34,6 +34,7 @@ from workflows import activity_options as options
 from workflows.state import TaskState
 
 RECALL_LIMIT = 3
+ASK_HUMAN_PATCH = "keel-ask-human-only-when-a-person-answers"
 _FIRST_PERSON = re.compile(r"\b(i|i'm|i've|me|my|mine|we|our|us)\b", re.IGNORECASE)
 
 
@@ -64,7 +65,9 @@ async def catalog(task: TaskState) -> dict[str, ToolSpec]:
     if workflow.info().parent is not None:
         agents = []
     task.subagents = {a.name: a for a in agents}
-    specs = [*listed, ASK_HUMAN, *(subagent_spec(a) for a in agents)]
+    # runs started before the patch offered ask_human to every plan, and replay that way
+    asks = request.human.questions or not workflow.patched(ASK_HUMAN_PATCH)
+    specs = [*listed, *([ASK_HUMAN] if asks else []), *(subagent_spec(a) for a in agents)]
     allowed = set(request.allowed_tools) if request.allowed_tools is not None else None
     return {t.name: t for t in specs if allowed is None or t.name in allowed}
 

@@ -17,7 +17,7 @@ from temporalio.exceptions import ActivityError
 from keel import durable
 from keel._core.budget import BudgetExhausted
 from keel._core.plan_run import Snapshot
-from keel._plans import MAX_STEPS, budget_error, validate_plan
+from keel._plans import MAX_STEPS, budget_error, render_answer, validate_plan
 from keel.contracts import (
     PendingKind,
     Plan,
@@ -39,25 +39,37 @@ class Replan:
     failures: list[str]
 
 
+# A plan may gather first and plan the rest seeing what it gathered ("then": "plan"); this
+# bounds how many times a task does so.
+MAX_SOLVE_ROUNDS = 2
+
+
 async def plan_and_execute(
     task: TaskState, context: list[str], tools: dict[str, ToolSpec]
 ) -> Outcome:
+    """The task's outcome; a completed one carries the answer when its plan wrote it (an
+    empty answer: a model writes it from the results)."""
     failures = list(task.carried_failures)
     version = task.first_version - 1
     role = "planner"
+    solving = False  # this version is a solve round, not a re-plan
     if task.resume_plan is not None:  # the previous run continued as new mid-plan
         resumed = task.resume_plan
         version = resumed.plan.version
         ran = await _run_plan(task, resumed.plan, tools, failures, resumed)
         if isinstance(ran, Outcome):
-            return ran
-        failures.extend(ran.failures)
+            if not _solve_next(task, resumed.plan, ran):
+                return _answered(task, resumed.plan, ran)
+            solving = True
+        else:
+            failures.extend(ran.failures)
     while True:
         version += 1
         if version > task.first_version and workflow.info().is_continue_as_new_suggested():
             _continue_as_new(task, failures, version - 1, None)
-        if version > 1:
+        if version > 1 and not solving:
             task.replans += 1
+        solving = False
         try:
             response = await _call_planner(task, context, tools, failures, version, role)
         except BudgetExhausted as err:
@@ -87,7 +99,7 @@ async def plan_and_execute(
             failures.append(problem)
             task.short_term.add(problem)
             task.event(problem)
-            if version > task.request.max_replans:
+            if version - task.solve_rounds > task.request.max_replans:
                 final = TaskStatus.BUDGET_EXHAUSTED if over_budget else TaskStatus.FAILED
                 return Outcome(final, problem)
             # The small model could not produce a valid plan: a larger one tries next
@@ -98,8 +110,33 @@ async def plan_and_execute(
         assert plan is not None
         ran = await _run_plan(task, plan, tools, failures)
         if isinstance(ran, Outcome):
-            return ran
+            if not _solve_next(task, plan, ran):
+                return _answered(task, plan, ran)
+            solving = True
+            continue
         failures.extend(ran.failures)
+
+
+def _solve_next(task: TaskState, plan: Plan, ran: Outcome) -> bool:
+    """Whether the planner plans again, seeing the results, before the task answers."""
+    if ran.status != TaskStatus.COMPLETED or plan.then != "plan":
+        return False
+    if task.solve_rounds >= MAX_SOLVE_ROUNDS:
+        task.event(f"plan v{plan.version} asked to plan on; {MAX_SOLVE_ROUNDS} rounds are done")
+        return False
+    task.solve_rounds += 1
+    task.event(f"plan v{plan.version} gathered; planning the rest with its results")
+    return True
+
+
+def _answered(task: TaskState, plan: Plan, ran: Outcome) -> Outcome:
+    """The outcome with the plan's own answer rendered from the step outputs, if it wrote
+    one: no model call."""
+    if ran.status != TaskStatus.COMPLETED or plan.answer is None:
+        return ran
+    answer = render_answer(plan.answer, task.outputs)
+    task.event(f"answered from plan v{plan.version}'s template, no model call")
+    return Outcome(TaskStatus.COMPLETED, answer=answer)
 
 
 async def _approve_plan(task: TaskState, plan: Plan) -> str:
@@ -147,7 +184,7 @@ async def _run_plan(
         return Outcome(TaskStatus.BUDGET_EXHAUSTED, str(err))
     if not failed:
         return Outcome(TaskStatus.COMPLETED)
-    if plan.version > task.request.max_replans:
+    if plan.version - task.solve_rounds > task.request.max_replans:
         return Outcome(TaskStatus.FAILED, "; ".join(failed))
     return Replan(failed)
 

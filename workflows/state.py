@@ -67,6 +67,7 @@ class TaskState:
     outputs: dict[str, StepResult] = field(default_factory=dict)  # succeeded, by step id
     steps_total: int = 0
     replans: int = 0
+    solve_rounds: int = 0  # plans that gathered and had the planner plan on
     short_term: ShortTermMemory = field(default_factory=ShortTermMemory)
     human: HumanDesk = field(default_factory=HumanDesk)
     subagents: dict[str, SubAgent] = field(default_factory=dict)
@@ -166,6 +167,7 @@ class TaskState:
             outputs=[r for i, r in self.outputs.items() if i in needed],
             failures=failures[-RESULTS_CARRIED:],
             replans=self.replans,
+            solve_rounds=self.solve_rounds,
             plan_version=version,
             runs=self.runs,
             steps_total=self.steps_total,
@@ -187,6 +189,7 @@ class TaskState:
         self.human.interventions = carried.human_interventions
         self.carried_failures = carried.failures
         self.replans = carried.replans
+        self.solve_rounds = carried.solve_rounds
         self.first_version = carried.plan_version + 1
         self.runs = carried.runs + 1
         if carried.plan is not None:

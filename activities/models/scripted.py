@@ -286,9 +286,25 @@ def rule_based_calls(task: str, tools: Sequence[str]) -> list[tuple[str, dict[st
     return [c for c in calls if c[0] in tools]
 
 
-def rule_based_plan(prompt: PlanPrompt) -> dict[str, object]:
+# The answer a planner that writes its own answer puts in the plan, per tool: {id} is the
+# step's id. A plan with any other tool leaves the answer to the answer model.
+_TEMPLATES = {
+    "calculator": "{expression} = {{{{{id}.value}}}}",
+    "read_file": "{path}: {{{{{id}.text}}}}",
+    "search_docs": "{{{{{id}.matches[0].text}}}}",
+}
+
+
+def answer_template(steps: list[dict[str, Any]]) -> str | None:
+    if not steps or any(s["tool"] not in _TEMPLATES for s in steps):
+        return None
+    return "\n".join(_TEMPLATES[s["tool"]].format(id=s["id"], **s["args"]) for s in steps)
+
+
+def rule_based_plan(prompt: PlanPrompt, with_answer: bool = False) -> dict[str, object]:
     """A plan like a sensible planner's: the strongest tools the budget affords (the large
-    model when it fits, free keyword search when it does not), only the work not yet done."""
+    model when it fits, free keyword search when it does not), only the work not yet done;
+    `with_answer`: with the answer as a template over the steps when the tools allow."""
     calls = rule_based_calls(resolve_from_memory(prompt.task, prompt.context), list(prompt.tools))
     total = sum(prompt.tools[tool] for tool, _ in calls) + prompt.answer_usd
     if total > prompt.remaining_usd and "search_docs" in prompt.tools:
@@ -306,7 +322,8 @@ def rule_based_plan(prompt: PlanPrompt) -> dict[str, object]:
         for tool, args in calls
         if (tool, args) not in finished
     ]
-    return {"steps": steps}
+    template = answer_template(steps) if with_answer else None
+    return {"steps": steps} if template is None else {"steps": steps, "answer": template}
 
 
 def react_decision(prompt: ReactPrompt) -> dict[str, object]:
@@ -323,10 +340,12 @@ def react_decision(prompt: ReactPrompt) -> dict[str, object]:
     }
 
 
-def default_answer(prompt: Prompt | None, request: ModelRequest) -> str:
+def default_answer(
+    prompt: Prompt | None, request: ModelRequest, plans_answers: bool = False
+) -> str:
     """What the rules answer when no script does."""
     if isinstance(prompt, PlanPrompt):
-        return json.dumps(rule_based_plan(prompt))
+        return json.dumps(rule_based_plan(prompt, plans_answers))
     if isinstance(prompt, ReactPrompt):
         return json.dumps(react_decision(prompt))
     if isinstance(prompt, SynthesisPrompt):
@@ -337,14 +356,19 @@ def default_answer(prompt: Prompt | None, request: ModelRequest) -> str:
 
 
 class ScriptedModel(ModelClient):
-    def __init__(self, name: str = "scripted") -> None:
+    """`plans_answers`: plans carry their answer as a template where the tools allow, as a
+    good planner's do; off, every answer is written by the answer model (the path most
+    tests check)."""
+
+    def __init__(self, name: str = "scripted", plans_answers: bool = False) -> None:
         self.name = name
+        self.plans_answers = plans_answers
         self._scripts: dict[tuple[str, str], deque[str]] = {}
 
     def renamed(self, name: str) -> ScriptedModel:
         """The same model (same scripts) under another priced name, e.g. to stand in for a
         large model in routing tests."""
-        twin = ScriptedModel(name)
+        twin = ScriptedModel(name, self.plans_answers)
         twin._scripts = self._scripts
         return twin
 
@@ -360,7 +384,7 @@ class ScriptedModel(ModelClient):
         started = time.perf_counter()
         try:
             prompt = read_prompt(request.messages)  # once: for the scripts and the rules
-            text = self._scripted(prompt) or default_answer(prompt, request)
+            text = self._scripted(prompt) or default_answer(prompt, request, self.plans_answers)
         except ModelBadRequest as err:  # an activity's prompt lacks what it should carry
             raise err.to_application_error() from err
         text = text[: request.max_tokens * 4]  # a real model stops at max_tokens too

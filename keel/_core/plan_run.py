@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from keel._conditions import ConditionError, parse_condition
 from keel._core.budget import BudgetBook
-from keel._plans import ready_steps, resolve_args
+from keel._plans import ready_steps, referenced_steps, resolve_args
 from keel.contracts import Plan, PlanStep, SideEffects, StepResult, StepStatus, ToolSpec
 
 
@@ -34,7 +34,12 @@ class Snapshot:
     @property
     def needed(self) -> set[str]:
         """The steps the rest of the plan depends on: their outputs travel along."""
-        return {d for s in self.plan.steps for d in s.depends_on}
+        return needed_by(self.plan, self.plan.steps)
+
+
+def needed_by(plan: Plan, steps: list[PlanStep]) -> set[str]:
+    """The steps whose outputs `steps` and the plan's answer read."""
+    return {d for s in steps for d in s.depends_on} | referenced_steps(plan.answer or "")
 
 
 @dataclass
@@ -130,7 +135,7 @@ class PlanRun:
 
     def snapshot(self) -> Snapshot:
         left = [s for s in self.plan.steps if s.id not in self.settled]
-        needed = {d for s in left for d in s.depends_on}
+        needed = needed_by(self.plan, left)
         return Snapshot(
             plan=self.plan.model_copy(update={"steps": left}),
             settled=self.settled & needed,
