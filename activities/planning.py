@@ -21,7 +21,7 @@ from activities.models.router import TYPICAL_REASONER_CALL, ModelRouter
 from keel import durable
 from keel._converter import describe_validation_error
 from keel._logging import activity_logger
-from keel._plans import output_text
+from keel._plans import REF_PATTERN, output_text
 from keel.contracts import Plan, PlanRequest, PlanResponse, PlanStep, StepStatus, ToolSpec
 
 MAX_PLAN_STEPS = 6
@@ -32,12 +32,14 @@ RESULT_PREVIEW = 300
 SYSTEM = """You are the planner of an agent. Turn the task into tool calls and the answer.
 Reply with JSON only, in this shape (the <...> are yours to fill):
 {"steps": [{"id": "s1", "tool": "<tool>", "args": {<its arguments>}, "depends_on": []}], "answer": "<the answer, with {{s1.value}} where a result goes>"}
-Take every number, name and file from the task; never invent one.
-Use as few steps as the task needs. Steps without depends_on run in parallel.
+Take every number, name and file from the task or from results; never invent one.
+One step for each calculation or lookup the task asks for. Steps without depends_on run in
+parallel.
 To use a result in an argument write {{s1}} (the whole output) or {{s1.<field>}} (one field,
 e.g. {{s1.value}} or {{s1.matches[0].text}}) and list s1 in depends_on.
 "answer" is shown to the user as you write it, results filled in: no model reads the results
-again. Leave "answer" out only when the answer needs judgement over the results.
+again, so every number or fact in it is a {{...}} of a step. Leave "answer" out only when
+the answer needs judgement over the results.
 When a step needs a value that only another step can find (a number in a file), do not guess
 it: plan the finding steps with "then": "plan", and you will plan the rest seeing the results.
 A step may add "when": a condition over earlier outputs such as "s1.value >= 100"; it runs
@@ -59,21 +61,47 @@ SOLVE = (
     "(no steps when nothing is left)."
 )
 
-# A demonstration as a prior chat turn (small models follow one far better than a
-# description), on a task unlike any real one, so that none of its values fit a real task:
-# a model that copies them writes a plan that fails validation, not a wrong answer.
-EXAMPLE_TASK = (
-    "Which planet in planets.md is largest, and what is its radius in miles (km * 0.621)?"
+# Demonstrations as prior chat turns (small models follow one far better than a
+# description), on tasks unlike any real one (planets), so that no value in them fits a real
+# task: one task answered from parallel steps, one that gathers and then solves.
+EXAMPLE_TASKS = (
+    "Compute 13**3 and what does planets.md say about Mars?",
+    "How many moons do Mars and Jupiter have together (planets.md)?",
 )
-EXAMPLE_PLAN = (
-    '{"steps": [{"id": "s1", "tool": "search_docs", "args": {"query": "largest planet radius '
-    'km", "limit": 1}, "depends_on": []}], "then": "plan"}'
+_MARS = '{"query": "Mars moons", "limit": 1}'
+_JUPITER = '{"query": "Jupiter moons", "limit": 1}'
+EXAMPLE_PLANS = (
+    '{"steps": [{"id": "s1", "tool": "calculator", "args": {"expression": "13**3"}, '
+    '"depends_on": []}, {"id": "s2", "tool": "search_docs", "args": {"query": "Mars", '
+    '"limit": 1}, "depends_on": []}], "answer": "13**3 = {{s1.value}}. '
+    'planets.md: {{s2.matches[0].text}}"}',
+    f'{{"steps": [{{"id": "s1", "tool": "search_docs", "args": {_MARS}, "depends_on": []}}, '
+    f'{{"id": "s2", "tool": "search_docs", "args": {_JUPITER}, "depends_on": []}}], '
+    '"then": "plan"}',
 )
-EXAMPLE_DONE = '- s1: search_docs({"query": "largest planet radius km", "limit": 1}) -> Jupiter: radius 69911 km'
+EXAMPLE_DONE = (
+    f"- s1: search_docs({_MARS}) -> Mars has 2 moons, Phobos and Deimos.\n"
+    f"- s2: search_docs({_JUPITER}) -> Jupiter has 95 known moons."
+)
 EXAMPLE_SOLVE = (
-    '{"steps": [{"id": "s2", "tool": "calculator", "args": {"expression": "69911 * 0.621"}, '
-    '"depends_on": []}], "answer": "Jupiter; its radius is {{s2.value}} miles."}'
+    '{"steps": [{"id": "s3", "tool": "calculator", "args": {"expression": "2+95"}, '
+    '"depends_on": []}], "answer": "Mars and Jupiter have {{s3.value}} moons together."}'
 )
+
+
+def demonstrations() -> list[Message]:
+    first, gather = EXAMPLE_TASKS
+    solve = f"{TASK}{gather}\n\n{DONE}\n{EXAMPLE_DONE}\n\n{SOLVE}"
+    return [
+        Message("user", f"{TASK}{first}"),
+        Message("assistant", EXAMPLE_PLANS[0]),
+        Message("user", f"{TASK}{gather}"),
+        Message("assistant", EXAMPLE_PLANS[1]),
+        Message("user", solve),
+        Message("assistant", EXAMPLE_SOLVE),
+    ]
+
+
 # The catalog a plan may choose from is cut to the tools most likely to help (a small
 # model given every tool puts irrelevant ones into its plans).
 MAX_OFFERED_TOOLS = 6
@@ -179,13 +207,31 @@ def one_line(text: str) -> str:
 
 
 def tool_line(spec: ToolSpec, latency: bool = True) -> str:
-    """One line per tool: its name, arguments, description, price and latency."""
+    """One line per tool: its name, arguments, the output fields a plan can refer to (with
+    the latency, in the planner's prompt), description and price."""
     props = ", ".join(spec.input_schema.get("properties", {}))
     about = one_line(spec.description)
     price = f"${spec.cost_per_call_usd:.6f}/call"
+    fields = ""
     if latency:
         price += f", ~{spec.avg_latency_ms:.0f} ms"
-    return f"- {spec.name}({props}): {about} [{price}]"
+        fields = " -> " + ", ".join(output_fields(spec.output_schema))
+    return f"- {spec.name}({props}){fields}: {about} [{price}]"
+
+
+def output_fields(schema: dict[str, Any]) -> list[str]:
+    """How a reference reaches each output field: `value`, `matches[0].text`."""
+    defs = schema.get("$defs", {})
+    fields = []
+    for name, prop in schema.get("properties", {}).items():
+        items = prop.get("items", {}) if prop.get("type") == "array" else {}
+        if "$ref" in items:
+            items = defs.get(str(items["$ref"]).removeprefix("#/$defs/"), {})
+        inner = list(items.get("properties", {}))
+        if "text" in inner:  # the field answers quote; the rest only lengthen the prompt
+            inner = ["text"]
+        fields += [f"{name}[0].{f}" for f in inner] if inner else [name]
+    return fields
 
 
 _WORD = re.compile(r"[a-z]{3,}")
@@ -294,14 +340,7 @@ def planning_prompt(
         lines += ["", FAILURES, *(f"- {f}" for f in request.failures)]
     if done:
         lines += ["", SOLVE]
-    return [
-        Message("system", SYSTEM),
-        Message("user", f"{TASK}{EXAMPLE_TASK}"),
-        Message("assistant", EXAMPLE_PLAN),
-        Message("user", f"{TASK}{EXAMPLE_TASK}\n\n{DONE}\n{EXAMPLE_DONE}\n\n{SOLVE}"),
-        Message("assistant", EXAMPLE_SOLVE),
-        Message("user", "\n".join(lines)),
-    ]
+    return [Message("system", SYSTEM), *demonstrations(), Message("user", "\n".join(lines))]
 
 
 def drop_repeats(draft: _Draft) -> _Draft:
@@ -322,6 +361,41 @@ def drop_repeats(draft: _Draft) -> _Draft:
     for step in kept:
         step.depends_on = list(dict.fromkeys(renamed.get(d, d) for d in step.depends_on))
     return _Draft(steps=kept)
+
+
+_NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?")
+# Numbers a plan may use without finding them anywhere: digits and units of time and count.
+_CONSTANTS = frozenset(["10", "12", "24", "30", "31", "52", "60", "100", "365", "1000", "3600"])
+
+
+def _numbers(text: str) -> set[str]:
+    return set(_NUMBER.findall(text.replace(",", "")))
+
+
+def ungrounded_numbers(draft: _Draft, request: PlanRequest) -> list[str]:
+    """Numbers in the plan's arguments or answer that neither the task, memory nor any
+    result holds: a small model pastes them from its demonstration or makes them up, and
+    the answer would be wrong without any step failing."""
+    sources = [request.task, *request.context, *(json.dumps(r.output) for r in request.completed)]
+    known = set().union(*(_numbers(s) for s in sources)) | _CONSTANTS
+    errors = []
+
+    def check(where: str, text: str) -> None:
+        text = REF_PATTERN.sub("", text)  # {{s1.value}} is where a number comes from
+        made_up = sorted(n for n in _numbers(text) if len(n) > 1 and n not in known)
+        if made_up:
+            errors.append(
+                f"{where} uses {', '.join(made_up)}, found in neither the task nor a result: "
+                "take numbers from the task, or find them first with steps and then: plan"
+            )
+
+    for step in draft.steps:
+        for value in step.args.values():
+            if isinstance(value, str):
+                check(f"step {step.id}", value)
+    if draft.answer:
+        check("the answer", draft.answer)
+    return errors
 
 
 def cost_plan(draft: _Draft, request: PlanRequest, synthesis_usd: float, model: str) -> Plan:
@@ -391,6 +465,10 @@ class PlanningActivities:
             return PlanResponse(
                 error=describe_validation_error(err, "plan JSON"), usage=routed.usage
             )
+        invented = ungrounded_numbers(draft, request)
+        if invented:
+            log.info("planner invented numbers", output=routed.text[:500])
+            return PlanResponse(error="; ".join(invented), usage=routed.usage)
         plan = cost_plan(draft, request, synthesis_usd, routed.usage.model)
         log.info(
             "planned", role=request.role, steps=len(plan.steps), expected_usd=plan.expected_cost_usd

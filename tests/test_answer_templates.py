@@ -156,12 +156,11 @@ def test_the_catalog_offered_fits_the_task() -> None:
     assert offered_tools(task, four) == four  # a small catalog is offered whole
 
 
-def test_the_demonstration_has_nothing_a_real_task_can_use() -> None:
-    example = planning.EXAMPLE_TASK + planning.EXAMPLE_PLAN + planning.EXAMPLE_SOLVE
-    for number in ("69911", "0.621"):
-        assert number in example
-        assert not any(number in t.task for t in TASKS)
-    assert "planets.md" not in json.dumps([t.task for t in TASKS])
+def test_the_demonstrations_have_nothing_a_real_task_can_use() -> None:
+    shown = " ".join(m.content for m in planning.demonstrations())
+    tasks = " ".join(t.task for t in TASKS)
+    for value in ("13**3", "2+95", "planets.md", "Mars", "moons"):
+        assert value in shown and value not in tasks
 
 
 def test_a_solve_round_prompt_shows_the_results_and_asks_for_the_rest() -> None:
@@ -268,3 +267,30 @@ async def test_no_plan_asks_a_person_unless_someone_answers(stack: Stack) -> Non
     assert result.status == TaskStatus.FAILED
     assert "unknown or disallowed tool 'ask_human'" in (result.error or "")
     assert HumanPolicy().questions is False
+
+
+def test_numbers_a_plan_invents_are_refused() -> None:
+    tools = list(_catalog().values())
+    task = "How many new customers in Q2 and Q3 together (report.md)?"
+    request = PlanRequest(task=task, tools=tools, remaining_usd=1, max_usd=1)
+    pasted = _Draft.model_validate(
+        {
+            "steps": [{"id": "s1", "tool": "calculator", "args": {"expression": "2+95"}}],
+            "answer": "Q2 and Q3 brought {{s1.value}} customers, 3 more than 39.",
+        }
+    )
+    assert planning.ungrounded_numbers(pasted, request) == [
+        "step s1 uses 95, found in neither the task nor a result: take numbers from the task, "
+        "or find them first with steps and then: plan",
+        "the answer uses 39, found in neither the task nor a result: take numbers from the "
+        "task, or find them first with steps and then: plan",
+    ]
+    # numbers a result holds (120,000 as 120000), units of time and single digits may be used
+    solved = request.model_copy(update={"completed": [SEARCH]})
+    grounded = _Draft.model_validate(
+        {
+            "steps": [{"id": "s3", "tool": "calculator", "args": {"expression": "23*24*7"}}],
+            "answer": "{{s3.value}} hours",
+        }
+    )
+    assert planning.ungrounded_numbers(grounded, solved) == []

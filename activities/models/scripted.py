@@ -92,7 +92,7 @@ Prompt = PlanPrompt | ReactPrompt | SynthesisPrompt | ExtractionPrompt | Questio
 
 # planning.tool_line's format, with or without the latency (the ReAct prompt has none).
 _TOOL_LINE = re.compile(
-    r"- (?P<name>[^\s(]+)\([^)]*\):.*\[\$(?P<usd>\d+\.\d+)/call(?:, ~\d+ ms)?\]"
+    r"- (?P<name>[^\s(]+)\([^)]*\)(?: -> [^:]*)?:.*\[\$(?P<usd>\d+\.\d+)/call(?:, ~\d+ ms)?\]"
 )
 _BUDGET_LINE = re.compile(
     re.escape(planning.BUDGET)

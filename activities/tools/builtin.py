@@ -63,8 +63,9 @@ def builtin_tools(settings: Settings) -> list[Tool]:
         ),
         define_tool(
             "search_docs",
-            "Find the lines of the task's documents that mention the query's words (free; "
-            "finds facts written in the documents, cannot reason).",
+            "Find the passages (paragraphs, table rows) of the task's documents that mention "
+            "the query's words, best first (free; finds facts written in the documents, "
+            "cannot reason).",
             search.search_docs,
             search.SearchDocsInput,
             search.SearchDocsOutput,
