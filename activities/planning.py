@@ -29,22 +29,18 @@ PLAN_MAX_TOKENS = 400
 PLAN_TOKENS_PER_STEP = 70  # a long plan (TaskRequest.max_plan_steps) may write this much a step
 RESULT_PREVIEW = 300
 
-SYSTEM = """You are the planner of an agent. Turn the task into tool calls and the answer.
-Reply with JSON only, in this shape (the <...> are yours to fill):
-{"steps": [{"id": "s1", "tool": "<tool>", "args": {<its arguments>}, "depends_on": []}], "answer": "<the answer, with {{s1.value}} where a result goes>"}
-Take every number, name and file from the task or from results; never invent one.
-One step for each calculation or lookup the task asks for. Steps without depends_on run in
-parallel.
-To use a result in an argument write {{s1}} (the whole output) or {{s1.<field>}} (one field,
-e.g. {{s1.value}} or {{s1.matches[0].text}}) and list s1 in depends_on.
-"answer" is shown to the user as you write it, results filled in: no model reads the results
-again, so every number or fact in it is a {{...}} of a step. Leave "answer" out only when
-the answer needs judgement over the results.
-When a step needs a value that only another step can find (a number in a file), do not guess
-it: plan the finding steps with "then": "plan", and you will plan the rest seeing the results.
-A step may add "when": a condition over earlier outputs such as "s1.value >= 100"; it runs
-only if the condition holds (list s1 in depends_on).
-Every tool shows its price: the tools and the answer must cost less than the budget left."""
+SYSTEM = """You plan the tool calls of an agent's task. Reply with JSON only:
+{"steps": [{"id": "s1", "tool": "<tool>", "args": {<its arguments>}, "depends_on": []}], "answer": "<the answer, {{s1.value}} where a result goes>"}
+One step per calculation or lookup; steps without depends_on run in parallel. Take numbers
+and names from the task or from results; never invent one.
+In an argument, {{s1}} is s1's output and {{s1.<field>}} one field of it (list s1 in
+depends_on).
+"answer" reaches the user with the results filled in and no model reading them again: every
+number or fact in it is a {{...}}. Leave it out only when answering needs judgement.
+When a step needs a value that another step must find first, plan the finding steps with
+"then": "plan": you will plan the rest seeing their results.
+"when": "s1.value >= 100" runs a step only if the condition holds.
+The tools and the answer must cost less than the budget left."""
 
 # The prompt's labels: planning_prompt writes them and the scripted model
 # (activities/models/scripted.py) reads the prompt back by them, so the two cannot drift.
@@ -314,10 +310,14 @@ def offered_tools(
 
 
 def planning_prompt(
-    request: PlanRequest, files: list[str], answer_usd: float | None = None
+    request: PlanRequest,
+    files: list[str],
+    answer_usd: float | None = None,
+    demonstrate: bool = True,
 ) -> list[Message]:
     """The planner's messages; `answer_usd`, when given, is what writing the answer will take
-    of the budget left (the plan is refused unless its tools and the answer fit)."""
+    of the budget left (the plan is refused unless its tools and the answer fit);
+    `demonstrate`: with the demonstrations, for a small model."""
     tools = offered_tools(request.task, request.tools)
     lines = [f"{TASK}{request.task}", "", TOOLS, *(tool_line(spec) for spec in tools)]
     if files:
@@ -340,7 +340,8 @@ def planning_prompt(
         lines += ["", FAILURES, *(f"- {f}" for f in request.failures)]
     if done:
         lines += ["", SOLVE]
-    return [Message("system", SYSTEM), *demonstrations(), Message("user", "\n".join(lines))]
+    shown = demonstrations() if demonstrate else []
+    return [Message("system", SYSTEM), *shown, Message("user", "\n".join(lines))]
 
 
 def drop_repeats(draft: _Draft) -> _Draft:
@@ -373,9 +374,10 @@ def _numbers(text: str) -> set[str]:
 
 
 def ungrounded_numbers(draft: _Draft, request: PlanRequest) -> list[str]:
-    """Numbers in the plan's arguments or answer that neither the task, memory nor any
-    result holds: a small model pastes them from its demonstration or makes them up, and
-    the answer would be wrong without any step failing."""
+    """Numbers in the plan's expressions (an `expression` argument) or answer that neither
+    the task, memory nor any result holds: a small model pastes them from its demonstration
+    or makes them up, and the answer would be wrong without any step failing. (Other
+    arguments, keys and ids, may hold numbers of their own.)"""
     sources = [request.task, *request.context, *(json.dumps(r.output) for r in request.completed)]
     known = set().union(*(_numbers(s) for s in sources)) | _CONSTANTS
     errors = []
@@ -390,9 +392,9 @@ def ungrounded_numbers(draft: _Draft, request: PlanRequest) -> list[str]:
             )
 
     for step in draft.steps:
-        for value in step.args.values():
-            if isinstance(value, str):
-                check(f"step {step.id}", value)
+        expression = step.args.get("expression")
+        if isinstance(expression, str):
+            check(f"step {step.id}", expression)
     if draft.answer:
         check("the answer", draft.answer)
     return errors
@@ -446,7 +448,12 @@ class PlanningActivities:
         routed = await self.router.complete(
             request.role,
             ModelRequest(
-                messages=planning_prompt(request, files, synthesis_usd),
+                messages=planning_prompt(
+                    request,
+                    files,
+                    synthesis_usd,
+                    self.router.model_for(request.role).needs_demonstrations,
+                ),
                 max_tokens=plan_max_tokens(request.max_steps),
                 json_schema=plan_output_schema(
                     offered_tools(request.task, request.tools),

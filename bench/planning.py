@@ -7,6 +7,7 @@ allow, as a good planner's do) and then with the real embedded local model
 (KEEL_LOCAL_MODEL through llama.cpp, planner and answer both local).
 
     .venv/bin/python bench/planning.py [--quick] [--local] [--local-tasks N] [--no-local]
+        [--model small|medium|large|PATH]
 
 Prints a table and writes bench/results/planning.json.
 """
@@ -131,7 +132,9 @@ def summarize(rows: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
     return summary
 
 
-async def bench(local_tasks: int, with_scripted: bool, with_local: bool) -> dict[str, Any]:
+async def bench(
+    local_tasks: int, with_scripted: bool, with_local: bool, local_model: str
+) -> dict[str, Any]:
     from activities.models.router import build_model
     from activities.models.scripted import ScriptedModel
 
@@ -151,7 +154,11 @@ async def bench(local_tasks: int, with_scripted: bool, with_local: bool) -> dict
                 report["scripted_runs"] = scripted
             if with_local:
                 local_settings = settings.model_copy(
-                    update={"planner_model": "llamacpp", "reasoner_model": "llamacpp"}
+                    update={
+                        "planner_model": "llamacpp",
+                        "reasoner_model": "llamacpp",
+                        "local_model": local_model,
+                    }
                 )
                 local_model = build_model("llamacpp", local_settings)
                 subset = TASKS[:local_tasks]
@@ -180,10 +187,11 @@ def main() -> None:
     parser.add_argument("--local-tasks", type=int, default=None, help="tasks for the local model")
     parser.add_argument("--no-local", action="store_true", help="skip the local-model run")
     parser.add_argument("--local", action="store_true", help="only the local model, every task")
+    parser.add_argument("--model", default="small", help="KEEL_LOCAL_MODEL for the local run")
     args = parser.parse_args()
     local_tasks = args.local_tasks or (4 if args.quick else len(TASKS))
     report = asyncio.run(
-        bench(local_tasks, with_scripted=not args.local, with_local=not args.no_local)
+        bench(local_tasks, not args.local, not args.no_local, local_model=args.model)
     )
     print_table(report["summary"])
     save("planning", report)

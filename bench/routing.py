@@ -1,15 +1,15 @@
 """What routing saves: the planner on the small local model and the answer on a large model,
 against every call on the large model. Same tasks, same price table, same tokens.
 
-No provider keys reach this machine, so the "large model" is the local SmolLM2 billed at a
+No provider keys reach this machine, so the "large model" is the local model billed at a
 large model's token price (`--large`, default gpt-4o from activities/models/prices.py). Both
 configurations therefore make the same calls with the same prompts and outputs; only who
 bills them differs, which is exactly what the routing decision changes. The small model is
-billed by GPU time as the router books it: its measured seconds at the price table's GPU
-rate (on this CPU-only machine those seconds are CPU seconds, slower than a GPU's). The
-`gpu_estimate` figures bill the same calls at the GPU throughput the price table assumes.
+billed as the router books it: its measured seconds of CPU time at the CPU rate
+(activities/models/prices.py). The `gpu_estimate` figures bill the same calls at the GPU
+rate and the throughput its size class assumes on a GPU.
 
-    .venv/bin/python bench/routing.py [--quick] [--tasks N] [--large MODEL]
+    .venv/bin/python bench/routing.py [--quick] [--tasks N] [--large MODEL] [--model small|medium]
 
 Prints a table and writes bench/results/routing.json.
 """
@@ -28,9 +28,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from activities.models.base import Completion, Message, ModelClient, ModelRequest  # noqa: E402
-from activities.models.llamacpp import LlamaCppModel  # noqa: E402
-from activities.models.prices import price_of  # noqa: E402
-from activities.models.router import ModelRouter  # noqa: E402
+from activities.models.llamacpp import default_model_path, local_model_path  # noqa: E402
+from activities.models.prices import Price, local_price, price_of  # noqa: E402
+from activities.models.router import ModelRouter, build_model  # noqa: E402
 from activities.tools.builtin import default_registry  # noqa: E402
 from bench.report import print_summary, save  # noqa: E402
 from bench.suite import TASKS  # noqa: E402
@@ -50,6 +50,7 @@ class BilledAs(ModelClient):
 
     def __init__(self, model: ModelClient, name: str) -> None:
         self._model, self.name = model, name
+        self.needs_demonstrations = model.needs_demonstrations
 
     def count_tokens(self, messages: list[Message]) -> int:
         return self._model.count_tokens(messages)
@@ -87,25 +88,27 @@ async def run_config(
     return results
 
 
-def gpu_estimate(entry: LedgerEntry) -> float:
-    """The entry billed at the price table's assumed throughput instead of measured time."""
-    if entry.kind != "model":
+def gpu_estimate(entry: LedgerEntry, gpu: Price, small: str) -> float:
+    """The entry with the small model's calls billed as if a GPU worker served them."""
+    if entry.kind != "model" or entry.name != small:
         return entry.usd
-    return price_of(entry.name).estimate(entry.input_tokens, entry.output_tokens)
+    return gpu.estimate(entry.input_tokens, entry.output_tokens)
 
 
 def per_task(results: list[TaskResult], key: Any) -> float:
     return statistics.fmean(sum(key(e) for e in r.ledger.entries) for r in results)
 
 
-async def bench(tasks: int, large: str) -> dict[str, Any]:
+async def bench(tasks: int, large: str, local_model: str) -> dict[str, Any]:
     price_of(large)  # fail early on a model the table does not price
     env = await start_test_environment()
-    small = LlamaCppModel()
-    big = BilledAs(small, large)
     try:
         with tempfile.TemporaryDirectory() as home:
-            settings = Settings(home=Path(home), planner_model="llamacpp")
+            settings = Settings(home=Path(home), planner_model="llamacpp", local_model=local_model)
+            small = build_model("llamacpp", settings)
+            big = BilledAs(small, large)
+            path = local_model_path(settings) or default_model_path()
+            gpu = local_price(path, gpu=True, settings=settings)
             print(f"routed: planner {small.name} (GPU time), answer {large}")
             routed = await run_config(
                 env.client,
@@ -131,9 +134,15 @@ async def bench(tasks: int, large: str) -> dict[str, Any]:
     def planner_share(results: list[TaskResult]) -> float:
         return per_task(results, lambda e: e.usd if e.role == "planner" else 0.0)
 
+    def success(results: list[TaskResult]) -> float:
+        return round(
+            statistics.fmean(t.succeeded(r.answer) for t, r in zip(TASKS, results, strict=False)),
+            3,
+        )
+
     routed_usd = per_task(routed, booked)
     large_usd = per_task(all_large, booked)
-    routed_gpu = per_task(routed, gpu_estimate)
+    routed_gpu = per_task(routed, lambda e: gpu_estimate(e, gpu, small.name))
     return {
         "machine": f"{platform.node()} ({platform.machine()}, CPU only)",
         "config": {"tasks": tasks, "small": small.name, "large": large},
@@ -141,6 +150,8 @@ async def bench(tasks: int, large: str) -> dict[str, Any]:
             "routed_usd_per_task": round(routed_usd, 7),
             "all_large_usd_per_task": round(large_usd, 7),
             "cost_ratio": round(large_usd / routed_usd, 3),
+            "routed_success_rate": success(routed),
+            "all_large_success_rate": success(all_large),
             "routed_planner_usd_per_task": round(planner_share(routed), 7),
             "all_large_planner_usd_per_task": round(planner_share(all_large), 7),
             "gpu_estimate_routed_usd_per_task": round(routed_gpu, 7),
@@ -168,9 +179,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="6 tasks (< 3 min)")
     parser.add_argument("--tasks", type=int, default=None)
     parser.add_argument("--large", default="gpt-4o", help="price-table name of the large model")
+    parser.add_argument("--model", default="small", help="KEEL_LOCAL_MODEL for the small model")
     args = parser.parse_args()
     tasks = args.tasks or (6 if args.quick else len(TASKS))
-    report = asyncio.run(bench(tasks, args.large))
+    report = asyncio.run(bench(tasks, args.large, args.model))
     print_summary(report["summary"])
     save("routing", report)
 

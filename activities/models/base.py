@@ -33,6 +33,9 @@ class ModelClient(ABC):
     """A chat model: messages (+ optional JSON schema and limits) in, text and usage out."""
 
     name: str
+    # A small local model follows a format far better after seeing it done (the planner
+    # prompt then carries demonstrations); a large model reads the description.
+    needs_demonstrations: bool = False
 
     @abstractmethod
     async def complete(self, request: ModelRequest) -> Completion: ...

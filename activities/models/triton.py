@@ -39,6 +39,8 @@ class TritonModel(ModelClient):
     until `attach`ed: a process that never plans (`keel worker llm`) needs no planner server,
     and the planner worker attaches the server it starts."""
 
+    needs_demonstrations = True
+
     def __init__(
         self, url: str | None, model: str = "planner", model_path: Path | None = None
     ) -> None:
