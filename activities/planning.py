@@ -21,7 +21,7 @@ from activities.models.router import TYPICAL_REASONER_CALL, ModelRouter
 from keel import durable
 from keel._converter import describe_validation_error
 from keel._logging import activity_logger
-from keel._plans import REF_PATTERN, output_text
+from keel._plans import REF_PATTERN, answer_errors, output_text
 from keel.contracts import Plan, PlanRequest, PlanResponse, PlanStep, StepStatus, ToolSpec
 
 MAX_PLAN_STEPS = 6
@@ -400,6 +400,21 @@ def ungrounded_numbers(draft: _Draft, request: PlanRequest) -> list[str]:
     return errors
 
 
+def answer_problems(draft: _Draft, request: PlanRequest) -> list[str]:
+    """Why the plan's written answer cannot be shown: numbers it made up, references to steps
+    or fields that do not exist."""
+    if draft.answer is None:
+        return []
+    tools = {s.name: s for s in request.tools}
+    # unvalidated: the workflow validates the steps; here only the answer is judged
+    steps = [PlanStep.model_construct(id=s.id, tool=s.tool, args=s.args) for s in draft.steps]
+    known = {s.id for s in steps} | {r.step_id for r in request.completed}
+    written = Plan.model_construct(steps=steps, answer=draft.answer)
+    return answer_errors(written, tools, known) + ungrounded_numbers(
+        _Draft(steps=[], answer=draft.answer), request
+    )
+
+
 def cost_plan(draft: _Draft, request: PlanRequest, synthesis_usd: float, model: str) -> Plan:
     specs = {s.name: s for s in request.tools}
     steps = []
@@ -472,10 +487,16 @@ class PlanningActivities:
             return PlanResponse(
                 error=describe_validation_error(err, "plan JSON"), usage=routed.usage
             )
-        invented = ungrounded_numbers(draft, request)
-        if invented:
+        invented = ungrounded_numbers(draft.model_copy(update={"answer": None}), request)
+        if invented:  # a step would compute on a made-up number
             log.info("planner invented numbers", output=routed.text[:500])
             return PlanResponse(error="; ".join(invented), usage=routed.usage)
+        broken = answer_problems(draft, request)
+        if broken:
+            # the written answer only saves the answer model's call: without it the steps
+            # still run, and the answer model writes the answer from their results
+            log.info("answer template dropped", problems=broken, answer=(draft.answer or "")[:300])
+            draft = draft.model_copy(update={"answer": None})
         plan = cost_plan(draft, request, synthesis_usd, routed.usage.model)
         log.info(
             "planned", role=request.role, steps=len(plan.steps), expected_usd=plan.expected_cost_usd

@@ -95,11 +95,11 @@ def validate_plan(
     if cycle:
         errors.append(f"the steps form a cycle: {' -> '.join(cycle)}")
     if plan.answer is not None:
-        errors += _answer_errors(plan, tools, known)
+        errors += answer_errors(plan, tools, known)
     return errors
 
 
-def _answer_errors(plan: Plan, tools: Mapping[str, ToolSpec], known: set[str]) -> list[str]:
+def answer_errors(plan: Plan, tools: Mapping[str, ToolSpec], known: set[str]) -> list[str]:
     answer = plan.answer or ""
     if not answer.strip():
         return ["the answer template is empty: write the answer, or leave it out"]
