@@ -69,13 +69,13 @@ class SizeClass:
 
 
 # Q4 GGUFs: <300 MB ~ 135M-360M parameters (SmolLM2-135M: 98 MB), <700 MB ~ 0.5B
-# (Qwen2.5-Coder-0.5B: 491 MB), <1.5 GB ~ 1.5B (Qwen2.5-Coder-1.5B: 1.1 GB), larger ~ 3B and up
-# (extrapolated). Per thread on the CPU: a ~700-token prompt and 120 output tokens, 2 threads.
+# (Qwen2.5-Coder-0.5B: 491 MB), <1.5 GB ~ 1.5B (Qwen2.5-Coder-1.5B: 1.1 GB), measured on a
+# ~700-token prompt and 120 output tokens; larger ~ 3B and up, extrapolated (half of 1.5B's).
 SIZE_CLASSES = (
-    SizeClass(300e6, cpu_prefill=150, cpu_decode=40, gpu_prefill=4000, gpu_decode=250),
-    SizeClass(700e6, cpu_prefill=75, cpu_decode=17, gpu_prefill=3000, gpu_decode=200),
-    SizeClass(1.5e9, cpu_prefill=25, cpu_decode=6, gpu_prefill=2000, gpu_decode=150),
-    SizeClass(float("inf"), cpu_prefill=10, cpu_decode=2.5, gpu_prefill=1000, gpu_decode=80),
+    SizeClass(300e6, cpu_prefill=170, cpu_decode=40, gpu_prefill=4000, gpu_decode=250),
+    SizeClass(700e6, cpu_prefill=90, cpu_decode=25, gpu_prefill=3000, gpu_decode=200),
+    SizeClass(1.5e9, cpu_prefill=38, cpu_decode=14, gpu_prefill=2000, gpu_decode=150),
+    SizeClass(float("inf"), cpu_prefill=18, cpu_decode=7, gpu_prefill=1000, gpu_decode=80),
 )
 
 
