@@ -366,6 +366,7 @@ def drop_repeats(draft: _Draft) -> _Draft:
 
 _NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?")
 # Numbers a plan may use without finding them anywhere: digits and units of time and count.
+MAX_LISTED = 3
 _CONSTANTS = frozenset(["10", "12", "24", "30", "31", "52", "60", "100", "365", "1000", "3600"])
 
 
@@ -397,12 +398,14 @@ def ungrounded_numbers(draft: _Draft, request: PlanRequest) -> list[str]:
             check(f"step {step.id}", expression)
     if draft.answer:
         check("the answer", draft.answer)
+    if len(errors) > MAX_LISTED:  # a long plan's errors must not flood the re-plan prompt
+        errors[MAX_LISTED:] = [f"and {len(errors) - MAX_LISTED} more steps like these"]
     return errors
 
 
-def answer_problems(draft: _Draft, request: PlanRequest) -> list[str]:
-    """Why the plan's written answer cannot be shown: numbers it made up, references to steps
-    or fields that do not exist."""
+def answer_problems(draft: _Draft, request: PlanRequest, numbers: bool = True) -> list[str]:
+    """Why the plan's written answer cannot be shown: references to steps or fields that do
+    not exist and (`numbers`) numbers it made up."""
     if draft.answer is None:
         return []
     tools = {s.name: s for s in request.tools}
@@ -410,9 +413,8 @@ def answer_problems(draft: _Draft, request: PlanRequest) -> list[str]:
     steps = [PlanStep.model_construct(id=s.id, tool=s.tool, args=s.args) for s in draft.steps]
     known = {s.id for s in steps} | {r.step_id for r in request.completed}
     written = Plan.model_construct(steps=steps, answer=draft.answer)
-    return answer_errors(written, tools, known) + ungrounded_numbers(
-        _Draft(steps=[], answer=draft.answer), request
-    )
+    made_up = ungrounded_numbers(_Draft(steps=[], answer=draft.answer), request) if numbers else []
+    return answer_errors(written, tools, known) + made_up
 
 
 def cost_plan(draft: _Draft, request: PlanRequest, synthesis_usd: float, model: str) -> Plan:
@@ -487,11 +489,14 @@ class PlanningActivities:
             return PlanResponse(
                 error=describe_validation_error(err, "plan JSON"), usage=routed.usage
             )
-        invented = ungrounded_numbers(draft.model_copy(update={"answer": None}), request)
+        # a small model pastes numbers from its demonstrations or makes them up
+        pastes = self.router.model_for(request.role).needs_demonstrations
+        unanswered = draft.model_copy(update={"answer": None})
+        invented = ungrounded_numbers(unanswered, request) if pastes else []
         if invented:  # a step would compute on a made-up number
             log.info("planner invented numbers", output=routed.text[:500])
             return PlanResponse(error="; ".join(invented), usage=routed.usage)
-        broken = answer_problems(draft, request)
+        broken = answer_problems(draft, request, numbers=pastes)
         if broken:
             # the written answer only saves the answer model's call: without it the steps
             # still run, and the answer model writes the answer from their results

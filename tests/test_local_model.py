@@ -196,7 +196,11 @@ async def test_a_model_process_killed_mid_plan_costs_one_retry(
     components = Components(
         settings=stack.settings,
         queues=queues,
-        _router=ModelRouter({"planner": local_model, "reasoner": stack.model}),
+        # a plan the small model gets wrong goes to the scripted model, so the task's end
+        # shows the kill, not the small model's plan quality
+        _router=ModelRouter(
+            {"planner": local_model, "escalation": stack.model, "reasoner": stack.model}
+        ),
         _vectors=stack.components.vectors,
     )
     async with workers_running(build_all(stack.client, components)):
