@@ -16,13 +16,15 @@ from typing import Any
 
 import pytest
 from pydantic import BaseModel, Field
+from temporalio.api.enums.v1 import EventType
 from temporalio.testing import WorkflowEnvironment
 
 from activities.tools.registry import Tool, ToolContext, define_tool
 from keel import testing
 from keel._ports import LOCALHOST
 from keel._queues import Queues
-from keel.contracts import SideEffects
+from keel.client import start_task
+from keel.contracts import SideEffects, TaskRequest, TaskResult
 from keel.settings import Settings
 from keel.testing import ScriptedModel, Stack, scripted_stack
 from temporal.devserver import start_test_environment_with_ui
@@ -200,3 +202,16 @@ def neo4j() -> Iterator[Neo4jAccess]:
 def unique(text: str) -> str:
     """A task text no other test uses, so scripted responses never cross tests."""
     return f"{text} [{uuid.uuid4().hex[:8]}]"
+
+
+async def run_task(stack: Stack, request: TaskRequest) -> tuple[TaskResult, list[str]]:
+    """The task's result and the activity types it scheduled, in history order."""
+    handle = await start_task(stack.client, request)
+    result = await handle.result()
+    history = await handle.fetch_history()
+    scheduled = [
+        e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+    ]
+    return result, scheduled

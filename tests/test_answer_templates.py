@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from temporalio.api.enums.v1 import EventType
-
 from activities import planning
 from activities.planning import (
     _Draft,
@@ -24,7 +22,6 @@ from activities.tools.builtin import default_registry
 from bench.suite import TASKS
 from keel._plans import render_answer, resolve_args, validate_plan
 from keel._workflow_tools import ASK_HUMAN, DEFAULT_SUBAGENTS, subagent_spec
-from keel.client import start_task
 from keel.contracts import (
     HumanPolicy,
     Plan,
@@ -33,13 +30,12 @@ from keel.contracts import (
     StepResult,
     StepStatus,
     TaskRequest,
-    TaskResult,
     TaskStatus,
     ToolSpec,
 )
 from keel.settings import Settings
 from keel.testing import Stack
-from tests.conftest import unique
+from tests.conftest import run_task, unique
 
 
 def _catalog() -> dict[str, ToolSpec]:
@@ -180,18 +176,6 @@ def test_a_solve_round_prompt_shows_the_results_and_asks_for_the_rest() -> None:
 # --- whole tasks -------------------------------------------------------------------------
 
 
-async def _run(stack: Stack, request: TaskRequest) -> tuple[TaskResult, list[str]]:
-    handle = await start_task(stack.client, request)
-    result = await handle.result()
-    history = await handle.fetch_history()
-    scheduled = [
-        e.activity_task_scheduled_event_attributes.activity_type.name
-        for e in history.events
-        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
-    ]
-    return result, scheduled
-
-
 async def test_a_mechanical_task_costs_one_model_call(stack: Stack) -> None:
     task = unique("Compute 17*7*24 and say when deployments happen")
     plan = {
@@ -202,7 +186,7 @@ async def test_a_mechanical_task_costs_one_model_call(stack: Stack) -> None:
         "answer": "17*7*24 = {{s1.value}} hours. Handbook: {{s2.matches[0].text}}",
     }
     stack.model.script(task, "plan", json.dumps(plan))
-    result, scheduled = await _run(stack, TaskRequest(task=task))
+    result, scheduled = await run_task(stack, TaskRequest(task=task))
 
     assert result.status == TaskStatus.COMPLETED
     assert result.answer.startswith("17*7*24 = 2856 hours. Handbook: ")
@@ -223,7 +207,7 @@ async def test_gather_then_solve_plans_with_what_was_read(stack: Stack) -> None:
         "answer": "{{s2.value}} new customers",
     }
     stack.model.script(task, "plan", json.dumps(gather), json.dumps(solve))
-    result, scheduled = await _run(stack, TaskRequest(task=task))
+    result, scheduled = await run_task(stack, TaskRequest(task=task))
 
     assert result.status == TaskStatus.COMPLETED
     assert result.answer == "56 new customers"
@@ -238,7 +222,7 @@ async def test_solve_rounds_are_bounded(stack: Stack) -> None:
     read = {"id": "s1", "tool": "read_file", "args": {"path": "handbook.md"}}
     plans = [json.dumps({"steps": [{**read, "id": f"s{n}"}], "then": "plan"}) for n in range(1, 6)]
     stack.model.script(task, "plan", *plans)
-    result, scheduled = await _run(stack, TaskRequest(task=task))
+    result, scheduled = await run_task(stack, TaskRequest(task=task))
 
     assert result.status == TaskStatus.COMPLETED
     # the first plan and two solve rounds; then the answer model writes the answer
@@ -267,7 +251,7 @@ async def test_a_broken_written_answer_leaves_the_answer_to_the_model(stack: Sta
     task = unique("Compute 6*7 with a broken answer")
     calc = {"id": "s1", "tool": "calculator", "args": {"expression": "6*7"}}
     stack.model.script(task, "plan", json.dumps({"steps": [calc], "answer": "{{s1.total}}"}))
-    result, scheduled = await _run(stack, TaskRequest(task=task))
+    result, scheduled = await run_task(stack, TaskRequest(task=task))
     # the steps were sound: they ran, and the answer model wrote the answer from them
     assert result.status == TaskStatus.COMPLETED and result.replans == 0
     assert scheduled.count("synthesize") == 1 and "42" in result.answer
@@ -277,7 +261,7 @@ async def test_no_plan_asks_a_person_unless_someone_answers(stack: Stack) -> Non
     task = unique("Ask me a number (nobody is there)")
     ask = {"id": "s1", "tool": "ask_human", "args": {"question": "Which number?"}}
     stack.model.script(task, "plan", json.dumps({"steps": [ask]}))
-    result, _ = await _run(stack, TaskRequest(task=task, max_replans=0))
+    result, _ = await run_task(stack, TaskRequest(task=task, max_replans=0))
     assert result.status == TaskStatus.FAILED
     assert "unknown or disallowed tool 'ask_human'" in (result.error or "")
     assert HumanPolicy().questions is False

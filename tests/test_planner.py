@@ -8,20 +8,7 @@ from temporalio.api.enums.v1 import EventType
 from keel.client import start_task
 from keel.contracts import Budget, StepStatus, TaskRequest, TaskResult, TaskStatus
 from keel.testing import Stack, scripted_plan
-from tests.conftest import FLAKY_ATTEMPTS, unique
-
-
-async def _run(stack: Stack, request: TaskRequest) -> tuple[TaskResult, list[str]]:
-    """The result and the activity types scheduled, in history order."""
-    handle = await start_task(stack.client, request)
-    result = await handle.result()
-    history = await handle.fetch_history()
-    scheduled = [
-        e.activity_task_scheduled_event_attributes.activity_type.name
-        for e in history.events
-        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
-    ]
-    return result, scheduled
+from tests.conftest import FLAKY_ATTEMPTS, run_task, unique
 
 
 def _by_id(result: TaskResult) -> dict[str, StepStatus]:
@@ -59,7 +46,7 @@ async def test_lookahead_runs_one_branch_and_skips_the_other(stack: Stack) -> No
             },
         ),
     )
-    result, scheduled = await _run(stack, TaskRequest(task=task))
+    result, scheduled = await run_task(stack, TaskRequest(task=task))
 
     assert result.status == TaskStatus.COMPLETED
     assert _by_id(result) == {
@@ -136,7 +123,7 @@ async def test_a_broken_condition_fails_the_step_and_is_replanned(stack: Stack) 
         ),
         scripted_plan({"id": "s2", "tool": "calculator", "args": {"expression": "2+2"}}),
     )
-    result, scheduled = await _run(stack, TaskRequest(task=task))
+    result, scheduled = await run_task(stack, TaskRequest(task=task))
 
     assert result.status == TaskStatus.COMPLETED
     assert result.replans == 1
@@ -147,8 +134,8 @@ async def test_a_broken_condition_fails_the_step_and_is_replanned(stack: Stack) 
 
 async def test_a_tight_budget_gets_a_cheaper_plan_for_the_same_task(stack: Stack) -> None:
     task = unique("Explain why production deployments need a reviewer")
-    rich, _ = await _run(stack, TaskRequest(task=task, budget=Budget(usd=0.05)))
-    tight, _ = await _run(stack, TaskRequest(task=task, budget=Budget(usd=0.004)))
+    rich, _ = await run_task(stack, TaskRequest(task=task, budget=Budget(usd=0.05)))
+    tight, _ = await run_task(stack, TaskRequest(task=task, budget=Budget(usd=0.004)))
 
     assert rich.status == tight.status == TaskStatus.COMPLETED
     assert rich.plan is not None and tight.plan is not None
@@ -169,7 +156,7 @@ async def test_a_transient_tool_failure_is_retried_without_replanning(stack: Sta
         "plan",
         scripted_plan({"id": "s1", "tool": "flaky", "args": {"key": key, "failures": 1}}),
     )
-    result, scheduled = await _run(stack, TaskRequest(task=task))
+    result, scheduled = await run_task(stack, TaskRequest(task=task))
 
     assert result.status == TaskStatus.COMPLETED
     assert result.replans == 0
@@ -199,7 +186,7 @@ async def test_a_permanent_failure_replans_only_the_remaining_work(stack: Stack)
             },
         ),
     )
-    result, scheduled = await _run(stack, TaskRequest(task=task))
+    result, scheduled = await run_task(stack, TaskRequest(task=task))
 
     assert result.status == TaskStatus.COMPLETED
     assert result.replans == 1
@@ -222,7 +209,7 @@ async def test_an_invalid_small_model_plan_escalates_to_the_large_model(stack: S
         ),  # not a string
         scripted_plan({"id": "s1", "tool": "calculator", "args": {"expression": "7*6"}}),
     )
-    result, _ = await _run(stack, TaskRequest(task=task))
+    result, _ = await run_task(stack, TaskRequest(task=task))
 
     assert result.status == TaskStatus.COMPLETED
     plans = [
@@ -240,8 +227,8 @@ async def test_an_invalid_small_model_plan_escalates_to_the_large_model(stack: S
 
 async def test_react_baseline_makes_one_model_call_per_step(stack: Stack) -> None:
     task = unique("Compute 12*12 and 7*7 and read report.md")
-    plan_ahead, _ = await _run(stack, TaskRequest(task=task))
-    react, scheduled = await _run(stack, TaskRequest(task=task, strategy="react"))
+    plan_ahead, _ = await run_task(stack, TaskRequest(task=task))
+    react, scheduled = await run_task(stack, TaskRequest(task=task, strategy="react"))
 
     assert plan_ahead.status == react.status == TaskStatus.COMPLETED, react.error
     for result in (plan_ahead, react):
