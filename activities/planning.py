@@ -18,6 +18,7 @@ from temporalio import activity
 
 from activities.models.base import Message, ModelRequest
 from activities.models.router import TYPICAL_REASONER_CALL, ModelRouter
+from activities.tools.search import words
 from keel import durable
 from keel._converter import describe_validation_error
 from keel._logging import activity_logger
@@ -230,56 +231,18 @@ def output_fields(schema: dict[str, Any]) -> list[str]:
     return fields
 
 
-_WORD = re.compile(r"[a-z]{3,}")
 _ARITHMETIC = re.compile(r"\d\s*(?:\*\*|[-+*/%])\s*\(?\d")
 _FILE_NAME = re.compile(r"\b[\w-]+\.(?:md|txt|csv|json)\b")
-_STOP = frozenset(
-    [
-        "the",
-        "and",
-        "for",
-        "with",
-        "what",
-        "does",
-        "from",
-        "that",
-        "this",
-        "are",
-        "how",
-        "its",
-        "into",
-        "about",
-    ]
-)
-# What a task's words say it needs beyond the tools' own words: computing, or documents.
-_CUES: dict[str, frozenset[str]] = {
-    "calculator": frozenset(
-        [
-            "compute",
-            "calculate",
-            "sum",
-            "total",
-            "together",
-            "difference",
-            "grow",
-            "growth",
-            "more",
-            "less",
-            "times",
-            "average",
-            "percent",
-            "share",
-            "many",
-            "much",
-            "hours",
-            "days",
-            "minutes",
-            "seconds",
-        ]
+# What a task's words say it needs beyond the tools' own words: computing, or documents
+# (words as search_docs matches them: stemmed, common words dropped).
+_CUES: dict[str, set[str]] = {
+    "calculator": words(
+        "compute calculate sum total together difference grow growth more less times "
+        "average percent share many much hours days minutes seconds"
     ),
-    "read_file": frozenset(["read", "says", "say", "file", "document", "according"]),
-    "search_docs": frozenset(["says", "say", "find", "document", "according", "mention", "which"]),
-    "list_files": frozenset(["files", "documents", "list", "available"]),
+    "read_file": words("read file document according"),
+    "search_docs": words("find document according mention"),
+    "list_files": words("files documents list available"),
 }
 
 
@@ -287,9 +250,9 @@ def relevance(task: str, spec: ToolSpec) -> float:
     """How much a tool looks like it helps with the task: shared words, the tool's cues,
     arithmetic for the calculator and file names for the document tools."""
     text = task.lower()
-    words = set(_WORD.findall(text)) - _STOP
-    own = set(_WORD.findall(f"{spec.name.replace('_', ' ')} {spec.description}".lower())) - _STOP
-    score = len(words & own) + 2 * len(words & _CUES.get(spec.name, frozenset()))
+    asked = words(text)
+    own = words(f"{spec.name.replace('_', ' ')} {spec.description}")
+    score = len(asked & own) + 2 * len(asked & _CUES.get(spec.name, set()))
     if spec.name == "calculator" and _ARITHMETIC.search(text):
         score += 5
     if spec.name in ("read_file", "search_docs") and _FILE_NAME.search(text):
@@ -318,8 +281,7 @@ def planning_prompt(
     """The planner's messages; `answer_usd`, when given, is what writing the answer will take
     of the budget left (the plan is refused unless its tools and the answer fit);
     `demonstrate`: with the demonstrations, for a small model."""
-    tools = offered_tools(request.task, request.tools)
-    lines = [f"{TASK}{request.task}", "", TOOLS, *(tool_line(spec) for spec in tools)]
+    lines = [f"{TASK}{request.task}", "", TOOLS, *(tool_line(spec) for spec in request.tools)]
     if files:
         lines.append(f"{FILES}{', '.join(files)}")
     budget = f"{BUDGET}{request.remaining_usd:.6f}"
@@ -462,21 +424,16 @@ class PlanningActivities:
         files = self._files()
         done = {r.step_id for r in request.completed if r.status == StepStatus.SUCCEEDED}
         synthesis_usd = self.router.estimate_usd("reasoner", *TYPICAL_REASONER_CALL)
+        # a small model is shown demonstrations, and pastes numbers from them or makes some up
+        small = self.router.model_for(request.role).needs_demonstrations
+        offered = request.model_copy(update={"tools": offered_tools(request.task, request.tools)})
         routed = await self.router.complete(
             request.role,
             ModelRequest(
-                messages=planning_prompt(
-                    request,
-                    files,
-                    synthesis_usd,
-                    self.router.model_for(request.role).needs_demonstrations,
-                ),
+                messages=planning_prompt(offered, files, synthesis_usd, small),
                 max_tokens=plan_max_tokens(request.max_steps),
                 json_schema=plan_output_schema(
-                    offered_tools(request.task, request.tools),
-                    files,
-                    done,
-                    request.max_steps or MAX_PLAN_STEPS,
+                    offered.tools, files, done, request.max_steps or MAX_PLAN_STEPS
                 ),
             ),
             max_usd=request.max_usd,
@@ -489,14 +446,12 @@ class PlanningActivities:
             return PlanResponse(
                 error=describe_validation_error(err, "plan JSON"), usage=routed.usage
             )
-        # a small model pastes numbers from its demonstrations or makes them up
-        pastes = self.router.model_for(request.role).needs_demonstrations
         unanswered = draft.model_copy(update={"answer": None})
-        invented = ungrounded_numbers(unanswered, request) if pastes else []
+        invented = ungrounded_numbers(unanswered, request) if small else []
         if invented:  # a step would compute on a made-up number
             log.info("planner invented numbers", output=routed.text[:500])
             return PlanResponse(error="; ".join(invented), usage=routed.usage)
-        broken = answer_problems(draft, request, numbers=pastes)
+        broken = answer_problems(draft, request, numbers=small)
         if broken:
             # the written answer only saves the answer model's call: without it the steps
             # still run, and the answer model writes the answer from their results

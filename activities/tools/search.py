@@ -78,7 +78,8 @@ def _stem(word: str) -> str:
     return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word
 
 
-def _words(text: str) -> set[str]:
+def words(text: str) -> set[str]:
+    """The words that say what a text is about: lowercased, stemmed, common ones dropped."""
     return {_stem(w) for w in _WORD.findall(text.lower()) if w not in _STOP}
 
 
@@ -136,19 +137,19 @@ def chunks(text: str) -> list[tuple[int, str]]:
 def rank(query: str, docs: Iterable[tuple[str, str]]) -> list[DocMatch]:
     """The chunks of (path, text) documents that share words with the query, best first:
     most shared words, then by path and line, so equal scores always come out the same."""
-    wanted = _words(query)
+    wanted = words(query)
     found = [
         DocMatch(path=path, line=line, text=chunk, score=score)
         for path, text in docs
         for line, chunk in chunks(text)
-        if (score := len(wanted & _words(chunk)))
+        if (score := len(wanted & words(chunk)))
     ]
     found.sort(key=lambda m: (-m.score, m.path, m.line))
     return found
 
 
 async def search_docs(args: SearchDocsInput, ctx: ToolContext) -> SearchDocsOutput:
-    if not _words(args.query):
+    if not words(args.query):
         raise ToolRefusal(f"the query {args.query!r} has no words to search for")
     workspace = ctx.workspace()
     docs = ((path, workspace.read_text(path)) for path in workspace.list_files())
