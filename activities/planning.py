@@ -243,6 +243,8 @@ _CUES: dict[str, set[str]] = {
     "read_file": words("read file document according"),
     "search_docs": words("find document according mention"),
     "list_files": words("files documents list available"),
+    # the catch-all for what no other tool does: writing, explaining, judging
+    "ask_reasoner": words("write explain why question reason judge"),
 }
 
 
