@@ -16,13 +16,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError
 from temporalio import activity
 
+from activities.grounding import ground, ungrounded_numbers
 from activities.models.base import Message, ModelRequest
 from activities.models.router import TYPICAL_REASONER_CALL, ModelRouter
 from activities.tools.search import words
 from keel import durable
 from keel._converter import describe_validation_error
 from keel._logging import activity_logger
-from keel._plans import REF_PATTERN, answer_errors, output_text
+from keel._plans import answer_errors, output_text
 from keel.contracts import Plan, PlanRequest, PlanResponse, PlanStep, StepStatus, ToolSpec
 
 MAX_PLAN_STEPS = 6
@@ -181,6 +182,19 @@ def plan_output_schema(
     }
 
 
+def decoding_schema(
+    request: PlanRequest, files: list[str], done: Collection[str], small: bool
+) -> dict[str, Any]:
+    """The plan grammar for the tools `request` offers; a small model's is narrowed to the
+    numbers, words and references the request holds (activities/grounding.py)."""
+    limit = request.max_steps or MAX_PLAN_STEPS
+    schema = plan_output_schema(request.tools, files, done, limit)
+    if not small:
+        return schema
+    fields = dict.fromkeys(f for spec in request.tools for f in output_fields(spec.output_schema))
+    return ground(schema, request, step_ids(done, limit) + sorted(done), list(fields))
+
+
 # Length bounds unroll into one grammar rule per character; the validator checks them instead.
 _GRAMMAR_UNFRIENDLY = ("title", "minLength", "maxLength")
 
@@ -328,45 +342,6 @@ def drop_repeats(draft: _Draft) -> _Draft:
     return _Draft(steps=kept)
 
 
-_NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?")
-# Numbers a plan may use without finding them anywhere: digits and units of time and count.
-MAX_LISTED = 3
-_CONSTANTS = frozenset(["10", "12", "24", "30", "31", "52", "60", "100", "365", "1000", "3600"])
-
-
-def _numbers(text: str) -> set[str]:
-    return set(_NUMBER.findall(text.replace(",", "")))
-
-
-def ungrounded_numbers(draft: _Draft, request: PlanRequest) -> list[str]:
-    """Numbers in the plan's expressions (an `expression` argument) or answer that neither
-    the task, memory nor any result holds: a small model pastes them from its demonstration
-    or makes them up, and the answer would be wrong without any step failing. (Other
-    arguments, keys and ids, may hold numbers of their own.)"""
-    sources = [request.task, *request.context, *(json.dumps(r.output) for r in request.completed)]
-    known = set().union(*(_numbers(s) for s in sources)) | _CONSTANTS
-    errors = []
-
-    def check(where: str, text: str) -> None:
-        text = REF_PATTERN.sub("", text)  # {{s1.value}} is where a number comes from
-        made_up = sorted(n for n in _numbers(text) if len(n) > 1 and n not in known)
-        if made_up:
-            errors.append(
-                f"{where} uses {', '.join(made_up)}, found in neither the task nor a result: "
-                "take numbers from the task, or find them first with steps and then: plan"
-            )
-
-    for step in draft.steps:
-        expression = step.args.get("expression")
-        if isinstance(expression, str):
-            check(f"step {step.id}", expression)
-    if draft.answer:
-        check("the answer", draft.answer)
-    if len(errors) > MAX_LISTED:  # a long plan's errors must not flood the re-plan prompt
-        errors[MAX_LISTED:] = [f"and {len(errors) - MAX_LISTED} more steps like these"]
-    return errors
-
-
 def answer_problems(draft: _Draft, request: PlanRequest, numbers: bool = True) -> list[str]:
     """Why the plan's written answer cannot be shown: references to steps or fields that do
     not exist and (`numbers`) numbers it made up."""
@@ -377,7 +352,7 @@ def answer_problems(draft: _Draft, request: PlanRequest, numbers: bool = True) -
     steps = [PlanStep.model_construct(id=s.id, tool=s.tool, args=s.args) for s in draft.steps]
     known = {s.id for s in steps} | {r.step_id for r in request.completed}
     written = Plan.model_construct(steps=steps, answer=draft.answer)
-    made_up = ungrounded_numbers(_Draft(steps=[], answer=draft.answer), request) if numbers else []
+    made_up = ungrounded_numbers([], draft.answer, request) if numbers else []
     return answer_errors(written, tools, known) + made_up
 
 
@@ -434,9 +409,7 @@ class PlanningActivities:
             ModelRequest(
                 messages=planning_prompt(offered, files, synthesis_usd, small),
                 max_tokens=plan_max_tokens(request.max_steps),
-                json_schema=plan_output_schema(
-                    offered.tools, files, done, request.max_steps or MAX_PLAN_STEPS
-                ),
+                json_schema=decoding_schema(offered, files, done, small),
             ),
             max_usd=request.max_usd,
             max_tokens=request.max_tokens,
@@ -448,8 +421,8 @@ class PlanningActivities:
             return PlanResponse(
                 error=describe_validation_error(err, "plan JSON"), usage=routed.usage
             )
-        unanswered = draft.model_copy(update={"answer": None})
-        invented = ungrounded_numbers(unanswered, request) if small else []
+        steps = [(s.id, s.args) for s in draft.steps]
+        invented = ungrounded_numbers(steps, None, request) if small else []
         if invented:  # a step would compute on a made-up number
             log.info("planner invented numbers", output=routed.text[:500])
             return PlanResponse(error="; ".join(invented), usage=routed.usage)
