@@ -24,7 +24,15 @@ from keel import durable
 from keel._converter import describe_validation_error
 from keel._logging import activity_logger
 from keel._plans import answer_errors, output_text
-from keel.contracts import Plan, PlanRequest, PlanResponse, PlanStep, StepStatus, ToolSpec
+from keel.contracts import (
+    Plan,
+    PlanRequest,
+    PlanResponse,
+    PlanStep,
+    StepResult,
+    StepStatus,
+    ToolSpec,
+)
 
 MAX_PLAN_STEPS = 6
 PLAN_MAX_TOKENS = 400
@@ -342,6 +350,17 @@ def drop_repeats(draft: _Draft) -> _Draft:
     return _Draft(steps=kept)
 
 
+def _call(tool: str, args: dict[str, Any]) -> str:
+    return json.dumps([tool, args], sort_keys=True)
+
+
+def plans_nothing_new(draft: _Draft, done: Collection[StepResult]) -> bool:
+    """A solve round whose steps all repeat calls already done: planning on would only ask
+    again (the workflow answers the repeats from the earlier results), so it answers."""
+    calls = {_call(r.tool, r.args) for r in done if r.status == StepStatus.SUCCEEDED}
+    return bool(calls) and all(_call(s.tool, s.args) in calls for s in draft.steps)
+
+
 def answer_problems(draft: _Draft, request: PlanRequest, numbers: bool = True) -> list[str]:
     """Why the plan's written answer cannot be shown: references to steps or fields that do
     not exist and (`numbers`) numbers it made up."""
@@ -372,15 +391,16 @@ def cost_plan(draft: _Draft, request: PlanRequest, synthesis_usd: float, model: 
                 expected_latency_ms=spec.avg_latency_ms if spec else 0.0,
             )
         )
+    then = "answer" if plans_nothing_new(draft, request.completed) else draft.then
     # A plan that writes its own answer needs no model to write it (unless it plans on).
-    templated = draft.answer is not None and draft.then == "answer"
+    templated = draft.answer is not None and then == "answer"
     return Plan(
         version=request.version,
         steps=steps,
         model=model,
         synthesis_estimate_usd=0.0 if templated else synthesis_usd,
         answer=draft.answer,
-        then=draft.then,
+        then=then,
     )
 
 

@@ -218,15 +218,37 @@ async def test_gather_then_solve_plans_with_what_was_read(stack: Stack) -> None:
 
 
 async def test_solve_rounds_are_bounded(stack: Stack) -> None:
-    task = unique("Keep reading the handbook forever")
-    read = {"id": "s1", "tool": "read_file", "args": {"path": "handbook.md"}}
-    plans = [json.dumps({"steps": [{**read, "id": f"s{n}"}], "then": "plan"}) for n in range(1, 6)]
+    task = unique("Keep computing forever")
+    plans = [
+        json.dumps(
+            {
+                "steps": [{"id": f"s{n}", "tool": "calculator", "args": {"expression": f"{n}*7"}}],
+                "then": "plan",
+            }
+        )
+        for n in range(1, 6)
+    ]
     stack.model.script(task, "plan", *plans)
     result, scheduled = await run_task(stack, TaskRequest(task=task))
 
     assert result.status == TaskStatus.COMPLETED
     # the first plan and two solve rounds; then the answer model writes the answer
     assert scheduled.count("plan") == 3 and scheduled.count("synthesize") == 1
+
+
+async def test_a_solve_round_that_only_repeats_answers(stack: Stack) -> None:
+    task = unique("Read the handbook, then read it again")
+    read = {"id": "s1", "tool": "read_file", "args": {"path": "handbook.md"}}
+    again = {"steps": [{**read, "id": "s2"}], "then": "plan"}
+    stack.model.script(
+        task, "plan", json.dumps({"steps": [read], "then": "plan"}), json.dumps(again)
+    )
+    result, scheduled = await run_task(stack, TaskRequest(task=task))
+
+    assert result.status == TaskStatus.COMPLETED
+    # the second round asked for nothing new: no third plan, and the file was read once
+    assert scheduled.count("plan") == 2 and scheduled.count("tool.read_file") == 1
+    assert result.plan is not None and result.plan.then == "answer"
 
 
 def test_a_broken_written_answer_is_named() -> None:
