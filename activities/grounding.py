@@ -25,7 +25,7 @@ _WORD = re.compile(r"#?[A-Za-z][A-Za-z0-9_'-]*(?:\.(?:md|txt|csv|json))?")
 CONSTANTS = frozenset(["10", "12", "24", "30", "31", "52", "60", "100", "365", "1000", "3600"])
 # Bounds that keep the grammar small and the model from rambling.
 MAX_QUERY_WORDS = 6
-MAX_WORDS = 80
+MAX_WORDS = 80  # of the task's words offered
 # Listing at most this many numbers with the same complaint keeps a re-plan prompt short.
 MAX_LISTED = 3
 
@@ -89,8 +89,10 @@ def condition_pattern(numbers: set[str], ids: list[str]) -> str:
 def answer_pattern(words: list[str], numbers: set[str], ids: list[str], fields: list[str]) -> str:
     """Words of the task, known numbers, arithmetic signs and references to step outputs."""
     piece = f"({_either(words)}|{_numbers_pattern(numbers)}|{_reference(ids, fields)})"
-    # one character a sign (`**` is two): llama.cpp's grammar hangs on a repeated choice
-    # between `*` and `**`
+    # One character a sign (`**` is two signs) and no bounded repetition such as {0,80}:
+    # llama.cpp's grammar sampler stalled past the 280 s call timeout on a repeated choice
+    # between `*` and `**`, and on the 80 nested copies a bound unrolls into. The output
+    # token limit bounds the answer instead.
     sign = r"([ ,.:;=+*/-]|\(|\))"
     return f"^{piece}({sign}+{piece})*{sign}*$"
 
