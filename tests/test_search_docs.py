@@ -53,6 +53,16 @@ def test_handbook_questions_find_their_paragraph(query: str, answer: str) -> Non
     assert top.path == "handbook.md" and answer in top.text, top
 
 
+def test_a_document_name_in_the_query_prefers_that_document() -> None:
+    # the name alone: its first passage, where no passage holds the word "handbook"
+    top = rank("handbook.md", DOCS)
+    assert top and {m.path for m in top} == {"handbook.md"}
+    assert "Tuesdays and Thursdays" in top[0].text
+    # with other words: the named document's passage first, though report.md has Q1 too
+    top = rank("handbook.md on-call Q1", DOCS)
+    assert top[0].path == "handbook.md" and "one week long" in top[0].text, top[:2]
+
+
 def test_paragraphs_list_items_and_a_table_without_rows() -> None:
     text = "# Title\nOne line\nwraps here.\n\n- first item\n- second\n  continued\n"
     text += "| a | b |\n|---|---|\n"

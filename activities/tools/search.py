@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from pathlib import PurePosixPath
 
 from pydantic import BaseModel, Field
 
@@ -136,13 +137,15 @@ def chunks(text: str) -> list[tuple[int, str]]:
 
 def rank(query: str, docs: Iterable[tuple[str, str]]) -> list[DocMatch]:
     """The chunks of (path, text) documents that share words with the query, best first:
-    most shared words, then by path and line, so equal scores always come out the same."""
+    most shared words, then by path and line, so equal scores always come out the same.
+    A document's name counts as words of each of its chunks: "handbook.md deployments"
+    prefers the handbook's passages, and "handbook.md" alone finds its first one."""
     wanted = words(query)
     found = [
         DocMatch(path=path, line=line, text=chunk, score=score)
         for path, text in docs
         for line, chunk in chunks(text)
-        if (score := len(wanted & words(chunk)))
+        if (score := len(wanted & (words(chunk) | words(PurePosixPath(path).stem))))
     ]
     found.sort(key=lambda m: (-m.score, m.path, m.line))
     return found
