@@ -165,7 +165,8 @@ def test_a_killed_worker_takes_its_runs_along() -> None:
             "-c",
             "from sandbox.bwrap import BwrapBackend; from sandbox.backend import Run, Limits\n"
             f"BwrapBackend(uid_base={uid_base}, uid_count=10).run(Run("
-            f"[{PYTHON!r}, '-c', 'import time; time.sleep(60)'], limits=Limits(wall_s=60)))",
+            f"[{PYTHON!r}, '-c', {MARK_READY + '; import time; time.sleep(60)'!r}], "
+            "limits=Limits(wall_s=60)))",
         ],
         cwd=Path(__file__).resolve().parents[2],
     )
@@ -173,8 +174,11 @@ def test_a_killed_worker_takes_its_runs_along() -> None:
     def in_range() -> list[int]:
         return sandbox_processes(uid_base, 10)
 
+    # Killed once the program runs, not while the run is still being set up: setpriv
+    # switches to the sandbox uid before it asks for its death signal (a uid switch clears
+    # it), and a parent that dies in between goes unnoticed: a known gap, not tested here.
     deadline = time.monotonic() + 20
-    while not in_range():
+    while not ready_processes(uid_base, 10):
         assert time.monotonic() < deadline and worker.poll() is None, "the run never started"
         time.sleep(0.01)
     worker.kill()
