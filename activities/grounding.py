@@ -6,7 +6,7 @@ is narrowed to what the request holds: a calculator expression is built from the
 of the task, memory and results (and step references), a search query from the task's
 words, a condition compares a step's value with a known number, and the written answer is
 the task's words, known numbers and step references. A hosted model plans under the tool
-schemas alone; `ungrounded_numbers` still checks what any plan computes on.
+schemas alone.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import json
 import re
 from typing import Any
 
-from keel._plans import REF_PATTERN
 from keel.contracts import PlanRequest
 
 _NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?")
@@ -26,8 +25,6 @@ CONSTANTS = frozenset(["10", "12", "24", "30", "31", "52", "60", "100", "365", "
 # Bounds that keep the grammar small and the model from rambling.
 MAX_QUERY_WORDS = 6
 MAX_WORDS = 80  # of the task's words offered
-# Listing at most this many numbers with the same complaint keeps a re-plan prompt short.
-MAX_LISTED = 3
 
 
 def numbers_in(text: str) -> set[str]:
@@ -41,9 +38,8 @@ def known_numbers(request: PlanRequest) -> set[str]:
 
 
 def task_words(task: str) -> list[str]:
-    """The task's words, each once, longest first (so the grammar tries "Q3" before "Q")."""
-    found = dict.fromkeys(_WORD.findall(task))
-    return sorted(found, key=lambda w: (-len(w), w))[:MAX_WORDS]
+    """The task's words, each once, in the order they come."""
+    return list(dict.fromkeys(_WORD.findall(task)))[:MAX_WORDS]
 
 
 def _literal(text: str) -> str:
@@ -59,8 +55,9 @@ def _either(options: list[str]) -> str:
 
 
 def _numbers_pattern(numbers: set[str]) -> str:
-    # digits as themselves, so a constant such as 7 or 2 is always there
-    ordered = sorted(numbers - set("0123456789"), key=lambda n: (-len(n), n))
+    # digits as themselves, so a constant such as 7 or 2 is always there (sorted: the same
+    # request, the same grammar)
+    ordered = sorted(numbers - set("0123456789"))
     return "(" + "|".join([*(_literal(n) for n in ordered), "[0-9]"]) + ")"
 
 
@@ -122,33 +119,3 @@ def ground(
             "pattern": answer_pattern(words, numbers, ids, fields),
         }
     return narrowed
-
-
-def ungrounded_numbers(
-    steps: list[tuple[str, dict[str, Any]]], answer: str | None, request: PlanRequest
-) -> list[str]:
-    """Numbers in the plan's expressions (an `expression` argument) or answer that neither
-    the task, memory nor any result holds: pasted from a demonstration or made up, they make
-    the answer wrong without any step failing. (Other arguments, keys and ids, may hold
-    numbers of their own.) `steps` are (id, args) pairs."""
-    known = known_numbers(request)
-    errors = []
-
-    def check(where: str, text: str) -> None:
-        text = REF_PATTERN.sub("", text)  # {{s1.value}} is where a number comes from
-        made_up = sorted(n for n in numbers_in(text) if len(n) > 1 and n not in known)
-        if made_up:
-            errors.append(
-                f"{where} uses {', '.join(made_up)}, found in neither the task nor a result: "
-                "take numbers from the task, or find them first with steps and then: plan"
-            )
-
-    for step_id, args in steps:
-        expression = args.get("expression")
-        if isinstance(expression, str):
-            check(f"step {step_id}", expression)
-    if answer:
-        check("the answer", answer)
-    if len(errors) > MAX_LISTED:  # a long plan's errors must not flood the re-plan prompt
-        errors[MAX_LISTED:] = [f"and {len(errors) - MAX_LISTED} more steps like these"]
-    return errors

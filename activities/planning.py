@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError
 from temporalio import activity
 
-from activities.grounding import ground, ungrounded_numbers
+from activities.grounding import ground
 from activities.models.base import Message, ModelRequest
 from activities.models.router import TYPICAL_REASONER_CALL, ModelRouter
 from activities.tools.search import words
@@ -361,9 +361,10 @@ def plans_nothing_new(draft: _Draft, done: Collection[StepResult]) -> bool:
     return bool(calls) and all(_call(s.tool, s.args) in calls for s in draft.steps)
 
 
-def answer_problems(draft: _Draft, request: PlanRequest, numbers: bool = True) -> list[str]:
+def answer_problems(draft: _Draft, request: PlanRequest) -> list[str]:
     """Why the plan's written answer cannot be shown: references to steps or fields that do
-    not exist and (`numbers`) numbers it made up."""
+    not exist. (A small model cannot write made-up numbers: its grammar holds only the
+    request's, activities/grounding.py.)"""
     if draft.answer is None:
         return []
     tools = {s.name: s for s in request.tools}
@@ -371,8 +372,7 @@ def answer_problems(draft: _Draft, request: PlanRequest, numbers: bool = True) -
     steps = [PlanStep.model_construct(id=s.id, tool=s.tool, args=s.args) for s in draft.steps]
     known = {s.id for s in steps} | {r.step_id for r in request.completed}
     written = Plan.model_construct(steps=steps, answer=draft.answer)
-    made_up = ungrounded_numbers([], draft.answer, request) if numbers else []
-    return answer_errors(written, tools, known) + made_up
+    return answer_errors(written, tools, known)
 
 
 def cost_plan(draft: _Draft, request: PlanRequest, synthesis_usd: float, model: str) -> Plan:
@@ -421,7 +421,7 @@ class PlanningActivities:
         files = self._files()
         done = {r.step_id for r in request.completed if r.status == StepStatus.SUCCEEDED}
         synthesis_usd = self.router.estimate_usd("reasoner", *TYPICAL_REASONER_CALL)
-        # a small model is shown demonstrations, and pastes numbers from them or makes some up
+        # a small model is shown demonstrations, and decodes under the narrowed grammar
         small = self.router.model_for(request.role).needs_demonstrations
         offered = request.model_copy(update={"tools": offered_tools(request.task, request.tools)})
         routed = await self.router.complete(
@@ -441,12 +441,7 @@ class PlanningActivities:
             return PlanResponse(
                 error=describe_validation_error(err, "plan JSON"), usage=routed.usage
             )
-        steps = [(s.id, s.args) for s in draft.steps]
-        invented = ungrounded_numbers(steps, None, request) if small else []
-        if invented:  # a step would compute on a made-up number
-            log.info("planner invented numbers", output=routed.text[:500])
-            return PlanResponse(error="; ".join(invented), usage=routed.usage)
-        broken = answer_problems(draft, request, numbers=small)
+        broken = answer_problems(draft, request)
         if broken:
             # the written answer only saves the answer model's call: without it the steps
             # still run, and the answer model writes the answer from their results

@@ -1,7 +1,6 @@
 """The narrowed grammar a small local model decodes under (activities/grounding.py): what
 its patterns let through and what they stop, checked with Python's regular expressions and
-compiled by llama.cpp's own JSON-schema converter; and the check on numbers a plan makes
-up."""
+compiled by llama.cpp's own JSON-schema converter."""
 
 from __future__ import annotations
 
@@ -17,7 +16,6 @@ from activities.grounding import (
     ground,
     query_pattern,
     task_words,
-    ungrounded_numbers,
 )
 from activities.planning import decoding_schema, output_fields
 from activities.tools.builtin import default_registry
@@ -102,26 +100,32 @@ def test_grounding_leaves_the_callers_schema_alone() -> None:
     assert json.dumps(schema) == before
 
 
-def test_numbers_a_plan_invents_are_refused() -> None:
+def _patterns(request: PlanRequest, done: set[str]) -> tuple[str, str]:
+    """The small model's expression and answer patterns for this request."""
+    schema = decoding_schema(request, ["report.md"], done, small=True)
+    calc = next(
+        b
+        for b in schema["properties"]["steps"]["items"]["anyOf"]
+        if b["properties"]["tool"] == {"const": "calculator"}
+    )
+    expression = calc["properties"]["args"]["properties"]["expression"]["pattern"]
+    return expression, schema["properties"]["answer"]["pattern"]
+
+
+def test_numbers_a_plan_would_invent_cannot_be_decoded() -> None:
     request = _request("How many new customers in Q2 and Q3 together (report.md)?")
-    pasted = [("s1", {"expression": "2+95"})]
-    answer = "Q2 and Q3 brought {{s1.value}} customers, 3 more than 39."
-    assert ungrounded_numbers(pasted, answer, request) == [
-        "step s1 uses 95, found in neither the task nor a result: take numbers from the task, "
-        "or find them first with steps and then: plan",
-        "the answer uses 39, found in neither the task nor a result: take numbers from the "
-        "task, or find them first with steps and then: plan",
-    ]
+    expression, answer = _patterns(request, set())
+    assert not _fits(expression, "2+95")  # pasted from the demonstration
+    assert not _fits(answer, "Q2 and Q3 {{s1.value}} customers, 3 more than 39")
+    assert _fits(answer, "Q2 and Q3 together: {{s1.value}} new customers")
     # numbers a result holds (120,000 as 120000), units of time and single digits may be used
     search = StepResult(
         step_id="s2",
         plan_version=1,
         tool="search_docs",
         status=StepStatus.SUCCEEDED,
-        output={"matches": [{"path": "report.md", "line": 9, "text": "| Q3 | 23 |"}]},
+        output={"matches": [{"path": "report.md", "line": 9, "text": "| Q3 | 23 | 120,000 |"}]},
     )
-    solved = _request(request.task, [search])
-    assert (
-        ungrounded_numbers([("s3", {"expression": "23*24*7"})], "{{s3.value}} hours", solved) == []
-    )
-
+    expression, answer = _patterns(_request(request.task, [search]), {"s2"})
+    assert _fits(expression, "23*24*7") and _fits(expression, "120000/23")
+    assert _fits(answer, "{{s3.value}}") and _fits(answer, "Q3: {{s2.matches[0].text}}")
