@@ -350,15 +350,13 @@ def drop_repeats(draft: _Draft) -> _Draft:
     return _Draft(steps=kept)
 
 
-def _call(tool: str, args: dict[str, Any]) -> str:
-    return json.dumps([tool, args], sort_keys=True)
-
-
 def plans_nothing_new(draft: _Draft, done: Collection[StepResult]) -> bool:
-    """A solve round whose steps all repeat calls already done: planning on would only ask
-    again (the workflow answers the repeats from the earlier results), so it answers."""
-    calls = {_call(r.tool, r.args) for r in done if r.status == StepStatus.SUCCEEDED}
-    return bool(calls) and all(_call(s.tool, s.args) in calls for s in draft.steps)
+    """A solve round whose steps all repeat calls already done (same tool, same arguments):
+    planning on would only see the same results again, so it answers."""
+    ran = [r for r in done if r.status == StepStatus.SUCCEEDED]
+    return bool(ran) and all(
+        any(r.tool == s.tool and r.args == s.args for r in ran) for s in draft.steps
+    )
 
 
 def answer_problems(draft: _Draft, request: PlanRequest) -> list[str]:

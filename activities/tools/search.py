@@ -141,12 +141,12 @@ def rank(query: str, docs: Iterable[tuple[str, str]]) -> list[DocMatch]:
     A document's name counts as words of each of its chunks: "handbook.md deployments"
     prefers the handbook's passages, and "handbook.md" alone finds its first one."""
     wanted = words(query)
-    found = [
-        DocMatch(path=path, line=line, text=chunk, score=score)
-        for path, text in docs
-        for line, chunk in chunks(text)
-        if (score := len(wanted & (words(chunk) | words(PurePosixPath(path).stem))))
-    ]
+    found = []
+    for path, text in docs:
+        named = words(PurePosixPath(path).stem)
+        for line, chunk in chunks(text):
+            if score := len(wanted & (words(chunk) | named)):
+                found.append(DocMatch(path=path, line=line, text=chunk, score=score))
     found.sort(key=lambda m: (-m.score, m.path, m.line))
     return found
 
