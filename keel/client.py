@@ -47,7 +47,7 @@ async def connect(settings: Settings | None = None, address: str | None = None) 
             namespace=settings.temporal_namespace,
             tls=_tls(settings),
             api_key=settings.temporal_api_key,
-            plugins=[KeelPlugin()],
+            plugins=[KeelPlugin(settings)],
         )
     except RuntimeError as err:
         raise TemporalUnreachable(

@@ -1,6 +1,6 @@
 """KeelPlugin: everything a Temporal client, worker or replayer needs to run Keel, in one
-object (the SDK's plugin mechanism): Keel's data converter and the workflow sandbox that
-passes Keel's pure modules through.
+object (the SDK's plugin mechanism): Keel's data converter, large payloads out of band
+(keel/_payload_store.py) and the workflow sandbox that passes Keel's pure modules through.
 
 A client connected with it hands it to every worker built on that client, so a worker needs
 no wiring of its own; a `Replayer` takes it the same way.
@@ -11,6 +11,7 @@ no wiring of its own; a `Replayer` takes it the same way.
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 
 from temporalio.converter import DataConverter
 from temporalio.plugin import SimplePlugin
@@ -18,18 +19,28 @@ from temporalio.worker import WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from keel._converter import KeelPayloadConverter, data_converter
+from keel._payload_store import external_storage
+from keel.settings import Settings, get_settings
 
 # Imported once per worker instead of once per workflow run: deterministic code with no
 # module state (contracts, the pure core, durable names) and the libraries under it.
 PASSED_THROUGH = ("keel", "pydantic", "pydantic_core", "jsonschema", "annotated_types")
 
 
-def _keel_converter(configured: DataConverter | None) -> DataConverter:
-    """Keel's payload converter, keeping whatever else the caller configured (a payload
-    codec that encrypts, a failure converter)."""
-    if configured is None:
-        return data_converter
-    return dataclasses.replace(configured, payload_converter_class=KeelPayloadConverter)
+def _keel_converter(settings: Settings, configured: DataConverter | None) -> DataConverter:
+    """Keel's payload converter and payload store, keeping whatever else the caller
+    configured (a payload codec that encrypts, a failure converter, its own store)."""
+    converter = dataclasses.replace(
+        configured or data_converter, payload_converter_class=KeelPayloadConverter
+    )
+    if converter.external_storage is None:
+        converter = dataclasses.replace(
+            converter,
+            external_storage=external_storage(
+                settings.payloads_dir, settings.payload_threshold_bytes
+            ),
+        )
+    return converter
 
 
 def _keel_runner(configured: WorkflowRunner | None) -> WorkflowRunner:
@@ -46,7 +57,9 @@ def _keel_runner(configured: WorkflowRunner | None) -> WorkflowRunner:
 
 
 class KeelPlugin(SimplePlugin):
-    def __init__(self) -> None:
+    def __init__(self, settings: Settings | None = None) -> None:
         super().__init__(
-            "keel.KeelPlugin", data_converter=_keel_converter, workflow_runner=_keel_runner
+            "keel.KeelPlugin",
+            data_converter=partial(_keel_converter, settings or get_settings()),
+            workflow_runner=_keel_runner,
         )

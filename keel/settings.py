@@ -104,6 +104,10 @@ class Settings(BaseModel):
     # Escalations (a task waited too long for a person): also POSTed here as JSON when set.
     notify_url: str | None = None
     log_level: str = "INFO"
+    # Payloads over the threshold go to this directory and history holds their sha256
+    # (keel/_payload_store.py); every client and worker must share it. Unset: KEEL_HOME/payloads.
+    payload_dir: Path | None = None
+    payload_threshold_bytes: int = Field(default=128 * 1024, ge=1024, le=2 * 1024 * 1024)
 
     @field_validator("local_model")
     @classmethod
@@ -115,6 +119,10 @@ class Settings(BaseModel):
     @property
     def qdrant_dir(self) -> Path:
         return self.qdrant_path or self.home / "qdrant"
+
+    @property
+    def payloads_dir(self) -> Path:
+        return self.payload_dir or self.home / "payloads"
 
     @property
     def graph_path(self) -> Path:
@@ -201,6 +209,8 @@ _ENV = {
     "KEEL_MCP_SERVERS": "mcp_servers",
     "KEEL_NOTIFY_URL": "notify_url",
     "KEEL_LOG_LEVEL": "log_level",
+    "KEEL_PAYLOAD_DIR": "payload_dir",
+    "KEEL_PAYLOAD_THRESHOLD_BYTES": "payload_threshold_bytes",
 }
 
 

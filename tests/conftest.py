@@ -38,7 +38,8 @@ NEO4J_PASSWORD = "keel-test-password"
 
 def scripted_components(settings: Settings, queues: Queues) -> tuple[Components, ScriptedModel]:
     """The scripted stack's components with the tests' own tools (flaky, transfer)."""
-    return testing.scripted_components(settings, queues, [*unreliable_tools(), *guarded_tools()])
+    tools = [*unreliable_tools(), *guarded_tools(), *bulky_tools()]
+    return testing.scripted_components(settings, queues, tools)
 
 
 class FlakyInput(BaseModel):
@@ -108,6 +109,25 @@ def guarded_tools() -> list[Tool]:
             requires_approval=True,
         )
     ]
+
+
+class BulkyInput(BaseModel):
+    label: str = Field(max_length=40)
+    kib: int = Field(ge=1, le=250, description="KiB of text to return")
+
+
+class BulkyOutput(BaseModel):
+    text: str
+
+
+async def _bulky(args: BulkyInput, ctx: ToolContext) -> BulkyOutput:
+    line = f"{args.label}: the same line again, as a long document would be.\n"
+    return BulkyOutput(text=(line * (args.kib * 1024 // len(line) + 1))[: args.kib * 1024])
+
+
+def bulky_tools() -> list[Tool]:
+    """A tool whose output is as large as a legal file read (up to 250 KiB)."""
+    return [define_tool("bulky", "Return a long text.", _bulky, BulkyInput, BulkyOutput)]
 
 
 # Plan steps the people-in-the-loop tests share: a guarded step, and a question whose answer
