@@ -3,7 +3,10 @@ Temporal workflow running the same number of activities, same server, same concu
 
     .venv/bin/python bench/overhead.py [--quick] [--steps N] [--tasks T] [--concurrency C]
 
-Prints a table and writes bench/results/overhead.json.
+Besides throughput and latency, it reads the histories of a sample of tasks of each kind:
+events and bytes per task, and where a task's wall time goes (each activity type's queue
+wait and run time, the workflow tasks' time). Prints tables and writes
+bench/results/overhead.json.
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from datetime import timedelta
 from pathlib import Path
 
 from pydantic import BaseModel
 from temporalio import activity, workflow
-from temporalio.client import Client
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowHistory
 from temporalio.worker import Worker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -38,6 +43,7 @@ from workers.process import build_all, workers_running  # noqa: E402
 # recall, list_tools, plan, synthesize, remember: what AgentTask runs besides its steps
 KEEL_FIXED_ACTIVITIES = 5
 BARE_QUEUE = "bench-bare"
+HISTORY_SAMPLE = 10  # the last tasks of each kind, whose histories are read
 
 
 class _Empty(BaseModel):
@@ -83,6 +89,48 @@ async def _drive(start: object, tasks: int, concurrency: int) -> tuple[float, li
     return tasks / (time.perf_counter() - began), latencies
 
 
+def _ms(later: object, earlier: object) -> float:
+    return (later.ToMicroseconds() - earlier.ToMicroseconds()) / 1000  # type: ignore[attr-defined]
+
+
+def profile(histories: list[WorkflowHistory]) -> dict[str, object]:
+    """Events and bytes per task, and the median per task of each activity type's queue
+    wait (scheduled to started) and run (started to closed), and of workflow-task time."""
+    per_task: dict[str, list[float]] = defaultdict(list)
+    events, sizes = [], []
+    for history in histories:
+        events.append(len(history.events))
+        sizes.append(sum(e.ByteSize() for e in history.events))
+        by_id = {e.event_id: e for e in history.events}
+        spent: dict[str, float] = defaultdict(float)
+        for e in history.events:
+            if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+                closed = e.activity_task_completed_event_attributes
+                scheduled = by_id[closed.scheduled_event_id]
+                started = by_id[closed.started_event_id]
+                name = scheduled.activity_task_scheduled_event_attributes.activity_type.name
+                spent[f"{name} wait"] += _ms(started.event_time, scheduled.event_time)
+                spent[f"{name} run"] += _ms(e.event_time, started.event_time)
+            elif e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
+                closed_wft = e.workflow_task_completed_event_attributes
+                scheduled = by_id[closed_wft.scheduled_event_id]
+                started = by_id[closed_wft.started_event_id]
+                spent["workflow tasks wait"] += _ms(started.event_time, scheduled.event_time)
+                spent["workflow tasks run"] += _ms(e.event_time, started.event_time)
+                spent["workflow tasks (count)"] += 1
+        total = _ms(history.events[-1].event_time, history.events[0].event_time)
+        spent["whole task"] = total
+        for key, value in spent.items():
+            per_task[key].append(value)
+    return {
+        "events_per_task": statistics.median(events),
+        "bytes_per_task": statistics.median(sizes),
+        "median_ms_per_task": {
+            k: round(statistics.median(v), 1) for k, v in sorted(per_task.items())
+        },
+    }
+
+
 async def bench(steps: int, tasks: int, concurrency: int) -> dict[str, object]:
     env = await start_test_environment()
     client: Client = env.client
@@ -109,25 +157,40 @@ async def bench(steps: int, tasks: int, concurrency: int) -> dict[str, object]:
             async with workers_running(workers):
                 bare_activities = steps + KEEL_FIXED_ACTIVITIES
 
+                keel_ids: list[str] = []
+                bare_ids: list[str] = []
+
                 async def keel_task(i: int) -> None:
                     handle = await start_task(
                         client, TaskRequest(task=f"bench-task {i}", budget=Budget(usd=10))
                     )
                     result = await handle.result()
                     assert result.status == TaskStatus.COMPLETED, result.error
+                    keel_ids.append(handle.id)
 
                 async def bare_task(i: int) -> None:
+                    workflow_id = f"bare-{i}-{time.time_ns()}"
                     await client.execute_workflow(
                         BareWorkflow.run,
                         bare_activities,
-                        id=f"bare-{i}-{time.time_ns()}",
+                        id=workflow_id,
                         task_queue=BARE_QUEUE,
                     )
+                    bare_ids.append(workflow_id)
 
                 await _drive(keel_task, min(5, tasks), concurrency)  # warm up both paths
                 await _drive(bare_task, min(5, tasks), concurrency)
                 keel_rate, keel_lat = await _drive(keel_task, tasks, concurrency)
                 bare_rate, bare_lat = await _drive(bare_task, tasks, concurrency)
+                keel_profile, bare_profile = [
+                    profile(
+                        [
+                            await client.get_workflow_handle(i).fetch_history()
+                            for i in ids[-HISTORY_SAMPLE:]
+                        ]
+                    )
+                    for ids in (keel_ids, bare_ids)
+                ]
         finally:
             components.close_memory()
             await env.shutdown()
@@ -144,7 +207,16 @@ async def bench(steps: int, tasks: int, concurrency: int) -> dict[str, object]:
             "throughput_ratio": round(keel_rate / bare_rate, 3),
             "keel_p50_ms": round(statistics.median(keel_lat), 1),
             "bare_p50_ms": round(statistics.median(bare_lat), 1),
+            "keel_history_events": keel_profile["events_per_task"],
+            "bare_history_events": bare_profile["events_per_task"],
+            "keel_history_bytes": keel_profile["bytes_per_task"],
+            "bare_history_bytes": bare_profile["bytes_per_task"],
+            "history_bytes_ratio": round(
+                float(keel_profile["bytes_per_task"]) / float(bare_profile["bytes_per_task"]),
+                2,  # type: ignore[arg-type]
+            ),
         },
+        "profile": {"keel": keel_profile, "bare": bare_profile},
     }
 
 
@@ -162,6 +234,13 @@ def main() -> None:
     summary = report["summary"]
     assert isinstance(summary, dict)
     print_summary(summary)
+    profiles = report["profile"]
+    assert isinstance(profiles, dict)
+    print("\nmedian ms per task (history sample; wait = scheduled to started)")
+    for kind, prof in profiles.items():
+        print(f"{kind}:")
+        for key, value in prof["median_ms_per_task"].items():
+            print(f"  {key:40} {value:10.1f}")
     save("overhead", report)
 
 

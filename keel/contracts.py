@@ -101,6 +101,13 @@ class TaskRequest(BaseModel):
         description="plan: allow plans this long (batch work); None: the planner's default "
         "(the small model writes at most 6 steps, a plan may have 16)",
     )
+    max_parallel_steps: int = Field(
+        default=8,
+        ge=1,
+        le=32,
+        description="plan: at most this many steps of the task run at once; the rest wait "
+        "for a slot (one wide plan cannot take every tool slot from other users' tasks)",
+    )
     human: HumanPolicy = Field(default_factory=HumanPolicy)
     subagents: list[SubAgent] | None = Field(
         default=None, description="who steps may delegate to; None: Keel's default sub-agents"

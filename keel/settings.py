@@ -107,6 +107,9 @@ class Settings(BaseModel):
     # Payloads over the threshold go to this directory and history holds their sha256
     # (keel/_payload_store.py); every client and worker must share it. Unset: KEEL_HOME/payloads.
     payload_dir: Path | None = None
+    # Threads for blocking work, one pool per kind (keel/_pools.py): one kind cannot starve another.
+    sandbox_threads: int = Field(default=16, ge=1, le=256)
+    memory_threads: int = Field(default=4, ge=1, le=64)
     payload_threshold_bytes: int = Field(default=128 * 1024, ge=1024, le=2 * 1024 * 1024)
 
     @field_validator("local_model")
@@ -210,6 +213,8 @@ _ENV = {
     "KEEL_NOTIFY_URL": "notify_url",
     "KEEL_LOG_LEVEL": "log_level",
     "KEEL_PAYLOAD_DIR": "payload_dir",
+    "KEEL_SANDBOX_THREADS": "sandbox_threads",
+    "KEEL_MEMORY_THREADS": "memory_threads",
     "KEEL_PAYLOAD_THRESHOLD_BYTES": "payload_threshold_bytes",
 }
 

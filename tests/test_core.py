@@ -188,12 +188,14 @@ def drive(
     *,
     resumed: tuple[PlanRun, BudgetBook, dict[str, StepResult]] | None = None,
     pause_after: int | None = None,
+    cap: int | None = None,
 ):
     """Run the plan as the workflow does, finishing running calls in a random order, to its
     end or, with `pause_after`, until that many calls have returned (then nothing new
     starts and the running calls finish: how a run continues as new). A step's output
     depends only on its id, so two drives of one plan take the same branches. Returns the
-    run, the book, every settled result in order and the outputs."""
+    run, the book, every settled result in order and the outputs. With `cap`, at most that
+    many calls run at once (the workflow's per-task parallel-step cap)."""
     rng = random.Random(seed)
     if resumed is None:
         run, book, outputs = PlanRun(plan), BudgetBook.for_budget(budget, None), {}
@@ -210,7 +212,9 @@ def drive(
 
     while True:
         if pause_after is None or returned < pause_after:
-            running += run.advance(tools, outputs, book, record, ignore)
+            room = None if cap is None else cap - len(running)
+            running += run.advance(tools, outputs, book, record, ignore, room=room)
+        assert cap is None or len(running) <= cap
         # the money reserved never exceeds what is left
         assert fits(sum(book.reserved.values()), book.remaining_usd())
         if not running:
@@ -325,6 +329,22 @@ def test_a_snapshot_keeps_a_skipped_step_that_the_rest_waits_on() -> None:
     skipped: list[StepResult] = []
     assert resumed.advance(tools, {}, book, skipped.append, ignore) == []
     assert [(r.step_id, r.status) for r in skipped] == [("s3", StepStatus.SKIPPED)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(plans(), st.integers(0, 2**16), st.integers(1, 3))
+def test_a_capped_run_settles_the_same_steps_a_few_at_a_time(case, seed, cap) -> None:
+    plan, tools, outcomes, budget = case
+    free_run, _, free_results, _ = drive(plan, tools, outcomes, budget, seed)
+    run, book, results, _ = drive(plan, tools, outcomes, budget, seed, cap=cap)
+
+    assert book.ledger.total_usd <= budget + EPSILON_USD
+    settled_ids = [r.step_id for r in results]
+    assert len(settled_ids) == len(set(settled_ids)), "a step settled twice"
+    if not run.blocked and not free_run.blocked:
+        # the cap delays steps, never drops or adds one
+        assert set(settled_ids) == {r.step_id for r in free_results} == run.settled
+        assert not run.unfinished
 
 
 def test_after_a_failure_nothing_new_starts_but_running_steps_finish() -> None:

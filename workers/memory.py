@@ -21,6 +21,7 @@ def build(client: Client, components: Components) -> Worker:
         components.graph,
         Cache(components.vectors, settings.cache_threshold, settings.cache_ttl_s),
         settings.recall_tokens,
+        settings.memory_threads,
     )
     return Worker(
         client,

@@ -39,6 +39,10 @@ ContinueAsNew = Callable[[Snapshot], NoReturn]
 READIED_NOW_PATCH = "keel-start-steps-readied-without-a-call"
 
 
+# Runs started before this patch start every ready step at once.
+PARALLEL_CAP_PATCH = "keel-cap-parallel-steps"
+
+
 def _readied_now() -> bool:
     return workflow.patched(READIED_NOW_PATCH)
 
@@ -61,8 +65,14 @@ async def execute(
         while True:
             pause = run.should_pause(workflow.info().is_continue_as_new_suggested)
             if not pause:
+                # one task's wide plan must not take every tool slot from other users' tasks
+                room = (
+                    task.request.max_parallel_steps - len(running)
+                    if workflow.patched(PARALLEL_CAP_PATCH)
+                    else None
+                )
                 for step in run.advance(
-                    tools, task.outputs, task.book, task.record, task.event, _readied_now
+                    tools, task.outputs, task.book, task.record, task.event, _readied_now, room
                 ):
                     running[step.id] = asyncio.ensure_future(
                         run_step(task, plan.version, step, tools[step.tool])

@@ -3,7 +3,6 @@ the cache of expensive calls in between."""
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 
 from temporalio import activity
@@ -15,6 +14,7 @@ from activities.memory.episodes import EpisodeStore
 from activities.memory.graph import GraphStore
 from keel import durable
 from keel._logging import activity_logger
+from keel._pools import MEMORY, pool, run_in
 from keel.contracts import (
     CacheAnswer,
     CacheLookup,
@@ -41,8 +41,10 @@ class MemoryActivities:
         graph: GraphStore,
         cache: Cache,
         recall_tokens: int,
+        threads: int = 4,
     ) -> None:
         self.episodes, self.documents, self.graph, self.cache = episodes, documents, graph, cache
+        self.pool = pool(MEMORY, threads)
         self.recall_tokens = recall_tokens
 
     def _recall(self, request: RecallRequest) -> Recall:
@@ -65,7 +67,7 @@ class MemoryActivities:
 
     @activity.defn(name=durable.RECALL)
     async def recall(self, request: RecallRequest) -> Recall:
-        found = await asyncio.to_thread(self._recall, request)
+        found = await run_in(self.pool, self._recall, request)
         activity_logger().info(
             "recalled",
             episodes=len(found.episodes),
@@ -95,19 +97,19 @@ class MemoryActivities:
 
     @activity.defn(name=durable.REMEMBER)
     async def remember(self, request: RememberRequest) -> Remembered:
-        done = await asyncio.to_thread(self._remember, request)
+        done = await run_in(self.pool, self._remember, request)
         activity_logger().info("remembered", point=done.episode_id, facts=len(done.facts))
         return done
 
     @activity.defn(name=durable.REMEMBER_DOCUMENT)
     async def remember_document(self, request: RememberDocument) -> Memorized:
-        count = await asyncio.to_thread(self.documents.remember, request.user_id, request.document)
+        count = await run_in(self.pool, self.documents.remember, request.user_id, request.document)
         activity_logger().info("document remembered", source=request.document.source, chunks=count)
         return Memorized(chunks={request.document.source: count})
 
     @activity.defn(name=durable.CACHE_LOOKUP)
     async def cache_lookup(self, request: CacheLookup) -> CacheAnswer:
-        hit = await asyncio.to_thread(self.cache.lookup, request)
+        hit = await run_in(self.pool, self.cache.lookup, request)
         activity_logger().info(
             "cache lookup", kind=request.kind, hit=hit is not None, exact=bool(hit and hit.exact)
         )
@@ -115,4 +117,4 @@ class MemoryActivities:
 
     @activity.defn(name=durable.CACHE_STORE)
     async def cache_store(self, request: CacheStore) -> str:
-        return await asyncio.to_thread(self.cache.store, request)
+        return await run_in(self.pool, self.cache.store, request)

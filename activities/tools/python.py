@@ -14,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
 from pydantic import BaseModel, Field
 
 from activities.tools.registry import ToolContext
+from keel._pools import SANDBOX, pool, run_in
 from keel.settings import Settings
 from sandbox import Limits, Run, SandboxBackend, build_backend, limits_from
 
@@ -72,7 +74,8 @@ class RunPython:
             stdin=args.stdin.encode(),
             limits=self.limits,
         )
-        result = await in_thread_cancellable(lambda cancel: backend.run(run, cancel))
+        threads = pool(SANDBOX, self.settings.sandbox_threads)
+        result = await in_thread_cancellable(lambda cancel: backend.run(run, cancel), threads)
         text = result.stdout.strip() or result.stderr.strip()[-500:]
         return RunPythonOutput(
             stdout=result.stdout,
@@ -85,13 +88,18 @@ class RunPython:
         )
 
 
-async def in_thread_cancellable(fn: Callable[[threading.Event], T]) -> T:
-    """`fn(cancel)` in a worker thread. Cancelling the awaiting task sets `cancel` and waits
-    for `fn` to return (it must stop promptly once `cancel` is set) before re-raising the
-    cancellation: nothing `fn` started is still running when the caller moves on. A thread
-    cannot be stopped from outside, which is why plain `asyncio.to_thread` would leave it."""
+async def in_thread_cancellable(
+    fn: Callable[[threading.Event], T], executor: ThreadPoolExecutor | None = None
+) -> T:
+    """`fn(cancel)` in a thread of `executor` (asyncio's default pool when None).
+    Cancelling the awaiting task sets `cancel` and waits for `fn` to return (it must stop
+    promptly once `cancel` is set) before re-raising the cancellation: nothing `fn` started
+    is still running when the caller moves on. A thread cannot be stopped from outside,
+    which is why plain `asyncio.to_thread` would leave it."""
     cancel = threading.Event()
-    thread = asyncio.ensure_future(asyncio.to_thread(fn, cancel))
+    thread = asyncio.ensure_future(
+        asyncio.to_thread(fn, cancel) if executor is None else run_in(executor, fn, cancel)
+    )
     try:
         return await asyncio.shield(thread)
     except asyncio.CancelledError:

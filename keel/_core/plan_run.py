@@ -89,9 +89,11 @@ class PlanRun:
         settle: Callable[[StepResult], None],
         note: Callable[[str], None],
         readied_now: Callable[[], bool] = lambda: True,
+        room: int | None = None,
     ) -> list[PlanStep]:
-        """Start every ready step that may start now, and return those that need a call
-        (their expected cost reserved in `book`). Steps that need no call settle here
+        """Start every ready step that may start now, at most `room` of them needing a
+        call, and return those (their expected cost reserved in `book`); the rest stay
+        ready for a later call. Steps that need no call settle here
         through `settle` (which records the result, so later gates see it); `note` gets
         what a person watching should read. `readied_now` is asked when such a step readied
         others: whether they start at once (the workflow's patch for runs started before
@@ -100,6 +102,8 @@ class PlanRun:
         ready = ready_steps(self.plan, self.settled, self.started)
         while ready and not self.blocked:
             for step in ready:
+                if room is not None and len(launch) >= room:
+                    return launch
                 self.started.add(step.id)
                 spec = tools[step.tool]
                 gated = gate(self.plan.version, step, spec, self.skipped, outputs, note)
