@@ -109,7 +109,7 @@ class Settings(BaseModel):
     payload_dir: Path | None = None
     # Threads for blocking work, one pool per kind (keel/_pools.py): one kind cannot starve another.
     sandbox_threads: int = Field(default=16, ge=1, le=256)
-    memory_threads: int = Field(default=4, ge=1, le=64)
+    memory_threads: int = Field(default=8, ge=1, le=64)
     payload_threshold_bytes: int = Field(default=128 * 1024, ge=1024, le=2 * 1024 * 1024)
 
     @field_validator("local_model")
