@@ -20,9 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from temporalio.client import Client
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.report import print_summary, save  # noqa: E402
+from bench.report import finish  # noqa: E402
 from keel._queues import Queues  # noqa: E402
 from keel.client import start_task  # noqa: E402
 from keel.contracts import Budget, TaskRequest, TaskStatus  # noqa: E402
@@ -34,14 +36,14 @@ from workers.process import build_all, workers_running  # noqa: E402
 STEPS_PER_FLOOD_TASK = 8
 
 
-async def victim_latencies(client: object, model: ScriptedModel, label: str, n: int) -> list[float]:
+async def victim_latencies(client: Client, model: ScriptedModel, label: str, n: int) -> list[float]:
     latencies = []
     for i in range(n):
         task = f"What is 12+{i}? ({label} {i})"
         step = {"id": "s1", "tool": "calculator", "args": {"expression": f"12+{i}"}}
         model.script(task, "plan", json.dumps({"steps": [step], "answer": "{{s1.value}}"}))
         began = time.perf_counter()
-        handle = await start_task(client, TaskRequest(task=task, user_id="victim"))  # type: ignore[arg-type]
+        handle = await start_task(client, TaskRequest(task=task, user_id="victim"))
         result = await handle.result()
         latencies.append((time.perf_counter() - began) * 1000)
         assert result.status == TaskStatus.COMPLETED and result.answer == str(12 + i), result
@@ -116,11 +118,7 @@ def main() -> None:
         f"victim p50 alone and under a flood of {args.flood_tasks * STEPS_PER_FLOOD_TASK} "
         f"sandboxed time.sleep({args.sleep}) runs"
     )
-    report = asyncio.run(bench(victims, args.flood_tasks, args.sleep))
-    summary = report["summary"]
-    assert isinstance(summary, dict)
-    print_summary(summary)
-    save("fairness", report)
+    finish("fairness", asyncio.run(bench(victims, args.flood_tasks, args.sleep)))
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ from activities.memory.graph_sqlite import SqliteGraphStore  # noqa: E402
 from activities.memory.vectors import VectorStore  # noqa: E402
 from bench.report import print_summary, save  # noqa: E402
 from keel.contracts import Episode, RecallRequest, Triple  # noqa: E402
+from keel.settings import Settings  # noqa: E402
 
 SIZES = (1_000, 10_000, 100_000)
 TOPICS = [
@@ -172,13 +173,24 @@ def main() -> None:
             now,
             f"bench-{i}",
         )
+    threads = Settings().memory_threads
     memory = MemoryActivities(
-        EpisodeStore(vectors), DocumentStore(vectors), graph, Cache(vectors, 0.92, 3600), 400
+        EpisodeStore(vectors),
+        DocumentStore(vectors),
+        graph,
+        Cache(vectors, 0.92, 3600),
+        400,
+        threads,
     )
 
     baseline = VectorStore(QdrantClient(":memory:"), embedder, shards=1, where=":memory:")
     baseline_memory = MemoryActivities(
-        EpisodeStore(baseline), DocumentStore(baseline), graph, Cache(vectors, 0.92, 3600), 400
+        EpisodeStore(baseline),
+        DocumentStore(baseline),
+        graph,
+        Cache(vectors, 0.92, 3600),
+        400,
+        threads,
     )
 
     # the baseline's one big collection is the case local mode warns about; that is the point

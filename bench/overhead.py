@@ -31,7 +31,7 @@ from temporalio.worker import Worker
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from activities.tools.registry import ToolContext, define_tool  # noqa: E402
-from bench.report import print_summary, save  # noqa: E402
+from bench.report import finish  # noqa: E402
 from keel._queues import Queues  # noqa: E402
 from keel.client import start_task  # noqa: E402
 from keel.contracts import Budget, TaskRequest, TaskStatus  # noqa: E402
@@ -231,9 +231,6 @@ def main() -> None:
     concurrency = args.concurrency or (10 if args.quick else 50)
     print(f"AgentTask vs bare workflow: {args.steps} steps, {tasks} tasks, {concurrency} in flight")
     report = asyncio.run(bench(args.steps, tasks, concurrency))
-    summary = report["summary"]
-    assert isinstance(summary, dict)
-    print_summary(summary)
     profiles = report["profile"]
     assert isinstance(profiles, dict)
     print("\nmedian ms per task (history sample; wait = scheduled to started)")
@@ -241,7 +238,7 @@ def main() -> None:
         print(f"{kind}:")
         for key, value in prof["median_ms_per_task"].items():
             print(f"  {key:40} {value:10.1f}")
-    save("overhead", report)
+    finish("overhead", report)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,14 @@ def print_summary(summary: Mapping[str, object]) -> None:
         print(f"{key:{width}} {value!s:>12}")
 
 
+def finish(name: str, report: Mapping[str, object]) -> Path:
+    """The report's `summary` printed as the table, and the whole report saved."""
+    summary = report["summary"]
+    assert isinstance(summary, Mapping)
+    print_summary(summary)
+    return save(name, report)
+
+
 def save(name: str, report: object) -> Path:
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.report import print_summary, save  # noqa: E402
+from bench.report import finish  # noqa: E402
 from keel import _logging as keel_logging  # noqa: E402
 from keel._queues import Queues  # noqa: E402
 from keel.client import start_task  # noqa: E402
@@ -146,11 +146,7 @@ def main() -> None:
     tasks = args.tasks or (30 if args.quick else 100)
     print(f"{tasks} tasks, {PLANNERS} planner processes, one killed every {args.kill_every:g} s")
     keel_logging.configure("WARNING")  # the workers' per-activity lines would bury the table
-    report = asyncio.run(bench(tasks, args.kill_every))
-    summary = report["summary"]
-    assert isinstance(summary, dict)
-    print_summary(summary)
-    save("worker_kills", report)
+    finish("worker_kills", asyncio.run(bench(tasks, args.kill_every)))
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ class MemoryActivities:
         graph: GraphStore,
         cache: Cache,
         recall_tokens: int,
-        threads: int = 4,
+        threads: int,
     ) -> None:
         self.episodes, self.documents, self.graph, self.cache = episodes, documents, graph, cache
         self.pool = pool(MEMORY, threads)

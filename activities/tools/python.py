@@ -89,17 +89,15 @@ class RunPython:
 
 
 async def in_thread_cancellable(
-    fn: Callable[[threading.Event], T], executor: ThreadPoolExecutor | None = None
+    fn: Callable[[threading.Event], T], executor: ThreadPoolExecutor
 ) -> T:
-    """`fn(cancel)` in a thread of `executor` (asyncio's default pool when None).
+    """`fn(cancel)` in a thread of `executor`.
     Cancelling the awaiting task sets `cancel` and waits for `fn` to return (it must stop
     promptly once `cancel` is set) before re-raising the cancellation: nothing `fn` started
     is still running when the caller moves on. A thread cannot be stopped from outside,
     which is why plain `asyncio.to_thread` would leave it."""
     cancel = threading.Event()
-    thread = asyncio.ensure_future(
-        asyncio.to_thread(fn, cancel) if executor is None else run_in(executor, fn, cancel)
-    )
+    thread = asyncio.ensure_future(run_in(executor, fn, cancel))
     try:
         return await asyncio.shield(thread)
     except asyncio.CancelledError:
