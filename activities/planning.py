@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from activities.grounding import ground
 from activities.models.base import Message, ModelRequest
@@ -24,6 +25,7 @@ from keel import durable
 from keel._converter import describe_validation_error
 from keel._logging import activity_logger
 from keel._plans import answer_errors, output_text
+from keel._workflow_tools import resolve_catalog
 from keel.contracts import (
     Plan,
     PlanRequest,
@@ -403,8 +405,30 @@ def cost_plan(draft: _Draft, request: PlanRequest, synthesis_usd: float, model: 
 
 
 class PlanningActivities:
-    def __init__(self, router: ModelRouter, docs_dir: Path) -> None:
-        self.router, self.docs_dir = router, docs_dir
+    """`catalog` gives the specs of the tool activities (the tool registry of this process,
+    built from the same settings as the tool worker's): a plan request that names its
+    catalog by reference is resolved against it."""
+
+    def __init__(
+        self,
+        router: ModelRouter,
+        docs_dir: Path,
+        catalog: Callable[[], list[ToolSpec]] | None = None,
+    ) -> None:
+        self.router, self.docs_dir, self.catalog = router, docs_dir, catalog
+
+    def _resolved(self, request: PlanRequest) -> PlanRequest:
+        if request.catalog is None:
+            return request
+        if self.catalog is None:
+            raise ApplicationError(
+                "this planner worker has no tool catalog; build it with one "
+                "(workers/planner.py does)",
+                type="CatalogUnavailable",
+                non_retryable=True,
+            )
+        tools = resolve_catalog(self.catalog(), request.catalog)
+        return request.model_copy(update={"tools": tools})
 
     def _files(self) -> list[str]:
         if not self.docs_dir.is_dir():
@@ -416,6 +440,8 @@ class PlanningActivities:
     @activity.defn(name=durable.PLAN)
     async def plan(self, request: PlanRequest) -> PlanResponse:
         log = activity_logger()
+        by_ref = request.catalog is not None
+        request = self._resolved(request)
         files = self._files()
         done = {r.step_id for r in request.completed if r.status == StepStatus.SUCCEEDED}
         synthesis_usd = self.router.estimate_usd("reasoner", *TYPICAL_REASONER_CALL)
@@ -449,4 +475,13 @@ class PlanningActivities:
         log.info(
             "planned", role=request.role, steps=len(plan.steps), expected_usd=plan.expected_cost_usd
         )
-        return PlanResponse(plan=plan, usage=routed.usage)
+        if not by_ref:
+            return PlanResponse(plan=plan, usage=routed.usage)
+        # the workflow validates and runs the plan with the specs of the tools it calls
+        called = {s.tool for s in plan.steps}
+        return PlanResponse(
+            plan=plan,
+            usage=routed.usage,
+            tools=[t for t in request.tools if t.name in called],
+            offered=[t.name for t in request.tools],
+        )

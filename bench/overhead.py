@@ -40,21 +40,23 @@ from keel.testing import scripted_components  # noqa: E402
 from temporal.devserver import start_test_environment  # noqa: E402
 from workers.process import build_all, workers_running  # noqa: E402
 
-# recall, list_tools, plan, synthesize, remember: what AgentTask runs besides its steps
+# What AgentTask ran besides its steps when the issue was filed (recall, list_tools, plan,
+# synthesize, remember): the bare workflow runs that many more activities than steps.
+# AgentTask now runs recall, plan, cache_lookup, synthesize, remember.
 KEEL_FIXED_ACTIVITIES = 5
 BARE_QUEUE = "bench-bare"
 HISTORY_SAMPLE = 10  # the last tasks of each kind, whose histories are read
 
 
-class _Empty(BaseModel):
-    pass
+class _Nth(BaseModel):
+    n: int  # steps differ, or the planner would drop repeats of the same call
 
 
 class _Done(BaseModel):
     text: str = "ok"
 
 
-async def _noop(args: _Empty, ctx: ToolContext) -> _Done:
+async def _noop(args: _Nth, ctx: ToolContext) -> _Done:
     return _Done()
 
 
@@ -136,10 +138,10 @@ async def bench(steps: int, tasks: int, concurrency: int) -> dict[str, object]:
     client: Client = env.client
     with tempfile.TemporaryDirectory() as home:
         components, model = scripted_components(Settings(home=Path(home)), Queues())
-        components.registry.add(define_tool("noop", "does nothing", _noop, _Empty, _Done))
+        components.registry.add(define_tool("noop", "does nothing", _noop, _Nth, _Done))
         plan = {
             "steps": [
-                {"id": f"s{i}", "tool": "noop", "args": {}, "depends_on": []}
+                {"id": f"s{i}", "tool": "noop", "args": {"n": i}, "depends_on": []}
                 for i in range(1, steps + 1)
             ]
         }

@@ -44,11 +44,13 @@ def validate_plan(
     tools: Mapping[str, ToolSpec],
     done: Collection[str] = (),
     max_steps: int = MAX_STEPS,
+    offered: Collection[str] | None = None,
 ) -> list[str]:
     """Every structural reason the plan must not run; empty when it may.
 
     `done` holds the ids of steps that earlier plan versions already completed: a re-plan
-    may depend on them (and reference their outputs) but not reuse their ids.
+    may depend on them (and reference their outputs) but not reuse their ids. `offered`
+    names the tools the planner was offered, when `tools` holds only those the plan calls.
     """
     errors: list[str] = []
     if not plan.steps and plan.answer is None:
@@ -68,7 +70,7 @@ def validate_plan(
         if spec is None:
             errors.append(
                 f"step {step.id}: unknown or disallowed tool {step.tool!r} "
-                f"(available: {', '.join(sorted(tools))})"
+                f"(available: {', '.join(sorted(tools if offered is None else offered))})"
             )
             continue
         for dep in step.depends_on:

@@ -7,7 +7,7 @@ question or delegate like any other call; `ToolSpec.runs_as` tells the workflow 
 
 from __future__ import annotations
 
-from keel.contracts import SideEffects, SubAgent, ToolSpec
+from keel.contracts import CatalogRef, SideEffects, SubAgent, ToolSpec
 
 ASK_HUMAN = ToolSpec(
     name="ask_human",
@@ -67,3 +67,19 @@ def subagent_spec(agent: SubAgent) -> ToolSpec:
         idempotent=False,
         runs_as="subagent",
     )
+
+
+def resolve_catalog(listed: list[ToolSpec], ref: CatalogRef) -> list[ToolSpec]:
+    """A task's catalog: the tool activities' specs (`listed`), then ask_human and the
+    sub-agents where the task offers them, cut to its allow-list. The workflow builds it so
+    for runs that fetched the catalog; the planner worker, for a plan request by reference."""
+    specs = [
+        *listed,
+        *([ASK_HUMAN] if ref.ask_human else []),
+        *(
+            subagent_spec(a)
+            for a in (DEFAULT_SUBAGENTS if ref.subagents is None else ref.subagents)
+        ),
+    ]
+    allowed = set(ref.allowed_tools) if ref.allowed_tools is not None else None
+    return [t for t in specs if allowed is None or t.name in allowed]

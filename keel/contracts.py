@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, computed_field, field_validator
 
 from keel._short_term import ShortTermMemory
 from keel.durable import TOOLS_QUEUE
@@ -26,6 +26,10 @@ def _not_shared(user_id: str) -> str:
 
 
 Strategy = Literal["plan", "react"]
+
+
+# A duration in milliseconds, to 0.1 ms: more digits are noise that every payload carries.
+Millis = Annotated[float, AfterValidator(lambda v: round(v, 1))]
 
 
 class Budget(BaseModel):
@@ -243,7 +247,7 @@ class StepResult(BaseModel):
     output: dict[str, Any] | None = None
     error: str | None = None
     cost_usd: float = 0.0
-    latency_ms: float = 0.0
+    latency_ms: Millis = 0.0
     cached: bool = Field(default=False, description="the output came from the cache")
 
 
@@ -253,7 +257,7 @@ class ModelUsage(BaseModel):
     input_tokens: int = 0
     output_tokens: int = 0
     usd: float = 0.0
-    latency_ms: float = 0.0
+    latency_ms: Millis = 0.0
 
 
 class LedgerEntry(BaseModel):
@@ -264,7 +268,7 @@ class LedgerEntry(BaseModel):
     input_tokens: int = 0
     output_tokens: int = 0
     usd: float = 0.0
-    latency_ms: float = 0.0
+    latency_ms: Millis = 0.0
     ok: bool = True
     cached: bool = Field(default=False, description="answered from the cache, at no model cost")
     calls: int = Field(default=1, ge=1, description="calls summed into this entry (compaction)")
@@ -451,6 +455,9 @@ class CarriedState(BaseModel):
     )
     settled: list[str] = Field(default_factory=list, description="finished steps they wait on")
     skipped: list[str] = Field(default_factory=list, description="skipped steps they wait on")
+    tools: list[ToolSpec] | None = Field(
+        default=None, description="the specs of the tools the task's plans called so far"
+    )
 
 
 # --- activity payloads ---------------------------------------------------------------------
@@ -576,6 +583,9 @@ class RememberRequest(BaseModel):
     learned_at: datetime | None = Field(
         default=None, description="when the facts became known (workflow time)"
     )
+    answer_cache_key: str | None = Field(
+        default=None, description="cache the answer under this synthesis key (for this user)"
+    )
 
 
 class Remembered(BaseModel):
@@ -604,13 +614,31 @@ class CacheAnswer(BaseModel):
     hit: CacheHit | None = None
 
 
+class CatalogRef(BaseModel):
+    """The task's tool catalog by reference: the planner worker rebuilds it from its own tool
+    registry plus the workflow's own tools named here, so no plan request carries it."""
+
+    allowed_tools: list[str] | None = Field(
+        default=None, description="the task's allow-list; None: every tool"
+    )
+    ask_human: bool = Field(default=False, description="offer ask_human")
+    subagents: list[SubAgent] | None = Field(
+        default=None, description="offered as tools; None: the default sub-agents"
+    )
+
+
 class PlanRequest(BaseModel):
     task: str
     role: str = Field(
         default="planner", description="planner, or escalation after the planner's plan failed"
     )
     context: list[str] = Field(default_factory=list)
-    tools: list[ToolSpec]
+    tools: list[ToolSpec] = Field(
+        default_factory=list, description="the catalog in full (runs before catalog refs)"
+    )
+    catalog: CatalogRef | None = Field(
+        default=None, description="the catalog by reference; the planner resolves it"
+    )
     remaining_usd: float
     max_usd: float = Field(description="the planning call itself may spend at most this")
     max_tokens: int | None = Field(default=None, description="token allowance for the call")
@@ -628,6 +656,13 @@ class PlanResponse(BaseModel):
     plan: Plan | None = None
     error: str | None = None
     usage: ModelUsage
+    tools: list[ToolSpec] = Field(
+        default_factory=list,
+        description="for a request by catalog ref: the specs of the tools the plan calls",
+    )
+    offered: list[str] = Field(
+        default_factory=list, description="for a request by catalog ref: every tool offered"
+    )
 
 
 class ReactRequest(BaseModel):

@@ -46,7 +46,11 @@ def _stops_triton(components: Components) -> SimplePlugin:
 
 def build(client: Client, components: Components) -> Worker:
     components.start_triton()  # if the model is `triton` and KEEL_TRITON_URL is unset
-    planning = PlanningActivities(components.router, components.settings.docs_dir)
+    # plan requests name their catalog by reference: this worker resolves it against the
+    # tool registry of its own process (KEEL_MCP_SERVERS' tools included, see process.py)
+    planning = PlanningActivities(
+        components.router, components.settings.docs_dir, components.registry.specs
+    )
     react = ReactActivities(components.router)  # the ReAct baseline's per-step calls
     extraction = ExtractionActivities(components.router)  # facts for memory, small model
     on_triton = parse_spec(components.settings.planner_model)[0] == "triton"

@@ -43,8 +43,8 @@ async def build_workers(
     client: Client, components: Components, names: Sequence[str] = tuple(BUILDERS)
 ) -> list[Worker]:
     """build_all, after asking the external MCP servers (KEEL_MCP_SERVERS) for their tools
-    when the tool worker is among `names`: that worker serves them."""
-    if "tools" in names:
+    when the tool worker is among `names` (it serves them) or the planner (it offers them)."""
+    if "tools" in names or "planner" in names:
         await components.load_mcp_tools()
     return build_all(client, components, names)
 

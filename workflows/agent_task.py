@@ -39,7 +39,7 @@ from workflows.answer import synthesize
 from workflows.human import Decision, TimedOutWaiting
 from workflows.planning import plan_and_execute
 from workflows.react import react
-from workflows.state import Outcome, TaskState
+from workflows.state import LEAN_PATCH, Outcome, TaskState
 
 
 @workflow.defn(name=durable.AGENT_TASK)
@@ -109,7 +109,12 @@ class AgentTask:
     @workflow.run
     async def run(self, request: TaskRequest) -> TaskResult:
         task = self._task
-        workflow.upsert_search_attributes([sa.USER.value_set(request.user_id)])
+        task.lean = workflow.patched(LEAN_PATCH)
+        user = sa.USER.value_set(request.user_id)
+        if task.lean:
+            task.attributes_due.append(user)  # upserted with the first status
+        else:
+            workflow.upsert_search_attributes([user])
         try:
             try:
                 outcome = await self._work()

@@ -9,8 +9,8 @@ from temporalio import workflow
 
 from keel import durable
 from keel._core.budget import fits
-from keel._core.cache_keys import answer_key
-from keel.contracts import CacheStore, Synthesis, SynthesisRequest, TaskStatus
+from keel._core.cache_keys import answer_entry, answer_key
+from keel.contracts import Synthesis, SynthesisRequest, TaskStatus
 from workflows import activity_options as options
 from workflows.memory_calls import cache_lookup, cache_store
 from workflows.state import TaskState
@@ -43,15 +43,9 @@ async def synthesize(task: TaskState, context: list[str], knowledge: list[str]) 
         refusal="the answer does not fit the budget",
     )
     task.book.book_model(synthesis.usage)
-    await cache_store(
-        task,
-        CacheStore(
-            kind=durable.SYNTHESIZE,
-            key=key,
-            user_id=task.user_id,
-            value={"answer": synthesis.answer},
-            semantic=False,
-            source=f"{workflow.info().workflow_id}/synthesize",
-        ),
-    )
+    if task.lean and workflow.info().parent is None:
+        task.answer_cache_key = key  # stored with the episode: one memory call, not two
+    else:
+        workflow_id = workflow.info().workflow_id
+        await cache_store(task, answer_entry(key, task.user_id, synthesis.answer, workflow_id))
     return synthesis.answer

@@ -68,7 +68,7 @@ async def execute(
                 # one task's wide plan must not take every tool slot from other users' tasks
                 room = (
                     task.request.max_parallel_steps - len(running)
-                    if workflow.patched(PARALLEL_CAP_PATCH)
+                    if task.lean or workflow.patched(PARALLEL_CAP_PATCH)
                     else None
                 )
                 for step in run.advance(
@@ -81,13 +81,16 @@ async def execute(
                 if pause and not run.blocked:
                     continue_as_new(run.snapshot())
                 break
+            if task.lean:  # while steps run; the status after the last one carries its cost
+                task.publish_cost()
             await workflow.wait(list(running.values()), return_when=asyncio.FIRST_COMPLETED)
             for step_id in [i for i, t in running.items() if t.done()]:  # replay-safe order
                 result = running.pop(step_id).result()
                 task.book.release(step_id)
                 task.record(result)
                 run.settle(result)
-            task.publish_cost()
+            if not task.lean:
+                task.publish_cost()
     except (Exception, asyncio.CancelledError):  # not GeneratorExit: evicted from cache
         # cancelled, or a wait for a person gave up: stop the other steps (their tool
         # activities are cancelled and their reservations booked) before going on

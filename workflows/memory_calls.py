@@ -14,12 +14,13 @@ from temporalio.exceptions import ActivityError
 
 from keel import durable
 from keel._core.budget import BudgetExhausted
-from keel._workflow_tools import ASK_HUMAN, DEFAULT_SUBAGENTS, subagent_spec
+from keel._workflow_tools import DEFAULT_SUBAGENTS, resolve_catalog
 from keel.contracts import (
     CacheAnswer,
     CacheHit,
     CacheLookup,
     CacheStore,
+    CatalogRef,
     Extraction,
     ExtractionRequest,
     Recall,
@@ -52,7 +53,27 @@ async def recall(task: TaskState) -> Recall:
 
 async def catalog(task: TaskState) -> dict[str, ToolSpec]:
     """The tool activities' catalog, plus what the workflow does itself: asking a person
-    and the sub-agents (none inside a sub-agent: delegation is one level deep)."""
+    and the sub-agents (none inside a sub-agent: delegation is one level deep).
+
+    A planning run names the catalog by reference: the planner worker rebuilds it, and each
+    plan comes back with the specs of the tools it calls (no catalog round trip, and no
+    catalog in history). Runs started before that, ReAct runs, and runs continued from one
+    that fetched the catalog, fetch it with the `list_tools` activity."""
+    request = task.request
+    agents = request.subagents if request.subagents is not None else DEFAULT_SUBAGENTS
+    if workflow.info().parent is not None:
+        agents = []
+    task.subagents = {a.name: a for a in agents}
+    carried = request.carried
+    if task.lean and request.strategy == "plan" and (carried is None or carried.tools is not None):
+        task.catalog_ref = CatalogRef(
+            allowed_tools=request.allowed_tools,
+            ask_human=request.human.questions,
+            subagents=request.subagents if agents else [],  # None: the defaults
+        )
+        own = resolve_catalog(list(carried.tools or []) if carried else [], task.catalog_ref)
+        task.tools = {t.name: t for t in own}
+        return task.tools
     listed = await workflow.execute_activity(
         durable.LIST_TOOLS,
         result_type=list[ToolSpec],
@@ -60,16 +81,11 @@ async def catalog(task: TaskState) -> dict[str, ToolSpec]:
         summary="list tools",
         **options.MEMORY,
     )
-    request = task.request
-    agents = request.subagents if request.subagents is not None else DEFAULT_SUBAGENTS
-    if workflow.info().parent is not None:
-        agents = []
-    task.subagents = {a.name: a for a in agents}
     # runs started before the patch offered ask_human to every plan, and replay that way
     asks = request.human.questions or not workflow.patched(ASK_HUMAN_PATCH)
-    specs = [*listed, *([ASK_HUMAN] if asks else []), *(subagent_spec(a) for a in agents)]
-    allowed = set(request.allowed_tools) if request.allowed_tools is not None else None
-    return {t.name: t for t in specs if allowed is None or t.name in allowed}
+    ref = CatalogRef(allowed_tools=request.allowed_tools, ask_human=asks, subagents=agents)
+    task.tools = {t.name: t for t in resolve_catalog(listed, ref)}
+    return task.tools
 
 
 async def cache_lookup(
@@ -122,6 +138,7 @@ async def remember(task: TaskState, answer: str, status: TaskStatus) -> None:
             status=status.value,
             triples=triples,
             learned_at=workflow.now(),
+            answer_cache_key=task.answer_cache_key,
         ),
         result_type=Remembered,
         task_queue=task.queues.memory,

@@ -87,6 +87,7 @@ async def plan_and_execute(
                 tools,
                 done=task.outputs,
                 max_steps=task.request.max_plan_steps or MAX_STEPS,
+                offered=response.offered if task.catalog_ref is not None else None,
             )
             money = budget_error(plan, task.book.remaining_usd())
             over_budget = money is not None and not errors
@@ -205,7 +206,8 @@ async def _call_planner(
             task=task.request.task,
             role=role,
             context=context + task.short_term.recap(),  # what left the window
-            tools=list(tools.values()),
+            tools=[] if task.catalog_ref is not None else list(tools.values()),
+            catalog=task.catalog_ref,
             remaining_usd=remaining,
             max_usd=remaining,
             max_tokens=task.book.remaining_tokens(),
@@ -220,6 +222,17 @@ async def _call_planner(
         refusal="planning does not fit the budget",
     )
     task.book.book_model(response.usage)
+    if task.catalog_ref is not None:  # the specs of the tool activities this plan calls
+        allowed = task.request.allowed_tools
+        tools.update(
+            {
+                t.name: t
+                for t in response.tools
+                if t.runs_as == "activity"  # the workflow's own tools are known here
+                and tools.get(t.name, t).runs_as == "activity"
+                and (allowed is None or t.name in allowed)
+            }
+        )
     return response
 
 

@@ -22,6 +22,7 @@ from keel._queues import Queues
 from keel._short_term import ShortTermMemory
 from keel.contracts import (
     CarriedState,
+    CatalogRef,
     Plan,
     StepResult,
     StepStatus,
@@ -30,9 +31,16 @@ from keel.contracts import (
     TaskRequest,
     TaskResult,
     TaskStatus,
+    ToolSpec,
 )
 from workflows.human import HumanDesk
 
+# Runs started before this patch fetch the catalog with `list_tools` and send it whole with
+# every plan request, upsert search attributes that did not change, store the synthesis
+# cache entry with its own activity, and mark the parallel-steps cap with its own patch;
+# they replay that way. One patch for all of it: each patch costs every run a marker and
+# a search-attribute upsert in its history.
+LEAN_PATCH = "keel-lean-history"
 EVENTS_KEPT = 50
 # Continuing as new carries the last results (for the answer) and nothing older.
 RESULTS_CARRIED = 20
@@ -71,6 +79,14 @@ class TaskState:
     short_term: ShortTermMemory = field(default_factory=ShortTermMemory)
     human: HumanDesk = field(default_factory=HumanDesk)
     subagents: dict[str, SubAgent] = field(default_factory=dict)
+    # the specs the task knows: the whole catalog, or (catalog_ref set) the workflow's own
+    # tools and those its plans called, which come back with each plan
+    tools: dict[str, ToolSpec] = field(default_factory=dict)
+    catalog_ref: CatalogRef | None = None
+    lean: bool = False  # LEAN_PATCH applies
+    published_usd: float | None = None  # the cost the KeelCostUsd attribute shows
+    attributes_due: list[SearchAttributeUpdate[Any]] = field(default_factory=list)
+    answer_cache_key: str | None = None  # the answer is cached with the episode, by this
     # from the previous run, when this one continued as new
     carried_failures: list[str] = field(default_factory=list)
     first_version: int = 1
@@ -104,16 +120,24 @@ class TaskState:
         self.status = status
         self.event(event)
         updates: list[SearchAttributeUpdate[Any]] = [
+            *self.attributes_due,
             sa.STATUS.value_set(status.value),
             sa.COST_USD.value_set(self.book.ledger.total_usd),
         ]
+        self.attributes_due = []
         if status.is_final:  # the completion-rate metric: done with no person stepping in
             without_human = status == TaskStatus.COMPLETED and self.human.interventions == 0
             updates.append(sa.WITHOUT_HUMAN.value_set(without_human))
         workflow.upsert_search_attributes(updates)
+        self.published_usd = self.book.ledger.total_usd
 
     def publish_cost(self) -> None:
-        workflow.upsert_search_attributes([sa.COST_USD.value_set(self.book.ledger.total_usd)])
+        """Show the cost so far in the UI (a lean run: only when it changed)."""
+        cost = self.book.ledger.total_usd
+        if self.lean and cost == self.published_usd:
+            return
+        workflow.upsert_search_attributes([sa.COST_USD.value_set(cost)])
+        self.published_usd = cost
 
     def progress(self) -> TaskProgress:
         return TaskProgress(
@@ -175,6 +199,9 @@ class TaskState:
             plan=snapshot.plan if snapshot is not None else None,
             settled=sorted(snapshot.settled) if snapshot is not None else [],
             skipped=sorted(snapshot.skipped) if snapshot is not None else [],
+            tools=[t for t in self.tools.values() if t.runs_as == "activity"]
+            if self.catalog_ref is not None
+            else None,
         )
 
     def resume(self, carried: CarriedState) -> None:

@@ -13,6 +13,7 @@ from activities.memory.documents import DocumentStore
 from activities.memory.episodes import EpisodeStore
 from activities.memory.graph import GraphStore
 from keel import durable
+from keel._core.cache_keys import answer_entry
 from keel._logging import activity_logger
 from keel._pools import MEMORY, pool, run_in
 from keel.contracts import (
@@ -93,6 +94,12 @@ class MemoryActivities:
             request.learned_at or datetime.now(UTC),
             source=f"{request.workflow_id}/remember",
         )
+        if request.answer_cache_key is not None:  # the task's answer, for the same task again
+            self.cache.store(
+                answer_entry(
+                    request.answer_cache_key, request.user_id, request.answer, request.workflow_id
+                )
+            )
         return Remembered(episode_id=point, facts=facts)
 
     @activity.defn(name=durable.REMEMBER)

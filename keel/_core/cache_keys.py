@@ -6,7 +6,8 @@ import hashlib
 import json
 from collections.abc import Iterable
 
-from keel.contracts import StepResult, StepStatus
+from keel.contracts import CacheStore, StepResult, StepStatus
+from keel.durable import SYNTHESIZE
 
 
 def tool_call_key(args: dict[str, object]) -> str:
@@ -25,3 +26,15 @@ def answer_key(task: str, knowledge: list[str], results: Iterable[StepResult]) -
         [r.tool, r.args, r.output] for r in results if r.status == StepStatus.SUCCEEDED
     ]
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def answer_entry(key: str, user_id: str, answer: str, workflow_id: str) -> CacheStore:
+    """The cache entry of a task's written answer, under its `answer_key` (per user)."""
+    return CacheStore(
+        kind=SYNTHESIZE,
+        key=key,
+        user_id=user_id,
+        value={"answer": answer},
+        semantic=False,
+        source=f"{workflow_id}/synthesize",
+    )
