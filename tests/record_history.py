@@ -2,7 +2,7 @@
 
 Record a new scenario after a deliberate change to the workflow's command sequence (behind
 `workflow.patched()`; say so in review), and keep the old recordings (tests/test_replay.py):
-    .venv/bin/python -m tests.record_history ask_human subagent   # only these
+    .venv/bin/python -m tests.record_history ask_human subagent_delegation   # only these
     .venv/bin/python -m tests.record_history                      # every scenario
 Each scenario is a real run on a dev server with real workers and the scripted model, under a
 fixed workflow id, history-<name>, which tests/test_replay.py replays it under again (its file
@@ -254,11 +254,11 @@ RECORDERS["human_escalation"] = (
 )
 
 
-@recorder("subagent")
+@recorder("subagent_delegation")
 async def _subagent(stack: Stack, name: str) -> None:
     """A step delegated to the coder sub-agent: the parent's history (under the scenario's
     name: replaying it needs its workflow id, from which the child's id is derived) and the
-    child's."""
+    child's. (subagent.json is the same scenario recorded before the lean-history patch.)"""
     sub_task = "multiply nine by nine"
     request = TaskRequest(task="Have the coder multiply 9 by 9", budget=Budget(usd=0.05))
     delegate = {"id": "s1", "tool": "coder", "args": {"task": sub_task}}

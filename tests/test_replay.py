@@ -4,7 +4,8 @@ determinism for running tasks fails here.
 A history is what a task started by an earlier release looks like: keep it. A deliberate
 change to the command sequence goes behind `workflow.patched()` and adds a new recording
 (`python -m tests.record_history NAME`); re-recording an old one would hide the very break
-this test exists to catch."""
+this test exists to catch. `*_before_lean.json` and `subagent.json`/`subagent_child.json` are
+runs recorded before the lean-history patch (workflows/state.py), kept as they were."""
 
 from __future__ import annotations
 
