@@ -7,6 +7,7 @@ activities to equally prefixed planner, reasoner, tool and memory workers.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from keel.durable import AGENT_QUEUE as AGENT
@@ -16,7 +17,7 @@ from keel.durable import MEMORY_QUEUE as MEMORY
 from keel.durable import PLANNER_QUEUE as PLANNER
 from keel.durable import TOOLS_QUEUE as TOOLS
 
-__all__ = ["AGENT", "HTTP", "LLM", "MEMORY", "PLANNER", "TOOLS", "Queues"]
+__all__ = ["AGENT", "HTTP", "LLM", "MEMORY", "PLANNER", "TOOLS", "Queues", "fairness_key"]
 
 
 @dataclass(frozen=True)
@@ -51,3 +52,16 @@ class Queues:
     @property
     def memory(self) -> str:
         return self.name(MEMORY)
+
+
+# Temporal caps a fairness key at 64 bytes.
+FAIRNESS_KEY_BYTES = 64
+
+
+def fairness_key(user_id: str) -> str:
+    """The key Temporal's task-queue fairness shares a queue's dispatch by: one per user, so
+    one user's backlog of steps cannot hold back another user's. A user id too long for a
+    key is replaced by its digest."""
+    if len(user_id.encode()) <= FAIRNESS_KEY_BYTES:
+        return user_id
+    return "sha256:" + hashlib.sha256(user_id.encode()).hexdigest()[:48]

@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     from keel.settings import Settings
 
 START_TIMEOUT_S = 60.0
+# Task-queue fairness is off by default on a self-hosted server; Keel's calls carry a
+# fairness key per user (workflows/state.py), which it honours with this on.
+FAIRNESS_FLAGS = ("--dynamic-config-value", "matching.enableFairness=true")
 
 
 def temporal_cli() -> Path:
@@ -83,7 +86,7 @@ async def _start_test_environment(
                 ui_port=ui_port,
                 dev_server_existing_path=str(temporal_cli()),
                 search_attributes=list(search_attributes.ALL),
-                dev_server_extra_args=list(extra_args),
+                dev_server_extra_args=[*FAIRNESS_FLAGS, *extra_args],
             )
             return env, ui_port
         except RuntimeError:
@@ -128,6 +131,7 @@ class DevServer:
             *(["--headless"] if self.ui_port is None else ["--ui-port", str(self.ui_port)]),
             "--log-level", "warn",
             *DEV_SERVER_FLAGS,
+            *FAIRNESS_FLAGS,
         ]  # fmt: skip
         with self.log_file.open("ab") as log:
             self._process = subprocess.Popen(

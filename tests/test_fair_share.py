@@ -1,5 +1,7 @@
 """One task or one kind of work cannot take everything: blocking work runs on a bounded pool
-per kind (keel/_pools.py), and a task runs at most `max_parallel_steps` steps at once."""
+per kind (keel/_pools.py), a task runs at most `max_parallel_steps` steps at once, and its
+calls carry its user's fairness key (the server dispatches a backlog in turn between users;
+bench/fairness.py measures it)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import threading
 from temporalio.api.enums.v1 import EventType
 
 from keel._pools import pool, run_in
+from keel._queues import FAIRNESS_KEY_BYTES, fairness_key
 from keel.client import start_task
 from keel.contracts import TaskRequest, TaskStatus
 from keel.testing import Stack
@@ -67,3 +70,27 @@ async def test_a_wide_plan_runs_at_most_its_cap_of_steps_at_once(stack: Stack) -
             in_flight.discard(attributes.scheduled_event_id)
     assert calls == 12
     assert most == 3
+
+
+def test_a_fairness_key_is_the_user_or_a_digest_that_fits() -> None:
+    assert fairness_key("alice") == "alice"
+    long_ids = ["\N{GRINNING FACE}" * 200, "\N{GRINNING FACE}" * 199 + "x"]
+    keys = [fairness_key(u) for u in long_ids]
+    assert all(len(k.encode()) <= FAIRNESS_KEY_BYTES for k in keys)
+    assert keys[0] != keys[1] and keys[0] == fairness_key(long_ids[0])
+
+
+async def test_tool_and_model_calls_carry_their_users_fairness_key(stack: Stack) -> None:
+    task = unique("Compute a product for a tenant")
+    user = unique("tenant")
+    steps = [{"id": "s1", "tool": "calculator", "args": {"expression": "4*4"}}]
+    stack.model.script(task, "plan", json.dumps({"steps": steps}))
+    handle = await start_task(stack.client, TaskRequest(task=task, user_id=user))
+    assert (await handle.result()).status == TaskStatus.COMPLETED
+    keys = {}
+    for e in (await handle.fetch_history()).events:
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            a = e.activity_task_scheduled_event_attributes
+            keys[a.activity_type.name] = a.priority.fairness_key
+    assert keys["tool.calculator"] == user and keys["plan"] == user
+    assert keys["synthesize"] == user

@@ -25,6 +25,9 @@ def build(client: Client, components: Components) -> list[Worker]:
         task_queue=components.queues.tools,
         activities=[tools.list_tools, *tools.for_queue(TOOLS)],
         max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
+        # no more than it can run: a step waits in the task queue (dispatched fairly between
+        # users, seen by autoscaling), not started on a worker with its timeout running
+        max_concurrent_activities=components.settings.tool_slots,
     )
     return [catalog, *build_http(client, components, tools)]
 

@@ -11,7 +11,7 @@ from datetime import timedelta
 from typing import Any, TypedDict, TypeVar
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import Priority, RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.workflow import ActivityCancellationType
 
@@ -89,12 +89,19 @@ async def call_model(
     queue: str,
     summary: str,
     refusal: str,
+    priority: Priority = Priority.default,
 ) -> _ModelResult:
     """A model-backed activity; its refusal to exceed its allowance ends the task as out of
     budget (BudgetExhausted) instead of failing it."""
     try:
         return await workflow.execute_activity(
-            name, arg, result_type=result_type, task_queue=queue, summary=summary, **MODEL
+            name,
+            arg,
+            result_type=result_type,
+            task_queue=queue,
+            summary=summary,
+            priority=priority,
+            **MODEL,
         )
     except ActivityError as err:
         cause = failure_cause(err)

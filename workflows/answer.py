@@ -41,6 +41,7 @@ async def synthesize(task: TaskState, context: list[str], knowledge: list[str]) 
         task.queues.llm,
         summary=f"synthesize: answer from {len(task.results)} step results by the {role}",
         refusal="the answer does not fit the budget",
+        priority=task.priority,
     )
     task.book.book_model(synthesis.usage)
     if task.lean and workflow.info().parent is None:

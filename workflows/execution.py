@@ -174,6 +174,7 @@ async def run_step(task: TaskState, version: int, step: PlanStep, spec: ToolSpec
             result_type=ToolOutput,
             task_queue=task.queues.name(queue),
             summary=f"{spec.name}: {short_args(args)} (${spec.cost_per_call_usd:.3f})",
+            priority=task.priority,
             **options.tool(spec),
         )
     except asyncio.CancelledError:

@@ -171,6 +171,7 @@ async def _extract_facts(task: TaskState, answer: str) -> list[Triple]:
             task.queues.planner,
             summary="extract facts for memory",
             refusal="no budget left to extract facts",
+            priority=task.priority,
         )
     except (BudgetExhausted, ActivityError) as err:
         task.event(f"no facts extracted: {err}")

@@ -220,6 +220,7 @@ async def _call_planner(
         task.queues.planner,
         summary=f"plan v{version} by the {role} (budget left ${remaining:.4f})",
         refusal="planning does not fit the budget",
+        priority=task.priority,
     )
     task.book.book_model(response.usage)
     if task.catalog_ref is not None:  # the specs of the tool activities this plan calls

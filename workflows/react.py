@@ -94,4 +94,5 @@ async def _turn(
         task.queues.planner,
         summary=f"react: next action after {len(history)} observations",
         refusal="the next turn does not fit",
+        priority=task.priority,
     )

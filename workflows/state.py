@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import SearchAttributeUpdate
+from temporalio.common import Priority, SearchAttributeUpdate
 
 from keel import _search_attributes as sa
 from keel._core.budget import BudgetBook
 from keel._core.plan_run import Snapshot
 from keel._plans import output_text
-from keel._queues import Queues
+from keel._queues import Queues, fairness_key
 from keel._short_term import ShortTermMemory
 from keel.contracts import (
     CarriedState,
@@ -107,6 +107,14 @@ class TaskState:
     @property
     def user_id(self) -> str:
         return self.request.user_id
+
+    @property
+    def priority(self) -> Priority:
+        """Of the task's tool and model calls: dispatched fairly between users where the
+        server has task-queue fairness on (a lean run; others replay without a key)."""
+        if not self.lean:
+            return Priority.default
+        return Priority(fairness_key=fairness_key(self.user_id))
 
     # --- what a person watching sees ---------------------------------------------------
 
