@@ -30,8 +30,14 @@ if TYPE_CHECKING:
 
 START_TIMEOUT_S = 60.0
 # Task-queue fairness is off by default on a self-hosted server; Keel's calls carry a
-# fairness key per user (workflows/state.py), which it honours with this on.
-FAIRNESS_FLAGS = ("--dynamic-config-value", "matching.enableFairness=true")
+# fairness key per user (workflows/state.py), which it honours with this on. A queue's
+# backlog is shared out per partition: a dev server's load needs one, and then the order is
+# exactly fair (a cluster's default of 4 makes it fair on average).
+FAIRNESS_FLAGS = (
+    "--dynamic-config-value", "matching.enableFairness=true",
+    "--dynamic-config-value", "matching.numTaskqueueReadPartitions=1",
+    "--dynamic-config-value", "matching.numTaskqueueWritePartitions=1",
+)  # fmt: skip
 
 
 def temporal_cli() -> Path:

@@ -8,15 +8,24 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import uuid
+from pathlib import Path
+from typing import Any
 
+from pydantic import BaseModel
 from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
 
+from activities.tools.registry import ToolContext, define_tool
 from keel._pools import pool, run_in
-from keel._queues import FAIRNESS_KEY_BYTES, fairness_key
+from keel._queues import FAIRNESS_KEY_BYTES, Queues, fairness_key
 from keel.client import start_task
 from keel.contracts import TaskRequest, TaskStatus
-from keel.testing import Stack
+from keel.settings import Settings
+from keel.testing import Stack, eventually, scripted_components
 from tests.conftest import unique
+from workers.process import build_all, workers_running
 
 CLOSED = {
     EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED,
@@ -94,3 +103,64 @@ async def test_tool_and_model_calls_carry_their_users_fairness_key(stack: Stack)
             keys[a.activity_type.name] = a.priority.fairness_key
     assert keys["tool.calculator"] == user and keys["plan"] == user
     assert keys["synthesize"] == user
+
+
+class _Held(BaseModel):
+    tag: str
+
+
+class _Released(BaseModel):
+    tag: str
+
+
+async def test_a_backlog_is_dispatched_in_turn_between_users(
+    temporal_env: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    """One tool slot: user A's six steps queue behind their first, which holds the slot; user
+    B's one step, queued after all of them, runs next (or after one more of A's, already on
+    its way to the worker); first in first out would run it last. The session's dev server
+    has fairness on (temporal/devserver.py)."""
+    gate = asyncio.Event()
+    started: list[str] = []
+
+    async def hold(args: _Held, ctx: ToolContext) -> _Released:
+        started.append(args.tag)
+        await gate.wait()
+        return _Released(tag=args.tag)
+
+    settings = Settings(
+        home=tmp_path, planner_model="scripted", reasoner_model="scripted", tool_slots=1
+    )
+    tool = define_tool("hold", "Wait for the gate.", hold, _Held, _Released)
+    components, model = scripted_components(settings, Queues(f"fair{uuid.uuid4().hex[:8]}-"), [tool])
+    client = temporal_env.client
+
+    def plan(user: str, n: int) -> str:
+        steps = [{"id": f"s{i}", "tool": "hold", "args": {"tag": f"{user}{i}"}} for i in range(n)]
+        return json.dumps({"steps": steps, "answer": "held"})
+
+    async def scheduled(handle: WorkflowHandle[Any, Any], n: int) -> bool:
+        names = [
+            e.activity_task_scheduled_event_attributes.activity_type.name
+            for e in (await handle.fetch_history()).events
+            if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        ]
+        return names.count("tool.hold") == n
+
+    try:
+        async with workers_running(build_all(client, components)):
+            first, second = unique("Hold for A"), unique("Hold for B")
+            model.script(first, "plan", plan("A", 6))
+            model.script(second, "plan", plan("B", 1))
+            queues = components.queues
+            a = await start_task(client, TaskRequest(task=first, user_id="A"), queues=queues)
+            await eventually(lambda: scheduled(a, 6), "A's six steps to be scheduled")
+            b = await start_task(client, TaskRequest(task=second, user_id="B"), queues=queues)
+            await eventually(lambda: scheduled(b, 1), "B's step to be scheduled")
+            assert len(started) == 1  # one slot: the rest wait in the queue
+            gate.set()
+            assert (await b.result()).status == TaskStatus.COMPLETED
+            assert (await a.result()).status == TaskStatus.COMPLETED
+    finally:
+        components.close_memory()
+    assert started.index("B0") <= 2, started
