@@ -15,9 +15,20 @@ from keel.durable import HTTP_QUEUE as HTTP
 from keel.durable import LLM_QUEUE as LLM
 from keel.durable import MEMORY_QUEUE as MEMORY
 from keel.durable import PLANNER_QUEUE as PLANNER
+from keel.durable import SANDBOX_QUEUE as SANDBOX
 from keel.durable import TOOLS_QUEUE as TOOLS
 
-__all__ = ["AGENT", "HTTP", "LLM", "MEMORY", "PLANNER", "TOOLS", "Queues", "fairness_key"]
+__all__ = [
+    "AGENT",
+    "HTTP",
+    "LLM",
+    "MEMORY",
+    "PLANNER",
+    "SANDBOX",
+    "TOOLS",
+    "Queues",
+    "fairness_key",
+]
 
 
 @dataclass(frozen=True)

@@ -26,11 +26,18 @@ from temporalio.api.workflowservice.v1 import (
 )
 from temporalio.client import Client
 
-from keel._queues import AGENT, HTTP, LLM, MEMORY, PLANNER, TOOLS
+from keel._queues import AGENT, HTTP, LLM, MEMORY, PLANNER, SANDBOX, TOOLS
 
 STALL_AFTER_S = 6.0  # scheduled this long and not started: nobody takes the queue's work
 # The worker (`keel worker NAME`) that serves each queue, by the queue's base name.
-WORKER_OF = {AGENT: "agent", PLANNER: "planner", LLM: "llm", TOOLS: "tools", MEMORY: "memory"}
+WORKER_OF = {
+    AGENT: "agent",
+    PLANNER: "planner",
+    LLM: "llm",
+    TOOLS: "tools",
+    SANDBOX: "tools",
+    MEMORY: "memory",
+}
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,7 @@ AGENT_QUEUE = "keel-agent"
 PLANNER_QUEUE = "keel-planner"
 LLM_QUEUE = "keel-llm"
 TOOLS_QUEUE = "keel-tools"
+SANDBOX_QUEUE = "keel-sandbox"  # sandboxed runs: as many slots as sandbox threads
 MEMORY_QUEUE = "keel-memory"
 HTTP_QUEUE = "keel-http"  # the base of the per-API queues `keel-http-<api>`
 

@@ -109,7 +109,6 @@ class Settings(BaseModel):
     payload_dir: Path | None = None
     # Threads for blocking work, one pool per kind (keel/_pools.py): one kind cannot starve another.
     sandbox_threads: int = Field(default=16, ge=1, le=256)
-    tool_slots: int = Field(default=16, ge=1, le=1024)
     memory_threads: int = Field(default=8, ge=1, le=64)
     payload_threshold_bytes: int = Field(default=128 * 1024, ge=1024, le=2 * 1024 * 1024)
 
@@ -215,7 +214,6 @@ _ENV = {
     "KEEL_LOG_LEVEL": "log_level",
     "KEEL_PAYLOAD_DIR": "payload_dir",
     "KEEL_SANDBOX_THREADS": "sandbox_threads",
-    "KEEL_TOOL_SLOTS": "tool_slots",
     "KEEL_MEMORY_THREADS": "memory_threads",
     "KEEL_PAYLOAD_THRESHOLD_BYTES": "payload_threshold_bytes",
 }

@@ -19,7 +19,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.tools.registry import ToolContext, define_tool
 from keel._pools import pool, run_in
-from keel._queues import FAIRNESS_KEY_BYTES, Queues, fairness_key
+from keel._queues import FAIRNESS_KEY_BYTES, SANDBOX, Queues, fairness_key
 from keel.client import start_task
 from keel.contracts import TaskRequest, TaskStatus
 from keel.settings import Settings
@@ -116,7 +116,7 @@ class _Released(BaseModel):
 async def test_a_backlog_is_dispatched_in_turn_between_users(
     temporal_env: WorkflowEnvironment, tmp_path: Path
 ) -> None:
-    """One tool slot: user A's six steps queue behind their first, which holds the slot; user
+    """One sandbox slot: user A's six steps queue behind their first, which holds it; user
     B's one step, queued after all of them, runs next (or after one more of A's, already on
     its way to the worker); first in first out would run it last. The session's dev server
     has fairness on (temporal/devserver.py)."""
@@ -129,10 +129,12 @@ async def test_a_backlog_is_dispatched_in_turn_between_users(
         return _Released(tag=args.tag)
 
     settings = Settings(
-        home=tmp_path, planner_model="scripted", reasoner_model="scripted", tool_slots=1
+        home=tmp_path, planner_model="scripted", reasoner_model="scripted", sandbox_threads=1
     )
-    tool = define_tool("hold", "Wait for the gate.", hold, _Held, _Released)
-    components, model = scripted_components(settings, Queues(f"fair{uuid.uuid4().hex[:8]}-"), [tool])
+    tool = define_tool("hold", "Wait for the gate.", hold, _Held, _Released, queue=SANDBOX)
+    components, model = scripted_components(
+        settings, Queues(f"fair{uuid.uuid4().hex[:8]}-"), [tool]
+    )
     client = temporal_env.client
 
     def plan(user: str, n: int) -> str:

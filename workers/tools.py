@@ -1,5 +1,6 @@
-"""Tool worker: tool activities on `keel-tools`, the tool catalog, and one rate-limited
-worker per allowlisted HTTP API (`keel-http-<api>`, see activities/tools/http.py)."""
+"""Tool worker: tool activities on `keel-tools`, the tool catalog, sandboxed runs on
+`keel-sandbox`, and one rate-limited worker per allowlisted HTTP API (`keel-http-<api>`,
+see activities/tools/http.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from temporalio.worker import Worker
 
 from activities.tools.activity import ToolActivities
 from activities.tools.http import HTTP_QUEUE, api_queues
-from keel._queues import TOOLS
+from keel._queues import SANDBOX, TOOLS
 from workers.components import Components
 
 # Tools heartbeat every second; the SDK would otherwise hold heartbeats back for up to 0.8 of
@@ -23,13 +24,22 @@ def build(client: Client, components: Components) -> list[Worker]:
     catalog = Worker(
         client,
         task_queue=components.queues.tools,
-        activities=[tools.list_tools, *tools.for_queue(TOOLS)],
+        # and the sandboxed tools, for runs whose catalog put them on this queue (before
+        # they had their own)
+        activities=[tools.list_tools, *tools.for_queue(TOOLS), *tools.for_queue(SANDBOX)],
         max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
-        # no more than it can run: a step waits in the task queue (dispatched fairly between
-        # users, seen by autoscaling), not started on a worker with its timeout running
-        max_concurrent_activities=components.settings.tool_slots,
     )
-    return [catalog, *build_http(client, components, tools)]
+    # No more sandboxed runs than sandbox threads: the rest wait in the task queue, where the
+    # server shares them out between users and autoscaling sees them, instead of starting on
+    # a worker to wait for a thread with their timeout running.
+    sandbox = Worker(
+        client,
+        task_queue=components.queues.name(SANDBOX),
+        activities=tools.for_queue(SANDBOX),
+        max_concurrent_activities=components.settings.sandbox_threads,
+        max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
+    )
+    return [catalog, sandbox, *build_http(client, components, tools)]
 
 
 def build_http(client: Client, components: Components, tools: ToolActivities) -> list[Worker]:

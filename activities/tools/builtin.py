@@ -9,7 +9,7 @@ from activities.tools.http import http_tools
 from activities.tools.python import RunPython, RunPythonInput, RunPythonOutput
 from activities.tools.reasoner import AskReasonerInput, AskReasonerOutput, ask_reasoner
 from activities.tools.registry import Tool, ToolContext, ToolRegistry, define_tool
-from keel._queues import LLM
+from keel._queues import LLM, SANDBOX
 from keel.contracts import CachePolicy, SideEffects
 from keel.settings import Settings
 
@@ -40,6 +40,7 @@ def builtin_tools(settings: Settings) -> list[Tool]:
             RunPythonOutput,
             avg_latency_ms=60,
             timeout_s=settings.sandbox_wall_s + 10,  # the sandbox kills it at its wall limit
+            queue=SANDBOX,
         ),
         define_tool(
             "read_file",
