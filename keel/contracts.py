@@ -257,7 +257,7 @@ class ModelUsage(BaseModel):
     input_tokens: int = 0
     output_tokens: int = 0
     usd: float = 0.0
-    latency_ms: Millis = 0.0
+    latency_ms: float = 0.0  # unrounded: a local model's price is computed from it
 
 
 class LedgerEntry(BaseModel):
