@@ -13,7 +13,7 @@ from temporalio.exceptions import ApplicationError
 from keel import _search_attributes as sa
 from keel._ports import free_port
 from keel._queues import Queues
-from keel.client import connect, start_task
+from keel.client import connect_when_serving, start_task
 from keel.contracts import (
     Approval,
     HumanAnswer,
@@ -236,11 +236,14 @@ async def test_a_wait_survives_worker_and_server_restarts_and_adds_no_events(
     """The task waits on its own dev server (a SQLite file); workers and server are stopped
     and started again while it waits, and its history does not grow until the approval."""
     server = DevServer(tmp_path / "temporal.db", port=free_port(), ui_port=None)
-    settings = stack.settings.model_copy(update={"home": tmp_path / "home"})
+    settings = stack.settings.model_copy(
+        update={"home": tmp_path / "home", "temporal_address": server.address}
+    )
     task = unique("Send bob five dollars (across restarts)")
 
     async def workers_and_client() -> tuple[Client, Components]:
-        client = await connect(settings, address=server.address)
+        # A restarted server opens its port before its frontend is healthy.
+        client = await connect_when_serving(settings)
         components, model = scripted_components(settings, Queues())
         model.script(task, "plan", scripted_plan(TRANSFER_STEP))
         return client, components
