@@ -31,11 +31,12 @@ from typing import Any
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.report import finish  # noqa: E402
+from keel import _logging as keel_logging  # noqa: E402
 from keel._lifeline import bound_to_this_process  # noqa: E402
 from keel._queues import Queues  # noqa: E402
 from keel.client import start_task  # noqa: E402
@@ -97,14 +98,14 @@ async def run_config(
             warm = [
                 await start_task(client, _request(-i - 1), queues=queues) for i in range(workers)
             ]
-            await asyncio.gather(*(h.result() for h in warm))
+            await asyncio.gather(*(outcome(h) for h in warm))
             began = time.perf_counter()
             handles = [await start_task(client, _request(i), queues=queues) for i in range(tasks)]
-            pending = asyncio.ensure_future(asyncio.gather(*(h.result() for h in handles)))
+            pending = asyncio.ensure_future(asyncio.gather(*(outcome(h) for h in handles)))
             while not pending.done():
                 samples.append((time.perf_counter() - began, await backlog(client, queues.planner)))
                 await asyncio.wait([pending], timeout=SAMPLE_EVERY_S)
-            results: list[TaskResult] = pending.result()
+            outcomes: list[TaskResult | None] = pending.result()
             elapsed = time.perf_counter() - began
     finally:
         for p in processes:
@@ -112,6 +113,7 @@ async def run_config(
         for p in processes:
             p.wait(timeout=30)
         components.close_memory()
+    results = [r for r in outcomes if r is not None]
     plans_s = [
         e.latency_ms / 1000 for r in results for e in r.ledger.entries if e.role == "planner"
     ]
@@ -122,8 +124,18 @@ async def run_config(
         "tasks_per_s": round(tasks / elapsed, 3),
         "plan_p50_s": round(statistics.median(plans_s), 2) if plans_s else None,
         "answered": sum(r.status == TaskStatus.COMPLETED for r in results),
+        "workflow_failed": len(outcomes) - len(results),
         "backlog": [(round(t, 1), b) for t, b in samples],
     }
+
+
+async def outcome(handle: WorkflowHandle[Any, TaskResult]) -> TaskResult | None:
+    """The task's result, or None when its workflow failed: a small model's bad plan can end
+    a task that way, and it still counts as planner throughput."""
+    try:
+        return await handle.result()
+    except WorkflowFailureError:
+        return None
 
 
 def _request(i: int) -> TaskRequest:
@@ -140,6 +152,7 @@ def chart(samples: list[tuple[float, int]]) -> list[str]:
 
 
 async def bench(args: Any) -> dict[str, Any]:
+    keel_logging.configure("WARNING")  # a tool failure of a bad plan is not news here
     env = await start_test_environment()
     client = env.client
     address = client.service_client.config.target_host

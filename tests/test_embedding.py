@@ -7,7 +7,7 @@ import asyncio
 import json
 import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -19,6 +19,7 @@ from activities.memory.embedding import (
     Embedder,
     MiniLMEmbedder,
     OpenAIEmbedder,
+    RecentEmbeddings,
     build_embedder,
 )
 
@@ -167,6 +168,36 @@ def test_openai_embedder_shortened_and_errors(fake_openai: FakeEmbeddings) -> No
     with pytest.raises(openai.InternalServerError):
         small.embed(["x"])
     assert len(fake_openai.requests) == before + 1  # no retries
+
+
+class _Counting:
+    """Counts the texts it is asked to embed, around the real model."""
+
+    def __init__(self, inner: MiniLMEmbedder) -> None:
+        self.inner, self.name, self.dimensions = inner, inner.name, inner.dimensions
+        self.asked: list[str] = []
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        self.asked += texts
+        return self.inner.embed(texts)
+
+
+def test_recent_embeddings_embed_a_text_once_and_give_the_same_vectors(
+    minilm: MiniLMEmbedder,
+) -> None:
+    counting = _Counting(minilm)
+    recent = RecentEmbeddings(counting, size=2)
+    first = recent.embed(["a task", "another task", "a task"])
+    assert counting.asked == ["a task", "another task"]  # a repeat within one call, once
+    assert first == minilm.embed(["a task", "another task", "a task"])
+    assert recent.embed(["a task"]) == [first[0]]
+    assert counting.asked == ["a task", "another task"]  # remembered
+    recent.embed(["a third"])  # size 2: "another task", the least recent, goes
+    recent.embed(["another task", "a task"])
+    assert counting.asked == ["a task", "another task", "a third", "another task"]
+    assert (recent.name, recent.dimensions) == (minilm.name, 384)
+    with pytest.raises(TypeError):
+        recent.embed("one str")
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from activities.memory.embedding import build_embedder
+from activities.memory.embedding import RecentEmbeddings, build_embedder
 from activities.memory.graph import GraphStore
 from activities.memory.graph_neo4j import Neo4jGraphStore
 from activities.memory.graph_sqlite import SqliteGraphStore
@@ -99,7 +99,7 @@ class Components:
     def vectors(self) -> VectorStore:
         if self._vectors is None:
             s = self.settings
-            embedder = build_embedder(s.embedding_model, s)
+            embedder = RecentEmbeddings(build_embedder(s.embedding_model, s))
             self._vectors = VectorStore.open(embedder, s.qdrant_dir, s.qdrant_url, s.qdrant_api_key)
         return self._vectors
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -37,6 +38,7 @@ __all__ = [
     "Embedder",
     "MiniLMEmbedder",
     "OpenAIEmbedder",
+    "RecentEmbeddings",
     "build_embedder",
     "OPENAI_DIMENSIONS",
 ]
@@ -279,6 +281,38 @@ class OpenAISettings(Protocol):
 
 
 ACCEPTED_SPECS = "'minilm' (default) or 'openai[:model]'"
+
+
+class RecentEmbeddings:
+    """An embedder that keeps the vectors of the last `size` texts it embedded: a task's text
+    is embedded by `recall` and again when `remember` stores the episode, and a hosted model
+    charges for each. Thread-safe, as the embedder it wraps."""
+
+    def __init__(self, inner: Embedder, size: int = 512) -> None:
+        self.inner, self.size = inner, size
+        self.name, self.dimensions = inner.name, inner.dimensions
+        self._recent: OrderedDict[str, npt.NDArray[np.float32]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        if isinstance(texts, str):
+            raise TypeError("embed takes a sequence of texts, not one str")
+        found: dict[str, npt.NDArray[np.float32]] = {}
+        with self._lock:
+            for text in texts:
+                if text in self._recent:
+                    self._recent.move_to_end(text)
+                    found[text] = self._recent[text]
+        missing = list(dict.fromkeys(t for t in texts if t not in found))
+        if missing:
+            vectors = self.inner.embed(missing)
+            with self._lock:
+                for text, vector in zip(missing, vectors, strict=True):
+                    found[text] = self._recent[text] = np.asarray(vector, dtype=np.float32)
+                while len(self._recent) > self.size:
+                    self._recent.popitem(last=False)
+        rows: list[list[float]] = [found[t].tolist() for t in texts]
+        return rows
 
 
 def build_embedder(
