@@ -32,6 +32,7 @@ from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.service import RPCError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -51,15 +52,19 @@ SAMPLE_EVERY_S = 2.0
 CHART_WIDTH = 50
 
 
-async def backlog(client: Client, queue: str) -> int:
-    described = await client.workflow_service.describe_task_queue(
-        DescribeTaskQueueRequest(
-            namespace=client.namespace,
-            task_queue=TaskQueue(name=queue),
-            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
-            report_stats=True,
+async def backlog(client: Client, queue: str) -> int | None:
+    """The queue's approximate backlog; None when the busy server did not answer."""
+    try:
+        described = await client.workflow_service.describe_task_queue(
+            DescribeTaskQueueRequest(
+                namespace=client.namespace,
+                task_queue=TaskQueue(name=queue),
+                task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
+                report_stats=True,
+            )
         )
-    )
+    except RPCError:
+        return None
     return int(described.stats.approximate_backlog_count)
 
 
@@ -103,7 +108,9 @@ async def run_config(
             handles = [await start_task(client, _request(i), queues=queues) for i in range(tasks)]
             pending = asyncio.ensure_future(asyncio.gather(*(outcome(h) for h in handles)))
             while not pending.done():
-                samples.append((time.perf_counter() - began, await backlog(client, queues.planner)))
+                count = await backlog(client, queues.planner)
+                if count is not None:
+                    samples.append((time.perf_counter() - began, count))
                 await asyncio.wait([pending], timeout=SAMPLE_EVERY_S)
             outcomes: list[TaskResult | None] = pending.result()
             elapsed = time.perf_counter() - began
@@ -131,11 +138,20 @@ async def run_config(
 
 async def outcome(handle: WorkflowHandle[Any, TaskResult]) -> TaskResult | None:
     """The task's result, or None when its workflow failed: a small model's bad plan can end
-    a task that way, and it still counts as planner throughput."""
-    try:
-        return await handle.result()
-    except WorkflowFailureError:
-        return None
+    a task that way, and it still counts as planner throughput. A long poll for the result
+    that the busy dev server cuts (it answers "operation was canceled") is asked again."""
+    while True:
+        try:
+            return await handle.result()
+        except WorkflowFailureError:
+            return None
+        except RPCError:
+            continue
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():  # this task was cancelled: stop
+                raise
+            # only the poll's call was cancelled underneath it: ask again
 
 
 def _request(i: int) -> TaskRequest:
