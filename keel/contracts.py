@@ -547,6 +547,11 @@ class RecallRequest(BaseModel):
     user_id: str
     query: str
     limit: int = Field(default=3, description="at most this many episodes")
+    compact: bool = Field(
+        default=False,
+        description="return the context and the knowledge only, not the records it was made "
+        "of (they would be in the task's history twice)",
+    )
 
 
 class Recall(BaseModel):
@@ -558,6 +563,11 @@ class Recall(BaseModel):
         default_factory=list, description="what fits the token budget, for the planner"
     )
     context_tokens: int = 0
+    knowledge: list[str] | None = Field(
+        default=None,
+        description="what an answer depends on besides its results (`answer_knowledge`); "
+        "set by a compact recall, which leaves the records out",
+    )
 
 
 class ExtractionRequest(BaseModel):

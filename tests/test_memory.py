@@ -76,10 +76,11 @@ async def test_second_task_uses_a_fact_learned_in_the_first(stack: Stack) -> Non
     )
 
     recall = await recalled(handle)
-    assert [(f["relation"], f["object"]) for f in recall["facts"]] == [
-        ("preferred_language", "Kotlin")
-    ]
+    [fact] = stack.components.graph.facts(user)
+    assert (fact.relation, fact.object) == ("preferred_language", "Kotlin")
     assert any("preferred_language = Kotlin" in line for line in recall["context"])
+    # a compact recall: the context and what the answer depends on, not the records again
+    assert recall["knowledge"] == [fact.id] and recall["facts"] == recall["episodes"] == []
     # the planner read the fact from its context and planned with it
     assert second.plan is not None
     [step] = second.plan.steps
@@ -93,7 +94,8 @@ async def test_a_contradicting_fact_replaces_the_old_one_in_recall(stack: Stack)
     _, handle = await run(stack, unique("Which is my preferred language?"), user)
 
     recall = await recalled(handle)
-    assert [f["object"] for f in recall["facts"]] == ["Elixir"]
+    facts = [line for line in recall["context"] if line.startswith("fact:")]
+    assert len(facts) == 1 and "preferred_language = Elixir" in facts[0]
     history = stack.components.graph.history(user, "user", "preferred_language")
     assert [(f.object, f.valid_to is None) for f in history] == [("Ruby", False), ("Elixir", True)]
 
@@ -112,11 +114,12 @@ async def test_one_users_memories_never_reach_another_users_recall(stack: Stack)
 
     assert theirs_result.ledger.cache_hits == 0 and not theirs_result.steps[0].cached
     theirs = await recalled(mallory_handle)
-    assert theirs["episodes"] == [] and theirs["facts"] == [] and theirs["cached"] == []
-    assert not any("Falcon" in line for line in theirs["context"])
+    assert theirs["context"] == [] and theirs["knowledge"] == []
     mine = await recalled(bob_handle)
-    assert {e["user_id"] for e in mine["episodes"]} == {bob}
-    assert [f["object"] for f in mine["facts"]] == ["Falcon"]
+    assert any("Falcon" in line for line in mine["context"])
+    assert any(line.startswith("earlier task:") for line in mine["context"])
+    assert [f.object for f in stack.components.graph.facts(bob)] == ["Falcon"]
+    assert len(mine["knowledge"]) == 1  # bob's one fact
 
 
 def test_no_user_may_take_the_shared_memory_scope() -> None:

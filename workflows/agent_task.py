@@ -139,7 +139,10 @@ class AgentTask:
         context = recall.context
         # what the answer may depend on besides the results: the user's facts and documents
         # (episodes and cache lines change with every task and would defeat the answer cache)
-        knowledge = [f.id for f in recall.facts] + [d.text for d in recall.documents]
+        if recall.knowledge is not None:  # a compact recall
+            knowledge = recall.knowledge
+        else:
+            knowledge = [f.id for f in recall.facts] + [d.text for d in recall.documents]
         tools = await memory_calls.catalog(task)
         if task.request.strategy == "react":
             return await react(task, context, tools)

@@ -43,7 +43,9 @@ async def recall(task: TaskState) -> Recall:
     task.set_status(TaskStatus.RECALLING, f"recalling memory of user {task.user_id}")
     return await workflow.execute_activity(
         durable.RECALL,
-        RecallRequest(user_id=task.user_id, query=task.request.task, limit=RECALL_LIMIT),
+        RecallRequest(
+            user_id=task.user_id, query=task.request.task, limit=RECALL_LIMIT, compact=task.lean
+        ),
         result_type=Recall,
         task_queue=task.queues.memory,
         summary=f"recall: memory of user {task.user_id}",

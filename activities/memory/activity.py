@@ -13,7 +13,7 @@ from activities.memory.documents import DocumentStore
 from activities.memory.episodes import EpisodeStore
 from activities.memory.graph import GraphStore
 from keel import durable
-from keel._core.cache_keys import answer_entry
+from keel._core.cache_keys import answer_entry, answer_knowledge
 from keel._logging import activity_logger
 from keel._pools import MEMORY, pool, run_in
 from keel.contracts import (
@@ -57,6 +57,9 @@ class MemoryActivities:
         )
         cached = self.cache.similar(request.user_id, vector, CACHED_IN_CONTEXT)
         context, used = build_context(facts, documents, cached, episodes, self.recall_tokens)
+        if request.compact:
+            knowledge = answer_knowledge((f.id for f in facts), (d.text for d in documents))
+            return Recall(context=context, context_tokens=used, knowledge=knowledge)
         return Recall(
             episodes=episodes,
             facts=facts,

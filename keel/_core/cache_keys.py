@@ -19,6 +19,14 @@ def tool_call_key(args: dict[str, object]) -> str:
     return json.dumps(args, sort_keys=True, default=str)
 
 
+def answer_knowledge(fact_ids: Iterable[str], document_texts: Iterable[str]) -> list[str]:
+    """What an answer depends on besides its results: the user's facts and documents, by id
+    and by digest (episodes and cache lines change with every task and would defeat the
+    answer cache)."""
+    digests = [hashlib.sha256(t.encode()).hexdigest()[:32] for t in document_texts]
+    return list(fact_ids) + digests
+
+
 def answer_key(task: str, knowledge: list[str], results: Iterable[StepResult]) -> str:
     """The same task over the same results and knowledge has the same answer: a digest of
     them (the results themselves need not travel twice)."""
