@@ -40,6 +40,7 @@ from keel._converter import describe_validation_error
 from keel._lifeline import SHUTDOWN_GRACE_S, leave_within
 from keel._queues import Queues
 from keel._stalls import STALL_AFTER_S, last_poll_s, stalls, unanswered
+from keel._terminal import terminal_safe
 from keel.client import (
     TemporalUnreachable,
     connect,
@@ -84,7 +85,7 @@ class UsageError(KeelError):
 
 
 def _out(text: str = "") -> None:
-    print(text, flush=True)
+    print(terminal_safe(text), flush=True)
 
 
 # --- the embedded stack ------------------------------------------------------------------
@@ -195,7 +196,10 @@ class _StallWatch:
         for stall in found:
             if (stall.queue, stall.what) not in self._told:
                 self._told.add((stall.queue, stall.what))
-                print(f"  ⚠ {stall.line()}", file=sys.stderr if self.to_stderr else sys.stdout)
+                print(
+                    terminal_safe(f"  ⚠ {stall.line()}"),
+                    file=sys.stderr if self.to_stderr else sys.stdout,
+                )
 
 
 def _gave_up(workflow_id: str, timeout_s: float) -> UsageError:
@@ -512,7 +516,7 @@ async def _await_answered(
             told = True
             with contextlib.suppress(RPCError):
                 stall = await unanswered(client, workflow_id, waited)
-                print(f"  ⚠ {stall.line()}", file=sys.stderr, flush=True)
+                print(terminal_safe(f"  ⚠ {stall.line()}"), file=sys.stderr, flush=True)
         if timeout_s is not None and waited > timeout_s:
             task.cancel()
             raise UsageError(
@@ -947,13 +951,15 @@ def _run(argv: list[str] | None) -> int:
         print(f"keel: stopped by {signal.Signals(stopped.code - 128).name}", file=sys.stderr)
         return stopped.code
     except (UsageError, SettingsError, TemporalUnreachable, ServiceStartError) as err:
-        print(f"keel: error: {err}", file=sys.stderr)
+        print(terminal_safe(f"keel: error: {err}"), file=sys.stderr)
         return 2
     except RPCError as err:  # the server refused or failed a call ("shard status unknown")
         address = get_settings().temporal_address
         print(
-            f"keel: error: the Temporal server at {address} answered {err.status.name}: "
-            f"{err.message}; if it keeps saying so, restart it",
+            terminal_safe(
+                f"keel: error: the Temporal server at {address} answered {err.status.name}: "
+                f"{err.message}; if it keeps saying so, restart it"
+            ),
             file=sys.stderr,
         )
         return 2
@@ -969,8 +975,10 @@ def _unexpected(err: Exception) -> int:
         path.write_text("".join(traceback.format_exception(err)))
     first = str(err).splitlines()[0] if str(err) else ""
     print(
-        f"keel: error: unexpected {type(err).__name__}: {first} (traceback in {path}; "
-        "please report it)",
+        terminal_safe(
+            f"keel: error: unexpected {type(err).__name__}: {first} (traceback in {path}; "
+            "please report it)"
+        ),
         file=sys.stderr,
     )
     return 2

@@ -7,6 +7,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from keel import cli
+from keel._terminal import terminal_safe
 from keel.contracts import (
     MAX_SUBAGENTS,
     USER_ID_MAX_BYTES,
@@ -18,6 +20,7 @@ from keel.contracts import (
     TaskRequest,
 )
 from workers.agent import WORKFLOW_BUGS
+from workflows.state import every_arg
 
 
 def _refused(match: str, **fields: object) -> None:
@@ -63,3 +66,21 @@ def test_a_bug_in_a_workflow_fails_its_task_but_non_determinism_still_retries() 
     for error in (OverflowError("date value out of range"), KeyError("nope"), ValueError()):
         assert isinstance(error, WORKFLOW_BUGS)
     assert not issubclass(NondeterminismError, WORKFLOW_BUGS)  # a fixed deployment takes it
+
+
+def test_an_approval_shows_every_argument_in_full() -> None:
+    rent = "bob (the usual monthly rent, as agreed with alice last spring)"
+    assert every_arg({"to": rent, "usd": 9999}) == f'to="{rent}", usd=9999'
+    shown = every_arg({"note": "x" * 2000, "usd": 5})
+    assert shown.endswith("… (1502 more characters), usd=5")  # 2002 characters quoted
+    # a value cannot pass for another argument, nor move the cursor
+    assert every_arg({"to": 'bob", usd=1'}) == r'to="bob\", usd=1"'
+    assert every_arg({"to": "bob\x1b[2J"}) == r'to="bob\u001b[2J"'
+
+
+def test_the_cli_prints_no_control_characters(capsys: pytest.CaptureFixture[str]) -> None:
+    hostile = "42\x1b]0;pwned\x07\x1b[2J\rapproved by admin\u202e\nnext line\tok"
+    cli._out(hostile)
+    printed = capsys.readouterr().out
+    assert printed == "42\\x1b]0;pwned\\x07\\x1b[2J\\x0dapproved by admin\\u202e\nnext line\tok\n"
+    assert terminal_safe("Алиса 🙂 naïve") == "Алиса 🙂 naïve"
