@@ -721,13 +721,24 @@ async def cmd_mcp(args: argparse.Namespace, settings: Settings) -> int:
         if not token:
             raise UsageError(f"--token-env {args.token_env}: that variable is unset or empty")
     host, port = _host_port(args.http) if args.http else ("", 0)
-    if args.http is None and token is not None:
-        raise UsageError("--token-env protects --http; a stdio server has no network side")
-    if args.http and token is None and not _is_loopback(host):
+    if args.http is None and (token is not None or args.no_auth):
         raise UsageError(
-            f"refusing to serve tools on {host} without a token: put one in an environment "
-            "variable and pass --token-env NAME, or bind a loopback address"
+            "--token-env and --no-auth are for --http; a stdio server has no network side"
         )
+    if args.http and token is not None and args.no_auth:
+        raise UsageError("give --token-env or --no-auth, not both")
+    if args.http and token is None:
+        if not args.no_auth:
+            raise UsageError(
+                "--http serves Keel's tools to anyone who can connect: put a token in an "
+                "environment variable and pass --token-env NAME (clients send "
+                "`Authorization: Bearer <token>`), or pass --no-auth on a loopback address"
+            )
+        if not _is_loopback(host):
+            raise UsageError(
+                f"refusing to serve tools on {host} without a token: --no-auth is for a "
+                "loopback address; pass --token-env NAME"
+            )
     # logs on stderr: on stdio, stdout carries the protocol
     keel_logging.configure(settings.log_level)
     server = build_server(settings, models=args.models, max_usd_per_call=args.max_usd_per_call)
@@ -875,14 +886,20 @@ def parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         default=None,
         help="serve streamable HTTP at http://HOST:PORT/mcp instead of stdio "
-        "(a non-loopback HOST needs --token-env)",
+        "(with --token-env, or --no-auth on a loopback HOST)",
     )
     mcp.add_argument(
         "--token-env",
         metavar="VAR",
         default=None,
         help="with --http: require `Authorization: Bearer <token>`, the token read from "
-        "environment variable VAR",
+        "environment variable VAR (--http needs it, or --no-auth)",
+    )
+    mcp.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="with --http on a loopback address: serve without a token (anyone on this "
+        "machine can call the tools)",
     )
     mcp.add_argument(
         "--max-usd-per-call",

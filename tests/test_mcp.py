@@ -35,6 +35,7 @@ from activities.tools.activity import ToolActivities
 from activities.tools.calculator import CalculatorInput, CalculatorOutput
 from activities.tools.mcp_remote import discover_tools, keel_tool_name, load_servers, redactor
 from activities.tools.registry import ToolContext, ToolRegistry, define_tool
+from keel import cli
 from keel._local_server import stop_process
 from keel._mcp_server import KeelMcpServer
 from keel._ports import free_port
@@ -137,11 +138,15 @@ class HttpServer:
                 stderr=subprocess.STDOUT,
             )
 
-    def status_without_token(self) -> int:
+    def status_without_token(self, **headers: str) -> int:
         request = urllib.request.Request(
             self.url,
             data=b'{"jsonrpc": "2.0", "id": 1, "method": "ping"}',
-            headers={"Content-Type": "application/json", "Accept": "application/json"},
+            headers={
+                "Content-Type": "application/json",
+                "Accept": "application/json, text/event-stream",
+                **headers,
+            },
         )
         try:
             with urllib.request.urlopen(request, timeout=5) as response:
@@ -174,6 +179,14 @@ async def test_streamable_http_server_requires_its_token_and_serves_keel_and_mcp
     try:
         server.wait_ready()
         assert server.status_without_token() == 401
+        # DNS rebinding: a page at another name that resolves here is refused, token or not
+        bearer = f"Bearer {token}"
+        assert server.status_without_token(Authorization=bearer, Host="evil.example") == 421
+        assert (
+            server.status_without_token(Authorization=bearer, Origin="http://evil.example") == 403
+        )
+        own = f"http://127.0.0.1:{server.port}"
+        assert server.status_without_token(Authorization=bearer, Origin=own) not in (403, 421)
 
         # the official streamable-HTTP client, with the token
         headers = {"Authorization": f"Bearer {token}"}
@@ -240,6 +253,22 @@ async def test_streamable_http_server_requires_its_token_and_serves_keel_and_mcp
     assert "Traceback" not in log, log  # SIGTERM stops it like Ctrl-C, cleanly
     assert list(workspaces.iterdir()) == []  # the session's copy removed with the server
     assert token not in log
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--http", "127.0.0.1:8765"], "pass --token-env NAME"),
+        (["--http", "0.0.0.0:8765", "--no-auth"], "--no-auth is for a loopback address"),
+        (["--no-auth"], "a stdio server has no network side"),
+    ],
+)
+def test_an_http_server_without_a_token_is_refused(
+    argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["mcp", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("keel: error: ") and says in err and len(err.splitlines()) == 1
 
 
 # --- external MCP servers as Keel tools ------------------------------------------------------
