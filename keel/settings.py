@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
@@ -275,6 +276,25 @@ def load_json_config(variable: str, path: Path, model: type[M], fix: str) -> M:
         loc = ".".join(str(p) for p in first["loc"] if p != "[key]") or "(top level)"
         msg = str(first["msg"]).removeprefix("Value error, ")
         raise SettingsError(f"{where}: {loc}: {msg}; {fix}") from None
+
+
+# Settings whose values are secrets, redacted wherever they could surface
+# (keel/_core/redaction.py).
+SECRET_SETTINGS = (
+    "temporal_api_key",
+    "openai_api_key",
+    "anthropic_api_key",
+    "qdrant_api_key",
+    "neo4j_password",
+    "notify_url",  # a webhook URL carries its secret in its path
+)
+
+
+def secret_values(settings: Settings) -> list[str]:
+    values = [getattr(settings, name) for name in SECRET_SETTINGS]
+    if settings.sql_url:  # its password; the rest of it is no secret
+        values.append(urlsplit(settings.sql_url).password)
+    return [v for v in values if v]
 
 
 @lru_cache(maxsize=1)

@@ -61,7 +61,7 @@ async def test_carried_state_from_a_caller_is_refused(stack: Stack) -> None:
     with pytest.raises(WorkflowFailureError) as failed:
         await handle.result()
     cause = failed.value.cause
-    assert isinstance(cause, ApplicationError) and cause.type == "CarriedStateRefused"
+    assert isinstance(cause, ApplicationError) and cause.type == "InvalidInput"
     assert "a caller may not send it" in cause.message
     events = (await handle.fetch_history()).events
     assert not any(e.HasField("activity_task_scheduled_event_attributes") for e in events)

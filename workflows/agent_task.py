@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 
 from temporalio import workflow
-from temporalio.exceptions import ApplicationError
 
 from keel import _search_attributes as sa
 from keel import durable
@@ -35,6 +34,7 @@ from keel.contracts import (
     TaskResult,
     TaskStatus,
 )
+from keel.errors import InvalidInput
 from workflows import memory_calls
 from workflows.answer import synthesize
 from workflows.human import Decision, TimedOutWaiting
@@ -116,12 +116,10 @@ class AgentTask:
     @workflow.run
     async def run(self, request: TaskRequest) -> TaskResult:
         if self._forged_carry:
-            raise ApplicationError(
+            raise InvalidInput(
                 "`carried` is set by Keel when a task continues as new; a caller may not send "
-                "it: start the task without it",
-                type="CarriedStateRefused",
-                non_retryable=True,
-            )
+                "it: start the task without it"
+            ).to_application_error()
         task = self._task
         task.lean = workflow.patched(LEAN_PATCH)
         user = sa.USER.value_set(request.user_id)
