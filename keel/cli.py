@@ -755,6 +755,51 @@ async def cmd_mcp(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# --- keel codec-server ---------------------------------------------------------------------
+
+CODEC_HELP = """Decrypt Keel's encrypted payloads (KEEL_ENCRYPTION_KEYS) for the Temporal Web UI
+and the `temporal` CLI, over Temporal's codec-server protocol (POST /decode, /encode).
+
+Web UI: Settings (the gear) > Codec Server, endpoint http://HOST:PORT; with a token,
+turn on "Pass the user access token" only if your UI's login issues that token.
+temporal CLI: temporal workflow show -w ID --codec-endpoint http://HOST:PORT
+  --codec-auth "Bearer $TOKEN"
+"""
+
+
+async def cmd_codec_server(args: argparse.Namespace, settings: Settings) -> int:
+    from keel._codec_server import codec_app
+    from keel._encryption import AesGcmCodec, parse_keys
+
+    if not settings.encryption_keys:
+        raise UsageError(
+            "KEEL_ENCRYPTION_KEYS is not set: there is nothing to decrypt; set the same keys "
+            "as the workers"
+        )
+    host, port = _host_port(args.http)
+    token = os.environ.get(args.token_env) if args.token_env else None
+    if args.token_env and not token:
+        raise UsageError(f"--token-env {args.token_env}: that variable is unset or empty")
+    if token is None and not (args.no_auth and _is_loopback(host)):
+        raise UsageError(
+            "the codec server decrypts every task's data for whoever asks: pass --token-env "
+            "NAME, or --no-auth on a loopback address"
+        )
+    origins = args.ui_origin or [settings.temporal_ui_url.rstrip("/")]
+    codec = AesGcmCodec(parse_keys(settings.encryption_keys))
+    app = codec_app(codec, host=host, port=port, ui_origins=origins, token=token)
+    import uvicorn
+
+    _out(
+        f"Keel codec server on http://{host}:{port} (key {codec.active} encrypts) for "
+        f"{', '.join(origins)}. Ctrl-C stops."
+    )
+    _Stop.cancels = False  # uvicorn stops on SIGINT/SIGTERM by itself
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning")
+    await uvicorn.Server(config).serve()
+    return 0
+
+
 # --- entry point -------------------------------------------------------------------------
 
 
@@ -915,6 +960,28 @@ def parser() -> argparse.ArgumentParser:
         "router; loads or calls those models",
     )
     mcp.set_defaults(handler=cmd_mcp)
+
+    codec = sub.add_parser(
+        "codec-server",
+        help="decrypt encrypted payloads for the Web UI and the temporal CLI",
+        description=CODEC_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    codec.add_argument("--http", metavar="HOST:PORT", default="127.0.0.1:8081")
+    codec.add_argument(
+        "--token-env",
+        metavar="VAR",
+        default=None,
+        help="require `Authorization: Bearer <token>`, the token read from variable VAR",
+    )
+    codec.add_argument("--no-auth", action="store_true", help="no token (a loopback address only)")
+    codec.add_argument(
+        "--ui-origin",
+        action="append",
+        metavar="URL",
+        help="a Web UI origin browsers may call from (default KEEL_TEMPORAL_UI_URL); repeatable",
+    )
+    codec.set_defaults(handler=cmd_codec_server)
 
     worker = sub.add_parser("worker", help="run the workers of one or more task queues")
     worker.add_argument("names", nargs="+", choices=sorted(NAMES))
