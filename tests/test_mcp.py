@@ -27,13 +27,20 @@ import httpx2
 import pytest
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
+from mcp_types import ToolAnnotations
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel
 from temporalio.testing import WorkflowEnvironment
 
 from activities.tools.activity import ToolActivities
 from activities.tools.calculator import CalculatorInput, CalculatorOutput
-from activities.tools.mcp_remote import discover_tools, keel_tool_name, load_servers, redactor
+from activities.tools.mcp_remote import (
+    destructive,
+    discover_tools,
+    keel_tool_name,
+    load_servers,
+    redactor,
+)
 from activities.tools.registry import ToolContext, ToolRegistry, define_tool
 from keel import cli
 from keel._local_server import stop_process
@@ -313,7 +320,10 @@ async def test_agent_task_calls_external_mcp_tools_and_history_keeps_no_secret(
                             hashlib.sha256(secret.encode()).hexdigest(),
                         ],
                         "env_from": {"FIXTURE_TOKEN": "KEEL_TEST_FIXTURE_SECRET"},
-                        "tools": {"echo": {"cost_per_call_usd": 0.001, "timeout_s": 20}},
+                        "tools": {
+                            "echo": {"cost_per_call_usd": 0.001, "timeout_s": 20},
+                            "leak": {"requires_approval": False},  # destructive by default
+                        },
                     }
                 }
             }
@@ -335,6 +345,7 @@ async def test_agent_task_calls_external_mcp_tools_and_history_keeps_no_secret(
         assert echo.queue == TOOLS
         leak = specs["fixture_leak"]  # no annotations: MCP's defaults, the cautious reading
         assert (leak.side_effects, leak.idempotent) == (SideEffects.EXTERNAL, False)
+        assert not leak.requires_approval and not echo.requires_approval  # the file said so
 
         # input is checked against the server's schema before any call
         executor = ToolActivities(components.registry, mine)
@@ -419,6 +430,13 @@ def test_tool_names_fit_the_spec_pattern() -> None:
     assert keel_tool_name("fs", "read-file.v2") == "fs_read_file_v2"
     long = keel_tool_name("server", "x" * 80)
     assert len(long) == 48 and long != keel_tool_name("server", "x" * 81)
+
+
+def test_a_destructive_mcp_tool_needs_approval_by_default() -> None:
+    assert destructive(None)  # says nothing: MCP's defaults, destructive
+    assert destructive(ToolAnnotations(open_world_hint=False))
+    assert not destructive(ToolAnnotations(read_only_hint=True))
+    assert not destructive(ToolAnnotations(destructive_hint=False))
 
 
 def test_redaction_hides_secret_values_and_bearer_tokens_only() -> None:

@@ -270,6 +270,14 @@ def _side_effects(annotations: mcp_types.ToolAnnotations | None) -> tuple[SideEf
     return effects, bool(a.idempotent_hint)
 
 
+def destructive(annotations: mcp_types.ToolAnnotations | None) -> bool:
+    """Whether a call may destroy something, as MCP's annotations say (by the spec's default,
+    a tool that is not read-only is destructive): such a tool waits for a person's approval
+    unless the servers file says `"requires_approval": false` for it."""
+    a = annotations or mcp_types.ToolAnnotations()
+    return not a.read_only_hint and a.destructive_hint is not False
+
+
 def _make_tool(
     server_name: str,
     server: ServerConfig,
@@ -304,7 +312,9 @@ def _make_tool(
         timeout_s=override.timeout_s or 30.0,
         side_effects=override.side_effects or effects,
         idempotent=override.idempotent if override.idempotent is not None else idempotent,
-        requires_approval=bool(override.requires_approval),
+        requires_approval=override.requires_approval
+        if override.requires_approval is not None
+        else destructive(remote.annotations),
         queue=TOOLS,
         max_attempts=override.max_attempts or 3,
     )
