@@ -15,6 +15,7 @@ from temporalio import activity
 from keel import durable
 from keel._logging import activity_logger
 from keel.contracts import Notification
+from keel.errors import HttpUnavailable
 from keel.settings import Settings
 
 WEBHOOK_TIMEOUT_S = 10.0
@@ -38,6 +39,22 @@ class Notifier:
             waited_s=notification.waited_s,
         )
         if self.settings.notify_url:
+            await self._post(payload)
+
+    async def _post(self, payload: dict[str, object]) -> None:
+        """POST to the webhook. Its URL is a secret (the path often is the key): no failure
+        names it, so none puts it in history or logs."""
+        assert self.settings.notify_url is not None
+        try:
             async with httpx.AsyncClient(timeout=WEBHOOK_TIMEOUT_S, trust_env=False) as client:
                 response = await client.post(self.settings.notify_url, json=payload)
-                response.raise_for_status()
+        except httpx.HTTPError as err:
+            raise HttpUnavailable(
+                f"the KEEL_NOTIFY_URL webhook could not be reached ({type(err).__name__}); "
+                "the task keeps waiting and this is retried"
+            ).to_application_error() from None
+        if response.is_error:
+            raise HttpUnavailable(
+                f"the KEEL_NOTIFY_URL webhook answered HTTP {response.status_code}; "
+                "the task keeps waiting and this is retried"
+            ).to_application_error()

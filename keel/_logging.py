@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
+
+from keel._core.redaction import scrub
 
 
 def configure(level: str = "INFO", stream: TextIO | None = None) -> None:
@@ -30,6 +33,7 @@ def configure(level: str = "INFO", stream: TextIO | None = None) -> None:
             foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                _without_secrets,
                 structlog.processors.JSONRenderer(default=str),
             ],
         )
@@ -37,6 +41,18 @@ def configure(level: str = "INFO", stream: TextIO | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # httpx logs every request's URL at INFO: a webhook's or an API's secret path with it
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))
+
+
+def _without_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> dict[str, Any]:
+    """Every value of the line, exception text included, scrubbed of this process's
+    secrets (keel/_core/redaction.py)."""
+    exc_info = event.get("exc_info")
+    if isinstance(exc_info, tuple):  # rendered here, so that its text is scrubbed too
+        event["exc_info"] = [str(part) for part in exc_info]
+    return {scrub(k): scrub(v) for k, v in event.items()}
 
 
 def _flatten_temporal_context(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:

@@ -36,6 +36,7 @@ import mcp_types as types
 import structlog
 from mcp.server import Server, ServerRequestContext
 from mcp.server.stdio import stdio_server
+from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
 
 from activities.models.router import ModelRouter
@@ -261,22 +262,40 @@ class KeelMcpServer:
         finally:
             self.close()
 
-    def http_app(self, host: str, token: str | None = None) -> ASGIApp:
-        """The streamable-HTTP app at /mcp (DNS-rebinding protection on loopback hosts);
-        with a token, every request must carry `Authorization: Bearer <token>`."""
-        app: ASGIApp = self.server.streamable_http_app(host=host)
+    def http_app(self, host: str, port: int, token: str | None = None) -> ASGIApp:
+        """The streamable-HTTP app at /mcp. A request must name this server in its Host
+        header, and a browser's request come from its own origin (DNS rebinding: a page
+        whose name resolves to this address reaches it as any other name); with a token,
+        every request must carry `Authorization: Bearer <token>`."""
+        app: ASGIApp = self.server.streamable_http_app(
+            host=host, transport_security=own_address_only(host, port)
+        )
         return app if token is None else _require_bearer(app, token)
 
     async def run_http(self, host: str, port: int, token: str | None = None) -> None:
         import uvicorn
 
         config = uvicorn.Config(
-            self.http_app(host, token), host=host, port=port, log_level="warning"
+            self.http_app(host, port, token), host=host, port=port, log_level="warning"
         )
         try:
             await uvicorn.Server(config).serve()
         finally:
             self.close()
+
+
+def own_address_only(host: str, port: int) -> TransportSecuritySettings:
+    """The Host and Origin values a request to HOST:PORT may carry (and, on a loopback
+    address, the loopback names for it)."""
+    names = {f"[{host}]" if ":" in host else host}
+    if host in ("127.0.0.1", "localhost", "::1"):
+        names |= {"127.0.0.1", "localhost", "[::1]"}
+    hosts = sorted(f"{name}:{port}" for name in names)
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=hosts,
+        allowed_origins=[f"http://{h}" for h in hosts],
+    )
 
 
 def _require_bearer(app: ASGIApp, token: str) -> ASGIApp:

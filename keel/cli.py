@@ -40,6 +40,7 @@ from keel._converter import describe_validation_error
 from keel._lifeline import SHUTDOWN_GRACE_S, leave_within
 from keel._queues import Queues
 from keel._stalls import STALL_AFTER_S, last_poll_s, stalls, unanswered
+from keel._terminal import terminal_safe
 from keel.client import (
     TemporalUnreachable,
     connect,
@@ -84,7 +85,7 @@ class UsageError(KeelError):
 
 
 def _out(text: str = "") -> None:
-    print(text, flush=True)
+    print(terminal_safe(text), flush=True)
 
 
 # --- the embedded stack ------------------------------------------------------------------
@@ -195,7 +196,10 @@ class _StallWatch:
         for stall in found:
             if (stall.queue, stall.what) not in self._told:
                 self._told.add((stall.queue, stall.what))
-                print(f"  ⚠ {stall.line()}", file=sys.stderr if self.to_stderr else sys.stdout)
+                print(
+                    terminal_safe(f"  ⚠ {stall.line()}"),
+                    file=sys.stderr if self.to_stderr else sys.stdout,
+                )
 
 
 def _gave_up(workflow_id: str, timeout_s: float) -> UsageError:
@@ -512,7 +516,7 @@ async def _await_answered(
             told = True
             with contextlib.suppress(RPCError):
                 stall = await unanswered(client, workflow_id, waited)
-                print(f"  ⚠ {stall.line()}", file=sys.stderr, flush=True)
+                print(terminal_safe(f"  ⚠ {stall.line()}"), file=sys.stderr, flush=True)
         if timeout_s is not None and waited > timeout_s:
             task.cancel()
             raise UsageError(
@@ -717,13 +721,24 @@ async def cmd_mcp(args: argparse.Namespace, settings: Settings) -> int:
         if not token:
             raise UsageError(f"--token-env {args.token_env}: that variable is unset or empty")
     host, port = _host_port(args.http) if args.http else ("", 0)
-    if args.http is None and token is not None:
-        raise UsageError("--token-env protects --http; a stdio server has no network side")
-    if args.http and token is None and not _is_loopback(host):
+    if args.http is None and (token is not None or args.no_auth):
         raise UsageError(
-            f"refusing to serve tools on {host} without a token: put one in an environment "
-            "variable and pass --token-env NAME, or bind a loopback address"
+            "--token-env and --no-auth are for --http; a stdio server has no network side"
         )
+    if args.http and token is not None and args.no_auth:
+        raise UsageError("give --token-env or --no-auth, not both")
+    if args.http and token is None:
+        if not args.no_auth:
+            raise UsageError(
+                "--http serves Keel's tools to anyone who can connect: put a token in an "
+                "environment variable and pass --token-env NAME (clients send "
+                "`Authorization: Bearer <token>`), or pass --no-auth on a loopback address"
+            )
+        if not _is_loopback(host):
+            raise UsageError(
+                f"refusing to serve tools on {host} without a token: --no-auth is for a "
+                "loopback address; pass --token-env NAME"
+            )
     # logs on stderr: on stdio, stdout carries the protocol
     keel_logging.configure(settings.log_level)
     server = build_server(settings, models=args.models, max_usd_per_call=args.max_usd_per_call)
@@ -737,6 +752,51 @@ async def cmd_mcp(args: argparse.Namespace, settings: Settings) -> int:
     )
     _Stop.cancels = False  # uvicorn stops on SIGINT/SIGTERM by itself, requests drained
     await server.run_http(host, port, token)
+    return 0
+
+
+# --- keel codec-server ---------------------------------------------------------------------
+
+CODEC_HELP = """Decrypt Keel's encrypted payloads (KEEL_ENCRYPTION_KEYS) for the Temporal Web UI
+and the `temporal` CLI, over Temporal's codec-server protocol (POST /decode, /encode).
+
+Web UI: Settings (the gear) > Codec Server, endpoint http://HOST:PORT; with a token,
+turn on "Pass the user access token" only if your UI's login issues that token.
+temporal CLI: temporal workflow show -w ID --codec-endpoint http://HOST:PORT
+  --codec-auth "Bearer $TOKEN"
+"""
+
+
+async def cmd_codec_server(args: argparse.Namespace, settings: Settings) -> int:
+    from keel._codec_server import codec_app
+    from keel._encryption import AesGcmCodec, parse_keys
+
+    if not settings.encryption_keys:
+        raise UsageError(
+            "KEEL_ENCRYPTION_KEYS is not set: there is nothing to decrypt; set the same keys "
+            "as the workers"
+        )
+    host, port = _host_port(args.http)
+    token = os.environ.get(args.token_env) if args.token_env else None
+    if args.token_env and not token:
+        raise UsageError(f"--token-env {args.token_env}: that variable is unset or empty")
+    if token is None and not (args.no_auth and _is_loopback(host)):
+        raise UsageError(
+            "the codec server decrypts every task's data for whoever asks: pass --token-env "
+            "NAME, or --no-auth on a loopback address"
+        )
+    origins = args.ui_origin or [settings.temporal_ui_url.rstrip("/")]
+    codec = AesGcmCodec(parse_keys(settings.encryption_keys))
+    app = codec_app(codec, host=host, port=port, ui_origins=origins, token=token)
+    import uvicorn
+
+    _out(
+        f"Keel codec server on http://{host}:{port} (key {codec.active} encrypts) for "
+        f"{', '.join(origins)}. Ctrl-C stops."
+    )
+    _Stop.cancels = False  # uvicorn stops on SIGINT/SIGTERM by itself
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning")
+    await uvicorn.Server(config).serve()
     return 0
 
 
@@ -871,14 +931,20 @@ def parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         default=None,
         help="serve streamable HTTP at http://HOST:PORT/mcp instead of stdio "
-        "(a non-loopback HOST needs --token-env)",
+        "(with --token-env, or --no-auth on a loopback HOST)",
     )
     mcp.add_argument(
         "--token-env",
         metavar="VAR",
         default=None,
         help="with --http: require `Authorization: Bearer <token>`, the token read from "
-        "environment variable VAR",
+        "environment variable VAR (--http needs it, or --no-auth)",
+    )
+    mcp.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="with --http on a loopback address: serve without a token (anyone on this "
+        "machine can call the tools)",
     )
     mcp.add_argument(
         "--max-usd-per-call",
@@ -894,6 +960,28 @@ def parser() -> argparse.ArgumentParser:
         "router; loads or calls those models",
     )
     mcp.set_defaults(handler=cmd_mcp)
+
+    codec = sub.add_parser(
+        "codec-server",
+        help="decrypt encrypted payloads for the Web UI and the temporal CLI",
+        description=CODEC_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    codec.add_argument("--http", metavar="HOST:PORT", default="127.0.0.1:8081")
+    codec.add_argument(
+        "--token-env",
+        metavar="VAR",
+        default=None,
+        help="require `Authorization: Bearer <token>`, the token read from variable VAR",
+    )
+    codec.add_argument("--no-auth", action="store_true", help="no token (a loopback address only)")
+    codec.add_argument(
+        "--ui-origin",
+        action="append",
+        metavar="URL",
+        help="a Web UI origin browsers may call from (default KEEL_TEMPORAL_UI_URL); repeatable",
+    )
+    codec.set_defaults(handler=cmd_codec_server)
 
     worker = sub.add_parser("worker", help="run the workers of one or more task queues")
     worker.add_argument("names", nargs="+", choices=sorted(NAMES))
@@ -947,13 +1035,15 @@ def _run(argv: list[str] | None) -> int:
         print(f"keel: stopped by {signal.Signals(stopped.code - 128).name}", file=sys.stderr)
         return stopped.code
     except (UsageError, SettingsError, TemporalUnreachable, ServiceStartError) as err:
-        print(f"keel: error: {err}", file=sys.stderr)
+        print(terminal_safe(f"keel: error: {err}"), file=sys.stderr)
         return 2
     except RPCError as err:  # the server refused or failed a call ("shard status unknown")
         address = get_settings().temporal_address
         print(
-            f"keel: error: the Temporal server at {address} answered {err.status.name}: "
-            f"{err.message}; if it keeps saying so, restart it",
+            terminal_safe(
+                f"keel: error: the Temporal server at {address} answered {err.status.name}: "
+                f"{err.message}; if it keeps saying so, restart it"
+            ),
             file=sys.stderr,
         )
         return 2
@@ -969,8 +1059,10 @@ def _unexpected(err: Exception) -> int:
         path.write_text("".join(traceback.format_exception(err)))
     first = str(err).splitlines()[0] if str(err) else ""
     print(
-        f"keel: error: unexpected {type(err).__name__}: {first} (traceback in {path}; "
-        "please report it)",
+        terminal_safe(
+            f"keel: error: unexpected {type(err).__name__}: {first} (traceback in {path}; "
+            "please report it)"
+        ),
         file=sys.stderr,
     )
     return 2

@@ -6,6 +6,7 @@ so fields are only ever added with defaults, never renamed or removed.
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -19,10 +20,31 @@ STEP_ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,31}$"
 SHARED_SCOPE = "*"  # the memory scope every user reads (a shared cache); no user may be it
 
 
+USER_ID_MAX_BYTES = 128  # a search attribute (KeelUser) and every memory key carry it
+TOOL_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,47}$"
+LONGEST_WAIT_S = 366 * 24 * 3600  # a wait for a person: a year at most
+MAX_TOOL_NAMES = 128  # in a task's allowed tools, or a sub-agent's
+MAX_SUBAGENTS = 16  # each is a tool in every plan request: more would crowd the planner
+
+
 def _not_shared(user_id: str) -> str:
     if user_id == SHARED_SCOPE:
         raise ValueError(f"{SHARED_SCOPE!r} is reserved for memory shared by every user")
     return user_id
+
+
+def _user_id(user_id: str) -> str:
+    """A user id is printable text of at most USER_ID_MAX_BYTES bytes of UTF-8: it is a
+    search attribute, a memory partition key and a line in `keel status`."""
+    size = len(user_id.encode("utf-8", "surrogatepass"))
+    if size > USER_ID_MAX_BYTES:
+        raise ValueError(
+            f"is {size} bytes of UTF-8; at most {USER_ID_MAX_BYTES} (use a shorter id)"
+        )
+    unprintable = [c for c in user_id if unicodedata.category(c)[0] == "C" or c in "\u2028\u2029"]
+    if unprintable or user_id != user_id.strip():
+        raise ValueError("must be printable text without control characters or surrounding spaces")
+    return _not_shared(user_id)
 
 
 Strategy = Literal["plan", "react"]
@@ -38,7 +60,9 @@ class Budget(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     usd: float = Field(default=0.05, gt=0, le=1000, description="hard cap on spend in USD")
-    tokens: int | None = Field(default=None, gt=0, description="optional cap on model tokens")
+    tokens: int | None = Field(
+        default=None, gt=0, le=10**9, description="optional cap on model tokens"
+    )
 
 
 class HumanPolicy(BaseModel):
@@ -49,10 +73,14 @@ class HumanPolicy(BaseModel):
     approve_plans_above_usd: float | None = Field(
         default=None,
         ge=0,
+        le=1000,
         description="a plan expected to cost more than this waits for approval of step 'plan'",
     )
     wait_timeout_s: float = Field(
-        default=24 * 3600, gt=0, description="how long one wait for a person may take"
+        default=24 * 3600,
+        gt=0,
+        le=LONGEST_WAIT_S,
+        description="how long one wait for a person may take (a year at most)",
     )
     on_timeout: Literal["escalate", "fail"] = Field(
         default="escalate",
@@ -74,8 +102,12 @@ class SubAgent(BaseModel):
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")
     description: str = Field(min_length=1, max_length=500)
-    tools: list[str] = Field(min_length=1, description="the tools the sub-agent may use")
-    budget_usd: float = Field(default=0.01, gt=0, description="at most this much per delegation")
+    tools: list[Annotated[str, Field(pattern=TOOL_NAME_PATTERN)]] = Field(
+        min_length=1, max_length=MAX_TOOL_NAMES, description="the tools the sub-agent may use"
+    )
+    budget_usd: float = Field(
+        default=0.01, gt=0, le=1000, description="at most this much per delegation"
+    )
 
 
 class TaskRequest(BaseModel):
@@ -84,11 +116,11 @@ class TaskRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     task: str = Field(min_length=1, max_length=20_000, description="what the agent should do")
-    user_id: str = Field(default="anonymous", min_length=1, max_length=200)
+    user_id: str = Field(default="anonymous", min_length=1)
     budget: Budget = Field(default_factory=Budget)
     max_replans: int = Field(default=2, ge=0, le=10)
-    allowed_tools: list[str] | None = Field(
-        default=None, description="restrict the catalog to these tool names"
+    allowed_tools: list[Annotated[str, Field(pattern=TOOL_NAME_PATTERN)]] | None = Field(
+        default=None, max_length=MAX_TOOL_NAMES, description="restrict the catalog to these tools"
     )
     strategy: Strategy = Field(
         default="plan",
@@ -114,9 +146,11 @@ class TaskRequest(BaseModel):
     )
     human: HumanPolicy = Field(default_factory=HumanPolicy)
     subagents: list[SubAgent] | None = Field(
-        default=None, description="who steps may delegate to; None: Keel's default sub-agents"
+        default=None,
+        max_length=MAX_SUBAGENTS,
+        description="who steps may delegate to; None: Keel's default sub-agents",
     )
-    _user_not_shared = field_validator("user_id")(_not_shared)
+    _user_is_a_user = field_validator("user_id")(_user_id)
     carried: CarriedState | None = Field(
         default=None, description="set by the workflow when it continues as new; not for callers"
     )
@@ -140,7 +174,7 @@ class CachePolicy(BaseModel):
 class ToolSpec(BaseModel):
     """A tool as the planner and the executor see it: schema plus operational metadata."""
 
-    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,47}$")
+    name: str = Field(pattern=TOOL_NAME_PATTERN)
     description: str
     input_schema: dict[str, Any]
     output_schema: dict[str, Any]
@@ -518,9 +552,9 @@ class MemorizeRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    user_id: str = Field(min_length=1, max_length=200)
+    user_id: str = Field(min_length=1)
     documents: list[Document] = Field(min_length=1, max_length=100)
-    _user_not_shared = field_validator("user_id")(_not_shared)
+    _user_is_a_user = field_validator("user_id")(_user_id)
 
     @field_validator("documents")
     @classmethod

@@ -1,5 +1,6 @@
 """KeelPlugin: everything a Temporal client, worker or replayer needs to run Keel, in one
-object (the SDK's plugin mechanism): Keel's data converter, large payloads out of band
+object (the SDK's plugin mechanism): Keel's data converter, payloads encrypted when
+KEEL_ENCRYPTION_KEYS is set (keel/_encryption.py), large payloads out of band
 (keel/_payload_store.py) and the workflow sandbox that passes Keel's pure modules through.
 
 A client connected with it hands it to every worker built on that client, so a worker needs
@@ -33,6 +34,12 @@ def _keel_converter(settings: Settings, configured: DataConverter | None) -> Dat
     converter = dataclasses.replace(
         configured or data_converter, payload_converter_class=KeelPayloadConverter
     )
+    if settings.encryption_keys and converter.payload_codec is None:
+        from keel._encryption import AesGcmCodec, parse_keys
+
+        converter = dataclasses.replace(
+            converter, payload_codec=AesGcmCodec(parse_keys(settings.encryption_keys))
+        )
     if converter.external_storage is None:
         converter = dataclasses.replace(
             converter,

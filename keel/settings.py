@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
@@ -111,6 +112,18 @@ class Settings(BaseModel):
     sandbox_threads: int = Field(default=16, ge=1, le=256)
     memory_threads: int = Field(default=8, ge=1, le=64)
     payload_threshold_bytes: int = Field(default=128 * 1024, ge=1024, le=2 * 1024 * 1024)
+    # Payloads encrypted with AES-256-GCM (keel/_encryption.py): "id:base64key,..."; the
+    # first key encrypts, all decrypt. Every client and worker needs the same keys.
+    encryption_keys: str | None = None
+
+    @field_validator("encryption_keys")
+    @classmethod
+    def _encryption_keys(cls, value: str | None) -> str | None:
+        if value is not None:
+            from keel._encryption import parse_keys  # cryptography only when encrypting
+
+            parse_keys(value)
+        return value
 
     @field_validator("local_model")
     @classmethod
@@ -216,6 +229,7 @@ _ENV = {
     "KEEL_SANDBOX_THREADS": "sandbox_threads",
     "KEEL_MEMORY_THREADS": "memory_threads",
     "KEEL_PAYLOAD_THRESHOLD_BYTES": "payload_threshold_bytes",
+    "KEEL_ENCRYPTION_KEYS": "encryption_keys",
 }
 
 
@@ -239,7 +253,8 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         field = str(first["loc"][0])
         var = next(v for v, f in _ENV.items() if f == field)
         msg = str(first["msg"]).removeprefix("Value error, ")
-        raise SettingsError(f"{var}={env.get(var)!r} is invalid: {msg}") from None
+        shown = "(its value is not shown)" if field in SECRET_SETTINGS else repr(env.get(var))
+        raise SettingsError(f"{var}={shown} is invalid: {msg}") from None
     if not settings.temporal_address_set and settings.dev_port != DEFAULT_DEV_PORT:
         update: dict[str, object] = {"temporal_address": f"127.0.0.1:{settings.dev_port}"}
         if "temporal_ui_url" not in values:
@@ -275,6 +290,28 @@ def load_json_config(variable: str, path: Path, model: type[M], fix: str) -> M:
         loc = ".".join(str(p) for p in first["loc"] if p != "[key]") or "(top level)"
         msg = str(first["msg"]).removeprefix("Value error, ")
         raise SettingsError(f"{where}: {loc}: {msg}; {fix}") from None
+
+
+# Settings whose values are secrets, redacted wherever they could surface
+# (keel/_core/redaction.py).
+SECRET_SETTINGS = (
+    "temporal_api_key",
+    "openai_api_key",
+    "anthropic_api_key",
+    "qdrant_api_key",
+    "neo4j_password",
+    "notify_url",  # a webhook URL carries its secret in its path
+    "encryption_keys",
+)
+
+
+def secret_values(settings: Settings) -> list[str]:
+    values = [getattr(settings, name) for name in SECRET_SETTINGS]
+    if settings.sql_url:  # its password; the rest of it is no secret
+        values.append(urlsplit(settings.sql_url).password)
+    if settings.encryption_keys:  # each key on its own too
+        values += [item.partition(":")[2] for item in settings.encryption_keys.split(",")]
+    return [v for v in values if v]
 
 
 @lru_cache(maxsize=1)

@@ -6,8 +6,10 @@ id) and every path is resolved in the copy, refusing `..` and symlinks that lead
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 from keel.errors import ToolRefusal
@@ -20,6 +22,28 @@ class WorkspaceError(ToolRefusal):
     """A path the task may not use, or a file that is not there."""
 
 
+# A task's copy unused this long is deleted (a later call of the same task copies the files
+# again); looked for at most every SWEEP_EVERY_S, when a task makes its copy.
+IDLE_S = 24 * 3600
+SWEEP_EVERY_S = 600
+_last_sweep: dict[Path, float] = {}
+
+
+def sweep(workspaces_dir: Path, idle_s: float = IDLE_S, now: float | None = None) -> list[str]:
+    """Delete the task copies not used for `idle_s`; returns their names."""
+    now = time.time() if now is None else now
+    removed = []
+    for entry in workspaces_dir.iterdir() if workspaces_dir.is_dir() else ():
+        try:
+            idle = now - entry.stat().st_mtime
+        except FileNotFoundError:  # another worker removed it
+            continue
+        if entry.is_dir() and not entry.is_symlink() and idle > idle_s:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry.name)
+    return removed
+
+
 class TaskWorkspace:
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
@@ -30,7 +54,13 @@ class TaskWorkspace:
         if name in ("", ".", ".."):  # would be the workspaces folder or its parent
             raise WorkspaceError(f"task id {task_id!r} cannot name a workspace")
         root = workspaces_dir / name
-        if not root.exists():
+        if root.exists():
+            os.utime(root)  # in use: not idle
+        else:
+            now = time.time()
+            if now - _last_sweep.get(workspaces_dir, 0.0) > SWEEP_EVERY_S:
+                _last_sweep[workspaces_dir] = now
+                sweep(workspaces_dir, now=now)
             staging = root.with_name(root.name + ".tmp")
             shutil.rmtree(staging, ignore_errors=True)
             # symlinks are copied as links so that resolve() can refuse the ones escaping.

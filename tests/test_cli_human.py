@@ -108,13 +108,13 @@ async def test_pending_lists_a_waiting_task_and_approve_lets_it_run(stack: Stack
     [line] = [line for line in out.splitlines() if line.startswith(handle.id)]
     spent = (await handle.query("status", result_type=TaskProgress)).total_usd
     assert f"  user {user}  awaiting_approval  ${spent:.6f}  " in line
-    assert line.endswith("approval s1: transfer(to=bob, usd=5)")
+    assert line.endswith('approval s1: transfer(to="bob", usd=5)')
     assert "keel approve ID STEP" in out
 
     status = await keel_ok(stack, "status", handle.id)
     assert "Status: awaiting_approval" in status
     assert (
-        f"waiting for approval of s1: transfer(to=bob, usd=5) — approve with: "
+        f'waiting for approval of s1: transfer(to="bob", usd=5) — approve with: '
         f"keel approve {handle.id} s1" in status
     )
 
@@ -297,7 +297,7 @@ async def test_keel_run_passes_the_timeout_policy(stack: Stack) -> None:
     )
     assert code == 3, out + err
     assert '"status": "timed_out_waiting"' in out
-    assert "no one answered the approval for s1 (transfer(to=bob, usd=5)) within 1 s" in out
+    assert 'no one answered the approval for s1 (transfer(to="bob", usd=5)) within 1 s' in out
 
 
 async def test_keel_cancel_no_wait_ends_a_task_that_keel_run_follows(stack: Stack) -> None:

@@ -71,7 +71,7 @@ async def test_a_step_needing_approval_waits_then_runs_once_approved(stack: Stac
 
     [pending] = await waiting_for(handle, "s1")
     assert pending.kind == PendingKind.APPROVAL
-    assert pending.text == "transfer(to=bob, usd=5)" and pending.expected_cost_usd == 0.001
+    assert pending.text == 'transfer(to="bob", usd=5)' and pending.expected_cost_usd == 0.001
     assert len(TRANSFERS) == before  # not yet
     # the operator's console: the task is listed as waiting for approval
     listed = f'WorkflowId="{handle.id}" AND KeelStatus="awaiting_approval"'
@@ -149,7 +149,7 @@ async def test_an_expensive_plan_waits_for_approval_of_the_whole_plan(stack: Sta
 
     [pending] = await waiting_for(handle, "plan")
     assert pending.text.startswith("plan v1, expected $0.00")
-    assert "over $0.0005" in pending.text and "s1=transfer(to=bob, usd=5)" in pending.text
+    assert "over $0.0005" in pending.text and 's1=transfer(to="bob", usd=5)' in pending.text
     await handle.execute_update("approve", Approval(step_id="plan"))
     await waiting_for(handle, "s1")  # then the step itself, which needs approval anyway
     await handle.execute_update("approve", Approval(step_id="s1"))
@@ -194,7 +194,9 @@ async def test_no_answer_in_time_ends_the_task_as_timed_out_waiting(stack: Stack
     result = await handle.result()
     assert result.status == TaskStatus.TIMED_OUT_WAITING
     assert result.error is not None
-    assert result.error.startswith("no one answered the approval for s1 (transfer(to=bob, usd=5))")
+    assert result.error.startswith(
+        'no one answered the approval for s1 (transfer(to="bob", usd=5))'
+    )
     assert not result.completed_without_human
     attrs = (await handle.describe()).typed_search_attributes
     assert attrs.get(sa.STATUS) == "timed_out_waiting" and attrs.get(sa.WITHOUT_HUMAN) is False
@@ -221,7 +223,7 @@ async def test_a_late_decision_escalates_then_the_task_keeps_waiting(stack: Stac
             "user_id": "anonymous",
             "kind": "approval",
             "id": "s1",
-            "text": "transfer(to=bob, usd=5)",
+            "text": 'transfer(to="bob", usd=5)',
             "waited_s": 1.0,
         }
     ]
@@ -266,7 +268,7 @@ async def test_a_wait_survives_worker_and_server_restarts_and_adds_no_events(
             async with workers_running(build_all(client, components)):
                 handle = client.get_workflow_handle(handle.id, result_type=TaskResult)
                 [pending] = await waiting_for(handle, "s1")  # replayed by a new worker
-                assert pending.text == "transfer(to=bob, usd=5)"
+                assert pending.text == 'transfer(to="bob", usd=5)'
                 assert len((await handle.fetch_history()).events) == waiting
                 await handle.execute_update("approve", Approval(step_id="s1"))
                 result = await handle.result()

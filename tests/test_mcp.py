@@ -27,14 +27,22 @@ import httpx2
 import pytest
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
+from mcp_types import ToolAnnotations
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel
 from temporalio.testing import WorkflowEnvironment
 
 from activities.tools.activity import ToolActivities
 from activities.tools.calculator import CalculatorInput, CalculatorOutput
-from activities.tools.mcp_remote import discover_tools, keel_tool_name, load_servers, redactor
+from activities.tools.mcp_remote import (
+    destructive,
+    discover_tools,
+    keel_tool_name,
+    load_servers,
+    redactor,
+)
 from activities.tools.registry import ToolContext, ToolRegistry, define_tool
+from keel import cli
 from keel._local_server import stop_process
 from keel._mcp_server import KeelMcpServer
 from keel._ports import free_port
@@ -137,11 +145,15 @@ class HttpServer:
                 stderr=subprocess.STDOUT,
             )
 
-    def status_without_token(self) -> int:
+    def status_without_token(self, **headers: str) -> int:
         request = urllib.request.Request(
             self.url,
             data=b'{"jsonrpc": "2.0", "id": 1, "method": "ping"}',
-            headers={"Content-Type": "application/json", "Accept": "application/json"},
+            headers={
+                "Content-Type": "application/json",
+                "Accept": "application/json, text/event-stream",
+                **headers,
+            },
         )
         try:
             with urllib.request.urlopen(request, timeout=5) as response:
@@ -174,6 +186,14 @@ async def test_streamable_http_server_requires_its_token_and_serves_keel_and_mcp
     try:
         server.wait_ready()
         assert server.status_without_token() == 401
+        # DNS rebinding: a page at another name that resolves here is refused, token or not
+        bearer = f"Bearer {token}"
+        assert server.status_without_token(Authorization=bearer, Host="evil.example") == 421
+        assert (
+            server.status_without_token(Authorization=bearer, Origin="http://evil.example") == 403
+        )
+        own = f"http://127.0.0.1:{server.port}"
+        assert server.status_without_token(Authorization=bearer, Origin=own) not in (403, 421)
 
         # the official streamable-HTTP client, with the token
         headers = {"Authorization": f"Bearer {token}"}
@@ -242,6 +262,22 @@ async def test_streamable_http_server_requires_its_token_and_serves_keel_and_mcp
     assert token not in log
 
 
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--http", "127.0.0.1:8765"], "pass --token-env NAME"),
+        (["--http", "0.0.0.0:8765", "--no-auth"], "--no-auth is for a loopback address"),
+        (["--no-auth"], "a stdio server has no network side"),
+    ],
+)
+def test_an_http_server_without_a_token_is_refused(
+    argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["mcp", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("keel: error: ") and says in err and len(err.splitlines()) == 1
+
+
 # --- external MCP servers as Keel tools ------------------------------------------------------
 
 
@@ -284,7 +320,10 @@ async def test_agent_task_calls_external_mcp_tools_and_history_keeps_no_secret(
                             hashlib.sha256(secret.encode()).hexdigest(),
                         ],
                         "env_from": {"FIXTURE_TOKEN": "KEEL_TEST_FIXTURE_SECRET"},
-                        "tools": {"echo": {"cost_per_call_usd": 0.001, "timeout_s": 20}},
+                        "tools": {
+                            "echo": {"cost_per_call_usd": 0.001, "timeout_s": 20},
+                            "leak": {"requires_approval": False},  # destructive by default
+                        },
                     }
                 }
             }
@@ -306,6 +345,7 @@ async def test_agent_task_calls_external_mcp_tools_and_history_keeps_no_secret(
         assert echo.queue == TOOLS
         leak = specs["fixture_leak"]  # no annotations: MCP's defaults, the cautious reading
         assert (leak.side_effects, leak.idempotent) == (SideEffects.EXTERNAL, False)
+        assert not leak.requires_approval and not echo.requires_approval  # the file said so
 
         # input is checked against the server's schema before any call
         executor = ToolActivities(components.registry, mine)
@@ -390,6 +430,13 @@ def test_tool_names_fit_the_spec_pattern() -> None:
     assert keel_tool_name("fs", "read-file.v2") == "fs_read_file_v2"
     long = keel_tool_name("server", "x" * 80)
     assert len(long) == 48 and long != keel_tool_name("server", "x" * 81)
+
+
+def test_a_destructive_mcp_tool_needs_approval_by_default() -> None:
+    assert destructive(None)  # says nothing: MCP's defaults, destructive
+    assert destructive(ToolAnnotations(open_world_hint=False))
+    assert not destructive(ToolAnnotations(read_only_hint=True))
+    assert not destructive(ToolAnnotations(destructive_hint=False))
 
 
 def test_redaction_hides_secret_values_and_bearer_tokens_only() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from activities.tools.calculator import CalculatorError, evaluate
 from keel._plans import budget_error, resolve_args, validate_plan
 from keel.contracts import Plan, PlanStep
 from keel.settings import SettingsError, settings_from_env
-from sandbox.workspace import TaskWorkspace, WorkspaceError
+from sandbox.workspace import IDLE_S, TaskWorkspace, WorkspaceError, sweep
 
 CALC_SPEC = {
     "type": "object",
@@ -135,6 +136,23 @@ def test_workspace_is_a_private_copy_that_refuses_escapes(tmp_path: Path) -> Non
     for bad_id in ["..", ".", ""]:  # the workspaces folder itself, or Keel's home
         with pytest.raises(WorkspaceError, match="cannot name a workspace"):
             TaskWorkspace.for_task(tmp_path / "ws", bad_id, source)
+
+
+def test_a_task_copy_unused_for_a_day_is_deleted(tmp_path: Path) -> None:
+    source = tmp_path / "docs"
+    source.mkdir()
+    (source / "a.md").write_text("hello")
+    workspaces = tmp_path / "ws"
+    old = TaskWorkspace.for_task(workspaces, "wf-old", source)
+    used = TaskWorkspace.for_task(workspaces, "wf-used", source)
+    day_ago = time.time() - IDLE_S - 60
+    for ws in (old, used):
+        os.utime(ws.root, (day_ago, day_ago))
+    TaskWorkspace.for_task(workspaces, "wf-used", source)  # a call of that task: in use
+    assert sweep(workspaces) == ["wf-old"]
+    assert sorted(p.name for p in workspaces.iterdir()) == ["wf-used"]
+    # the deleted task's next call gets a fresh copy of the files
+    assert TaskWorkspace.for_task(workspaces, "wf-old", source).read_text("a.md") == "hello"
 
 
 def test_settings_errors_are_one_clear_line() -> None:

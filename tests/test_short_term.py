@@ -7,15 +7,15 @@ import json
 from collections.abc import AsyncIterator
 
 import pytest
-from temporalio.client import WorkflowExecutionStatus
+from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.exceptions import ApplicationError
 
 from keel._short_term import SUMMARY_CHARS, WINDOW_CHARS, WINDOW_ENTRIES, ShortTermMemory
 from keel.client import start_task
 from keel.contracts import (
+    Budget,
     CarriedState,
     Ledger,
-    LedgerEntry,
-    StepResult,
     StepStatus,
     TaskProgress,
     TaskRequest,
@@ -51,44 +51,20 @@ def test_a_long_entry_cannot_flush_the_window() -> None:
     assert memory.window[-1] == "y" * 500 and memory.window[0] == "short"
 
 
-async def test_a_continued_task_resumes_from_its_carried_state(stack: Stack) -> None:
-    """What continue-as-new hands the next run: the summary reaches the planner, finished
-    results are not redone, the ledger keeps counting."""
-    task = unique("What is 6*7 and 5*5?")
-    short_term = ShortTermMemory()
-    short_term.add(f"user asked: {task}")
-    short_term.add("s1 calculator(6*7) succeeded: 42")
-    done = StepResult(
-        step_id="s1",
-        plan_version=1,
-        tool="calculator",
-        args={"expression": "6*7"},
-        status=StepStatus.SUCCEEDED,
-        output={"value": 42, "text": "42"},
-    )
-    ledger = Ledger(budget_usd=0.05)
-    ledger.entries.append(LedgerEntry(kind="model", name="scripted", role="planner", usd=0.001))
-    carried = CarriedState(
-        short_term=short_term.carried(), ledger=ledger, results=[done], plan_version=1
-    )
-    handle = await start_task(stack.client, TaskRequest(task=task, carried=carried))
-    result = await handle.result()
-
-    assert result.status == "completed"
-    assert [(s.step_id, s.tool) for s in result.steps] == [
-        ("s1", "calculator"),
-        ("s2", "calculator"),
-    ]
-    assert result.steps[1].args == {"expression": "5*5"}  # only what was left
-    assert result.ledger.entries[0].usd == 0.001 and result.ledger.total_usd > 0.001
-    plan_requests = [
-        json.loads(e.activity_task_scheduled_event_attributes.input.payloads[0].data)
-        for e in (await handle.fetch_history()).events
-        if e.HasField("activity_task_scheduled_event_attributes")
-        and e.activity_task_scheduled_event_attributes.activity_type.name == "plan"
-    ]
-    assert plan_requests[0]["version"] == 2
-    assert any(c.startswith("earlier in this task (2 events)") for c in plan_requests[0]["context"])
+async def test_carried_state_from_a_caller_is_refused(stack: Stack) -> None:
+    """Only a continue-as-new hands a run carried state: a caller's would adopt any ledger
+    (a budget of a million dollars) and run any plan without validation or approval."""
+    ledger = Ledger(budget_usd=1_000_000)
+    carried = CarriedState(short_term=ShortTermMemory().carried(), ledger=ledger)
+    request = TaskRequest(task=unique("What is 6*7?"), budget=Budget(usd=0.0001), carried=carried)
+    handle = await start_task(stack.client, request)
+    with pytest.raises(WorkflowFailureError) as failed:
+        await handle.result()
+    cause = failed.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "InvalidInput"
+    assert "a caller may not send it" in cause.message
+    events = (await handle.fetch_history()).events
+    assert not any(e.HasField("activity_task_scheduled_event_attributes") for e in events)
 
 
 @pytest.fixture(scope="module")
@@ -139,3 +115,12 @@ async def test_a_long_history_continues_as_new_with_its_state(eager_server: Stac
     assert (await first.describe()).status == WorkflowExecutionStatus.CONTINUED_AS_NEW
     progress = await handle.query("status", result_type=TaskProgress)
     assert any(e.startswith("continued as new (run 2)") for e in progress.events)
+    # the second run's plan request: version 2, with the first run's summary in its context
+    [plan_request] = [
+        json.loads(e.activity_task_scheduled_event_attributes.input.payloads[0].data)
+        for e in (await handle.fetch_history()).events
+        if e.HasField("activity_task_scheduled_event_attributes")
+        and e.activity_task_scheduled_event_attributes.activity_type.name == "plan"
+    ]
+    assert plan_request["version"] == 2
+    assert any(c.startswith("earlier in this task (") for c in plan_request["context"])

@@ -164,7 +164,7 @@ async def test_a_task_needing_approval_is_driven_with_the_temporal_cli_alone(
     )
 
     [pending] = await _waiting(stack, workflow_id, "s1")
-    assert pending["kind"] == "approval" and pending["text"] == "transfer(to=bob, usd=5)"
+    assert pending["kind"] == "approval" and pending["text"] == 'transfer(to="bob", usd=5)'
     assert pending["expected_cost_usd"] == 0.001 and pending["escalated"] is False
     status = await _query(stack, workflow_id, "status")
     assert status["status"] == "awaiting_approval"

@@ -13,8 +13,9 @@ from activities.memory.vectors import VectorStore
 from activities.models.router import ModelRouter
 from activities.tools.builtin import default_registry
 from activities.tools.registry import ToolRegistry
+from keel._core.redaction import process_redactor
 from keel._queues import Queues
-from keel.settings import Settings
+from keel.settings import Settings, secret_values
 
 if TYPE_CHECKING:
     from workers.triton.server import TritonServer
@@ -34,6 +35,10 @@ class Components:
     # The Triton server this process started for a planner on `triton` without
     # KEEL_TRITON_URL (see start_triton); stopped with the planner worker.
     triton: TritonServer | None = None
+
+    def __post_init__(self) -> None:
+        # whatever this process logs or reports is scrubbed of these settings' secrets
+        process_redactor().add(secret_values(self.settings))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Components:

@@ -34,6 +34,7 @@ from keel.contracts import (
     TaskResult,
     TaskStatus,
 )
+from keel.errors import InvalidInput
 from workflows import memory_calls
 from workflows.answer import synthesize
 from workflows.human import Decision, TimedOutWaiting
@@ -46,6 +47,12 @@ from workflows.state import LEAN_PATCH, Outcome, TaskState
 class AgentTask:
     @workflow.init
     def __init__(self, request: TaskRequest) -> None:
+        # Carried state (a ledger, a plan half run) is what this workflow hands its next run
+        # when it continues as new; a run a caller started has none to adopt. The server
+        # sets `continued_run_id` only on a continue-as-new, and no caller can set it.
+        self._forged_carry = request.carried is not None and not workflow.info().continued_run_id
+        if self._forged_carry:
+            request = request.model_copy(update={"carried": None})
         # the state exists before the first handler runs, so a query or an update that
         # arrives with the start finds it
         self._task = TaskState.start(request, Queues.for_agent_queue(workflow.info().task_queue))
@@ -108,6 +115,11 @@ class AgentTask:
 
     @workflow.run
     async def run(self, request: TaskRequest) -> TaskResult:
+        if self._forged_carry:
+            raise InvalidInput(
+                "`carried` is set by Keel when a task continues as new; a caller may not send "
+                "it: start the task without it"
+            ).to_application_error()
         task = self._task
         task.lean = workflow.patched(LEAN_PATCH)
         user = sa.USER.value_set(request.user_id)

@@ -30,7 +30,7 @@ from keel.contracts import (
 from workflows import activity_options as options
 from workflows.memory_calls import cache_lookup, cache_store
 from workflows.people import ask
-from workflows.state import TaskState, short_args
+from workflows.state import TaskState, every_arg, short_args
 from workflows.subagents import delegate
 
 ContinueAsNew = Callable[[Snapshot], NoReturn]
@@ -127,7 +127,7 @@ async def run_step(task: TaskState, version: int, step: PlanStep, spec: ToolSpec
             task,
             PendingKind.APPROVAL,
             step.id,
-            f"{spec.name}({short_args(args)})",
+            f"{spec.name}({every_arg(args)})",
             spec.cost_per_call_usd,
         )
         if not decision.approved:

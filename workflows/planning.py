@@ -29,7 +29,7 @@ from keel.contracts import (
 from workflows import activity_options as options
 from workflows.execution import execute
 from workflows.people import ask
-from workflows.state import Outcome, TaskState, short_args
+from workflows.state import Outcome, TaskState, every_arg
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,7 @@ async def _approve_plan(task: TaskState, plan: Plan) -> str:
     cost = plan.expected_cost_usd + plan.synthesis_estimate_usd
     if threshold is None or cost <= threshold:
         return ""
-    steps = ", ".join(f"{s.id}={s.tool}({short_args(s.args, 40)})" for s in plan.steps)
+    steps = ", ".join(f"{s.id}={s.tool}({every_arg(s.args)})" for s in plan.steps)
     decision = await ask(
         task,
         PendingKind.APPROVAL,

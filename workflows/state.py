@@ -8,6 +8,7 @@ and `resume()` picks that up again.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +60,23 @@ def short_args(args: dict[str, object], limit: int = 60) -> str:
     """Arguments as one short line for events and the UI timeline."""
     text = ", ".join(f"{v}" if len(args) == 1 else f"{k}={v}" for k, v in args.items())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+APPROVAL_VALUE_CHARS = 500
+
+
+def every_arg(args: dict[str, object], per_value: int = APPROVAL_VALUE_CHARS) -> str:
+    """Every argument, named, each value in full up to `per_value` characters (then how much
+    was left out): what a person approving a call must see. Values are JSON (strings quoted,
+    control characters escaped), so a value cannot pass for the next argument."""
+
+    def shown(value: object) -> str:
+        text = json.dumps(value, ensure_ascii=False, default=str)
+        if len(text) <= per_value:
+            return text
+        return f"{text[:per_value]}… ({len(text) - per_value} more characters)"
+
+    return ", ".join(f"{k}={shown(v)}" for k, v in args.items())
 
 
 @dataclass

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 from temporalio.exceptions import ApplicationError
 
+from keel._core.redaction import scrub
 from keel._retry_after import retry_after
 from keel.errors import (
     ModelAuthError,
@@ -47,7 +48,7 @@ def provider_message(body: object, fallback: str) -> str:
     elif isinstance(body, str):
         message = body
     text = str(message) if message else fallback
-    text = " ".join(text.split())
+    text = " ".join(scrub(text).split())  # a provider may quote the key it was sent
     return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 3] + "..."
 
 
@@ -157,7 +158,7 @@ def connection_error(*, provider: str, model: str, err: Exception) -> Applicatio
     what = "timed out" if "timeout" in type(err).__name__.lower() else "failed"
     request = getattr(err, "request", None)  # the SDKs' connection errors keep their request
     url = getattr(request, "url", None)
-    target = f" to {url}" if url is not None else ""
+    target = f" to {scrub(str(url))}" if url is not None else ""
     return ModelUnavailable(
         f"{provider} model {model}: request{target} {what} ({provider_message(None, str(err))})"
     ).to_application_error()

@@ -46,6 +46,7 @@ from pydantic import (
 )
 
 from activities.tools.registry import Tool, ToolContext, define_tool
+from keel._core.redaction import REDACTED, Redactor
 from keel._queues import HTTP
 from keel._retry_after import retry_after
 from keel.contracts import SideEffects
@@ -404,6 +405,11 @@ class HttpGet:
         )
 
 
+# how a response body is read when looking for an echoed secret: whatever it declares, a
+# secret in any of these is found (latin-1 reads any one-byte charset's ASCII the same way)
+ECHO_ENCODINGS = ("utf-8", "utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be", "latin-1")
+
+
 def _short(text: str, limit: int = SNIPPET_CHARS) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -418,12 +424,16 @@ class _Call:
 
     def scrub(self, text: str) -> str:
         for header, value in self.secrets.items():
-            text = text.replace(value, f"<{header}>")
+            text = Redactor([value]).scrub(text).replace(REDACTED, f"<{header}>")
         return text
 
     def refuse_echo(self, data: bytes) -> None:
+        """Refuse a body that holds a secret header's value in any form (the token of
+        `Bearer <token>` alone, JSON-escaped, percent-encoded) in any encoding it may be
+        in (UTF-8, UTF-16, a one-byte charset)."""
+        texts = {data.decode(encoding, errors="ignore") for encoding in ECHO_ENCODINGS}
         for header, value in self.secrets.items():
-            if value.encode() in data:
+            if any(Redactor([value]).found_in(text) for text in texts):
                 raise ToolRefusal(
                     f"{self.where}: the response contains the value of the secret header "
                     f"{header}; refused so that it never reaches the workflow history"

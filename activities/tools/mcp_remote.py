@@ -49,6 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, m
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from activities.tools.registry import Tool, ToolContext
+from keel._core.redaction import Redactor
 from keel._queues import TOOLS
 from keel.contracts import SideEffects, ToolSpec
 from keel.errors import ServiceStartError, ToolRefusal, one_line
@@ -58,8 +59,6 @@ SERVER_NAME = r"^[a-z][a-z0-9_]{0,23}$"
 MAX_NAME = 48  # ToolSpec.name: ^[a-z][a-z0-9_]{0,47}$
 MAX_DESCRIPTION = 1000
 DISCOVERY_TIMEOUT_S = 30.0
-REDACTED = "[redacted]"
-MIN_SECRET_CHARS = 6  # shorter values are not searched for in outputs (too many false hits)
 HTTP_CONNECT_S = 30.0
 HTTP_READ_S = 300.0
 CLIENT_INFO = mcp_types.Implementation(name="keel", version="0.1.0")
@@ -168,26 +167,9 @@ def resolve_secrets(name: str, server: ServerConfig, environ: Mapping[str, str])
 
 
 def redactor(secrets: Mapping[str, str]) -> Callable[[Any], Any]:
-    """Replaces every secret value (and its last word alone, e.g. the token of
-    `Bearer <token>`) in strings, lists and dicts by `[redacted]`."""
-    needles: set[str] = set()
-    for value in secrets.values():
-        needles.add(value)
-        needles.update(value.split()[-1:])
-    ordered = sorted((n for n in needles if len(n) >= MIN_SECRET_CHARS), key=len, reverse=True)
-
-    def redact(value: Any) -> Any:
-        if isinstance(value, str):
-            for needle in ordered:
-                value = value.replace(needle, REDACTED)
-            return value
-        if isinstance(value, dict):
-            return {redact(k): redact(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [redact(v) for v in value]
-        return value
-
-    return redact
+    """Replaces every form of every secret value (keel/_core/redaction.py) in strings,
+    lists and dicts by `[redacted]`."""
+    return Redactor(secrets.values()).scrub
 
 
 @asynccontextmanager
@@ -288,6 +270,14 @@ def _side_effects(annotations: mcp_types.ToolAnnotations | None) -> tuple[SideEf
     return effects, bool(a.idempotent_hint)
 
 
+def destructive(annotations: mcp_types.ToolAnnotations | None) -> bool:
+    """Whether a call may destroy something, as MCP's annotations say (by the spec's default,
+    a tool that is not read-only is destructive): such a tool waits for a person's approval
+    unless the servers file says `"requires_approval": false` for it."""
+    a = annotations or mcp_types.ToolAnnotations()
+    return not a.read_only_hint and a.destructive_hint is not False
+
+
 def _make_tool(
     server_name: str,
     server: ServerConfig,
@@ -322,7 +312,9 @@ def _make_tool(
         timeout_s=override.timeout_s or 30.0,
         side_effects=override.side_effects or effects,
         idempotent=override.idempotent if override.idempotent is not None else idempotent,
-        requires_approval=bool(override.requires_approval),
+        requires_approval=override.requires_approval
+        if override.requires_approval is not None
+        else destructive(remote.annotations),
         queue=TOOLS,
         max_attempts=override.max_attempts or 3,
     )
