@@ -25,6 +25,7 @@
     +-- PayloadMissing          (keel/_payload_store.py) LookupError: a claim's payload is gone
     +-- SandboxError            (sandbox/backend.py) RuntimeError: the sandbox cannot run
     +-- SqlUnavailable          (activities/tools/sql.py) RuntimeError: the database is down
+    +-- EncryptionError         (keel/_encryption.py) ValueError: a key or a payload is bad
     +-- BudgetExhausted         (keel/_core/budget.py) the next call does not fit what is left
     +-- TimedOutWaiting         (workflows/human.py) nobody decided in time; the task gives up
     +-- UsageError              (keel/cli.py) bad command-line input: one line, exit 2

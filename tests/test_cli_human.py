@@ -297,7 +297,8 @@ async def test_keel_run_passes_the_timeout_policy(stack: Stack) -> None:
     )
     assert code == 3, out + err
     assert '"status": "timed_out_waiting"' in out
-    assert 'no one answered the approval for s1 (transfer(to="bob", usd=5)) within 1 s' in out
+    # the answer as JSON: the arguments' quotes escaped
+    assert r"no one answered the approval for s1 (transfer(to=\"bob\", usd=5)) within 1 s" in out
 
 
 async def test_keel_cancel_no_wait_ends_a_task_that_keel_run_follows(stack: Stack) -> None:

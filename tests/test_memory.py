@@ -336,10 +336,12 @@ async def test_memorized_documents_are_recalled_for_their_user_only(stack: Stack
     _, mine = await run(stack, unique("When does the on-call rotation change?"), owner)
     _, theirs = await run(stack, unique("When does the on-call rotation change?"), other)
     recall = await recalled(mine)
-    assert [d["source"] for d in recall["documents"]] == ["oncall.md"]
-    assert "Thursday" in recall["documents"][0]["text"]
-    assert any(line.startswith("from oncall.md:") for line in recall["context"])
-    assert (await recalled(theirs))["documents"] == []
+    [passage] = [line for line in recall["context"] if line.startswith("from oncall.md:")]
+    assert "Thursday" in passage and "Wednesday" not in passage  # the new version only
+    assert len(recall["knowledge"]) == 1  # the passage, by digest (what the answer read)
+    theirs_recall = await recalled(theirs)
+    assert not any("oncall.md" in line for line in theirs_recall["context"])
+    assert theirs_recall["knowledge"] == []
 
 
 def test_memorize_refuses_an_unreadable_file_in_one_line(tmp_path: Path) -> None:

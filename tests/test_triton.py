@@ -21,7 +21,7 @@ from activities.models.triton import TritonModel
 from keel._ports import free_port
 from keel._queues import Queues
 from keel.client import start_task
-from keel.contracts import TaskRequest, TaskStatus
+from keel.contracts import Budget, TaskRequest, TaskStatus
 from keel.durable import MODEL_UNAVAILABLE
 from keel.testing import Stack
 from tests.conftest import unique
@@ -131,12 +131,12 @@ async def test_whole_task_planned_by_a_triton_server_the_worker_starts(stack: St
     assert triton is not None and components.settings.triton_url == triton.url
     async with workers_running(workers):
         # a user of its own: other real-model tests ask the same task, whose cached answer
-        # would stand in for this one
-        handle = await start_task(
-            stack.client,
-            TaskRequest(task="Compute 6*7 and read handbook.md", user_id=unique("user")),
-            queues=queues,
+        # would stand in for this one. A local model is priced by its CPU time, which a busy
+        # machine (the whole suite on 2 cores) multiplies: a budget that load cannot spend.
+        request = TaskRequest(
+            task="Compute 6*7 and read handbook.md", user_id=unique("user"), budget=Budget(usd=1)
         )
+        handle = await start_task(stack.client, request, queues=queues)
         result = await asyncio.wait_for(handle.result(), timeout=240)
         stats = triton_http.InferenceServerClient(triton.url.removeprefix("http://"))
         planned = stats.get_inference_statistics("planner")["model_stats"][0]["inference_count"]
