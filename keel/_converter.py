@@ -25,7 +25,7 @@ def describe_validation_error(err: ValidationError, type_name: str) -> str:
     problems = []
     for e in err.errors()[:5]:
         where = ".".join(str(p) for p in e["loc"]) or "(root)"
-        problems.append(f"{where}: {e['msg']}")
+        problems.append(f"{where}: {str(e['msg']).removeprefix('Value error, ')}")
     return f"invalid {type_name}: " + "; ".join(problems)
 
 
