@@ -14,10 +14,13 @@ from temporalio.contrib.pydantic import PydanticJSONPlainPayloadConverter
 from temporalio.converter import (
     CompositePayloadConverter,
     DataConverter,
+    DefaultFailureConverter,
     DefaultPayloadConverter,
     JSONPlainPayloadConverter,
+    PayloadConverter,
 )
 
+from keel._core.redaction import scrub
 from keel.errors import InvalidInput
 
 
@@ -54,4 +57,38 @@ class KeelPayloadConverter(CompositePayloadConverter):
         )
 
 
-data_converter = DataConverter(payload_converter_class=KeelPayloadConverter)
+class KeelFailureConverter(DefaultFailureConverter):
+    """Temporal's failure converter, with every failure's message and stack trace (each
+    cause's too) scrubbed of this process's secrets: a provider error that quotes the key it
+    was sent, or an exception that names a webhook URL, reaches history without them."""
+
+    encrypt = False
+
+    def __init__(self) -> None:
+        super().__init__(encode_common_attributes=False)
+
+    def to_failure(
+        self,
+        exception: BaseException,
+        payload_converter: PayloadConverter,
+        failure: temporalio.api.failure.v1.Failure,
+    ) -> None:
+        super().to_failure(exception, payload_converter, failure)  # causes come through here
+        failure.message = scrub(failure.message)
+        failure.stack_trace = scrub(failure.stack_trace)
+        if self.encrypt:  # into a payload the codec encrypts, as Temporal's option does
+            attributes = {"message": failure.message, "stack_trace": failure.stack_trace}
+            failure.encoded_attributes.CopyFrom(payload_converter.to_payloads([attributes])[0])
+            failure.message = "Encoded failure"
+            failure.stack_trace = ""
+
+
+class EncryptedFailureConverter(KeelFailureConverter):
+    """The same, with messages and stack traces in the encrypted part (KEEL_ENCRYPTION_KEYS)."""
+
+    encrypt = True
+
+
+data_converter = DataConverter(
+    payload_converter_class=KeelPayloadConverter, failure_converter_class=KeelFailureConverter
+)

@@ -14,12 +14,17 @@ from __future__ import annotations
 import dataclasses
 from functools import partial
 
-from temporalio.converter import DataConverter
+from temporalio.converter import DataConverter, DefaultFailureConverter
 from temporalio.plugin import SimplePlugin
 from temporalio.worker import WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
-from keel._converter import KeelPayloadConverter, data_converter
+from keel._converter import (
+    EncryptedFailureConverter,
+    KeelFailureConverter,
+    KeelPayloadConverter,
+    data_converter,
+)
 from keel._payload_store import external_storage
 from keel.settings import Settings, get_settings
 
@@ -34,12 +39,18 @@ def _keel_converter(settings: Settings, configured: DataConverter | None) -> Dat
     converter = dataclasses.replace(
         configured or data_converter, payload_converter_class=KeelPayloadConverter
     )
+    if converter.failure_converter_class is DefaultFailureConverter:  # not the caller's own
+        converter = dataclasses.replace(converter, failure_converter_class=KeelFailureConverter)
     if settings.encryption_keys and converter.payload_codec is None:
         from keel._encryption import AesGcmCodec, parse_keys
 
         converter = dataclasses.replace(
             converter, payload_codec=AesGcmCodec(parse_keys(settings.encryption_keys))
         )
+        if converter.failure_converter_class is KeelFailureConverter:
+            converter = dataclasses.replace(
+                converter, failure_converter_class=EncryptedFailureConverter
+            )
     if converter.external_storage is None:
         converter = dataclasses.replace(
             converter,
