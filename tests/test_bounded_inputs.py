@@ -84,3 +84,10 @@ def test_the_cli_prints_no_control_characters(capsys: pytest.CaptureFixture[str]
     printed = capsys.readouterr().out
     assert printed == "42\\x1b]0;pwned\\x07\\x1b[2J\\x0dapproved by admin\\u202e\nnext line\tok\n"
     assert terminal_safe("Алиса 🙂 naïve") == "Алиса 🙂 naïve"
+
+
+def test_keel_run_refuses_a_bad_user_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["run", "What is 6*7?", "--user", "🙂" * 200]) == 2
+    err = capsys.readouterr().err
+    said = "invalid task: user_id: is 800 bytes of UTF-8; at most 128 (use a shorter id)"
+    assert err == f"keel: error: {said}\n"  # one line, no traceback
