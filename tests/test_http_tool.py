@@ -228,6 +228,7 @@ def write_apis(path: Path, base: str) -> None:
                 "schema": SCHEMA,
                 "timeout_s": 5,
                 "description": "items by id",
+                "requires_approval": False,  # these tests are about the calls themselves
             },
             "secret": {
                 "base_url": f"{base}/v1/",
@@ -235,6 +236,7 @@ def write_apis(path: Path, base: str) -> None:
                 "content_types": ["application/json", "text/*"],
                 "headers_env": {"Authorization": TOKEN_VAR},
                 "timeout_s": 5,
+                "requires_approval": False,
             },
         }
     }
@@ -458,6 +460,9 @@ def test_one_api_still_has_an_enum(tmp_path: Path) -> None:
     path.write_text(json.dumps({"apis": {"only": api_entry()}}))
     spec = http_get_tool(load_http_apis(path)).spec
     assert spec.input_schema["properties"]["api"]["enum"] == ["only"]
+    assert spec.requires_approval  # by default a person approves what leaves the machine
+    path.write_text(json.dumps({"apis": {"only": api_entry(requires_approval=False)}}))
+    assert not http_get_tool(load_http_apis(path)).spec.requires_approval
     with pytest.raises(ValueError):
         spec.activity_queue({"api": "other"})
 

@@ -107,6 +107,11 @@ class HttpApi(BaseModel):
     )
     timeout_s: float = Field(default=10.0, gt=0, le=300)
     description: str = Field(default="", max_length=500, description="for the planner")
+    requires_approval: bool = Field(
+        default=True,
+        description="a person approves each call (a GET can carry the task's data out in its "
+        "path and parameters); false for an API where that cannot matter",
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -519,6 +524,8 @@ def http_get_tool(apis: HttpApis, environ: Mapping[str, str] | None = None) -> T
         timeout_s=max(a.timeout_s for a in apis.apis.values()) + TIMEOUT_MARGIN_S,
         side_effects=SideEffects.EXTERNAL,
         idempotent=True,
+        # one tool for every API: a call waits for approval when any API asks for it
+        requires_approval=any(a.requires_approval for a in apis.apis.values()),
         queue=HTTP_QUEUE,
         queue_arg="api",
         max_attempts=3,
