@@ -28,9 +28,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from temporalio.api.enums.v1 import TaskQueueType
-from temporalio.api.taskqueue.v1 import TaskQueue
-from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.service import RPCError
 
@@ -40,6 +37,7 @@ from bench.report import finish  # noqa: E402
 from keel import _logging as keel_logging  # noqa: E402
 from keel._lifeline import bound_to_this_process  # noqa: E402
 from keel._queues import Queues  # noqa: E402
+from keel._stalls import activity_backlog  # noqa: E402
 from keel.client import start_task  # noqa: E402
 from keel.contracts import Budget, TaskRequest, TaskResult, TaskStatus  # noqa: E402
 from keel.settings import Settings  # noqa: E402
@@ -55,17 +53,9 @@ CHART_WIDTH = 50
 async def backlog(client: Client, queue: str) -> int | None:
     """The queue's approximate backlog; None when the busy server did not answer."""
     try:
-        described = await client.workflow_service.describe_task_queue(
-            DescribeTaskQueueRequest(
-                namespace=client.namespace,
-                task_queue=TaskQueue(name=queue),
-                task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
-                report_stats=True,
-            )
-        )
+        return await activity_backlog(client, queue)
     except RPCError:
         return None
-    return int(described.stats.approximate_backlog_count)
 
 
 def planner_workers(

@@ -80,6 +80,19 @@ async def last_poll_s(client: Client, queue: str, kind: TaskQueueType.ValueType)
     return max(0.0, time.time() - latest)
 
 
+async def activity_backlog(client: Client, queue: str) -> int:
+    """About how many activity tasks wait in `queue` for a worker (the server's estimate)."""
+    described = await client.workflow_service.describe_task_queue(
+        DescribeTaskQueueRequest(
+            namespace=client.namespace,
+            task_queue=TaskQueue(name=queue),
+            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
+            report_stats=True,
+        )
+    )
+    return int(described.stats.approximate_backlog_count)
+
+
 async def _describe(client: Client, workflow_id: str) -> DescribeWorkflowExecutionResponse:
     return await client.workflow_service.describe_workflow_execution(
         DescribeWorkflowExecutionRequest(

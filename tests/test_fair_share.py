@@ -9,6 +9,7 @@ import asyncio
 import json
 import threading
 import uuid
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from temporalio.testing import WorkflowEnvironment
 from activities.tools.registry import ToolContext, define_tool
 from keel._pools import pool, run_in
 from keel._queues import FAIRNESS_KEY_BYTES, SANDBOX, Queues, fairness_key
+from keel._stalls import activity_backlog
 from keel.client import start_task
 from keel.contracts import TaskRequest, TaskStatus
 from keel.settings import Settings
@@ -113,6 +115,10 @@ class _Released(BaseModel):
     tag: str
 
 
+async def _equals(count: Awaitable[int], expected: int) -> bool:
+    return await count == expected
+
+
 async def test_a_backlog_is_dispatched_in_turn_between_users(
     temporal_env: WorkflowEnvironment, tmp_path: Path
 ) -> None:
@@ -159,6 +165,12 @@ async def test_a_backlog_is_dispatched_in_turn_between_users(
             await eventually(lambda: scheduled(a, 6), "A's six steps to be scheduled")
             b = await start_task(client, TaskRequest(task=second, user_id="B"), queues=queues)
             await eventually(lambda: scheduled(b, 1), "B's step to be scheduled")
+            # a step in history reaches the queue a moment later (the server's transfer):
+            # the order is only the queue's to choose once all six waiting steps are in it
+            sandbox = queues.name(SANDBOX)
+            await eventually(
+                lambda: _equals(activity_backlog(client, sandbox), 6), "6 steps in the queue"
+            )
             assert len(started) == 1  # one slot: the rest wait in the queue
             gate.set()
             assert (await b.result()).status == TaskStatus.COMPLETED
