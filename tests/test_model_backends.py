@@ -293,8 +293,6 @@ async def test_whole_task_with_the_planner_on_the_openai_backend(
     components = Components(
         settings=settings,
         queues=queues,
-        _router=ModelRouter.from_settings(settings),
-        _registry=default_registry(settings),
         _vectors=stack.components.vectors,  # Qdrant local mode: one client per folder
     )
     async with workers_running(build_all(stack.client, components)):

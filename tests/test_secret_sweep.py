@@ -11,8 +11,6 @@ import uuid
 from pathlib import Path
 
 from activities.memory.episodes import EpisodeStore
-from activities.models.router import ModelRouter
-from activities.tools.builtin import default_registry
 from keel import _logging as keel_logging
 from keel._queues import Queues
 from keel.client import start_task
@@ -50,8 +48,6 @@ async def test_a_provider_echoing_its_key_leaves_no_canary_anywhere(
     components = Components(
         settings=settings,
         queues=queues,
-        _router=ModelRouter.from_settings(settings),
-        _registry=default_registry(settings),
         _vectors=stack.components.vectors,  # Qdrant local mode: one client per folder
     )
     logged = io.StringIO()
