@@ -23,6 +23,7 @@ from starlette.routing import Route
 from temporalio.api.common.v1 import Payloads
 
 from keel._encryption import AesGcmCodec, EncryptionError
+from keel._ports import host_headers
 
 ALLOWED_HEADERS = "content-type, x-namespace, authorization"
 MAX_BODY_BYTES = 8 * 1024 * 1024  # a page of the UI's history; more is no UI's request
@@ -36,9 +37,7 @@ def codec_app(
     ui_origins: Sequence[str],
     token: str | None,
 ) -> Starlette:
-    hosts = {f"{host}:{port}", f"[{host}]:{port}"}
-    if host in ("127.0.0.1", "localhost", "::1"):
-        hosts |= {f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"}
+    hosts = set(host_headers(host, port))
     expected = f"Bearer {token}".encode() if token else None
 
     def cors(request: Request) -> dict[str, str]:

@@ -42,6 +42,7 @@ from mcp.shared.exceptions import MCPError
 from activities.models.router import ModelRouter
 from activities.tools.activity import ToolActivities
 from activities.tools.registry import Tool, ToolRegistry
+from keel._ports import host_headers
 from keel._queues import LLM
 from keel.contracts import SideEffects, ToolCall, ToolSpec
 from keel.errors import BudgetExceeded, ToolRefusal, one_line
@@ -285,12 +286,9 @@ class KeelMcpServer:
 
 
 def own_address_only(host: str, port: int) -> TransportSecuritySettings:
-    """The Host and Origin values a request to HOST:PORT may carry (and, on a loopback
-    address, the loopback names for it)."""
-    names = {f"[{host}]" if ":" in host else host}
-    if host in ("127.0.0.1", "localhost", "::1"):
-        names |= {"127.0.0.1", "localhost", "[::1]"}
-    hosts = sorted(f"{name}:{port}" for name in names)
+    """Requests must name this server (keel/_ports.py `host_headers`), and a browser's
+    come from its own origin."""
+    hosts = host_headers(host, port)
     return TransportSecuritySettings(
         enable_dns_rebinding_protection=True,
         allowed_hosts=hosts,

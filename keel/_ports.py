@@ -1,8 +1,9 @@
 """Local TCP ports: one the OS says is free, and whether something listens on one (for the
-servers Keel and its tests start themselves)."""
+servers Keel and its tests start themselves); which names a server Keel runs answers to."""
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 
 LOCALHOST = "127.0.0.1"
@@ -20,3 +21,25 @@ def port_open(host: str, port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)
         return sock.connect_ex((host, port)) == 0
+
+
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def host_headers(host: str, port: int) -> list[str]:
+    """The Host header values a request to a server bound to HOST:PORT may carry: its own
+    address, and the loopback names when it is bound to one of them. Anything else is a
+    request for another name that resolved here (DNS rebinding)."""
+    names = {f"[{host}]" if ":" in host else host}
+    if host in ("127.0.0.1", "localhost", "::1"):
+        names |= set(LOOPBACK_NAMES)
+    return sorted(f"{name}:{port}" for name in names)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
 import os
@@ -38,6 +37,7 @@ from keel import _search_attributes as sa
 from keel import durable
 from keel._converter import describe_validation_error
 from keel._lifeline import SHUTDOWN_GRACE_S, leave_within
+from keel._ports import is_loopback
 from keel._queues import Queues
 from keel._stalls import STALL_AFTER_S, last_poll_s, stalls, unanswered
 from keel._terminal import terminal_safe
@@ -701,13 +701,28 @@ def _host_port(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def _server_token(args: argparse.Namespace, host: str, serves: str) -> str | None:
+    """The bearer token an HTTP server Keel runs requires (read from --token-env), or None
+    with --no-auth on a loopback address; `serves` says what it gives whoever connects."""
+    if args.token_env and args.no_auth:
+        raise UsageError("give --token-env or --no-auth, not both")
+    if args.token_env:
+        token = os.environ.get(args.token_env)
+        if not token:
+            raise UsageError(f"--token-env {args.token_env}: that variable is unset or empty")
+        return token
+    if not args.no_auth:
+        raise UsageError(
+            f"{serves}: put a token in an environment variable and "
+            "pass --token-env NAME (clients send `Authorization: Bearer <token>`), or pass "
+            "--no-auth on a loopback address"
+        )
+    if not is_loopback(host):
+        raise UsageError(
+            f"refusing to serve on {host} without a token: --no-auth is for a loopback "
+            "address; pass --token-env NAME"
+        )
+    return None
 
 
 async def cmd_mcp(args: argparse.Namespace, settings: Settings) -> int:
@@ -715,30 +730,15 @@ async def cmd_mcp(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.max_usd_per_call < 0:
         raise UsageError("--max-usd-per-call must be 0 or more")
-    token = None
-    if args.token_env:
-        token = os.environ.get(args.token_env)
-        if not token:
-            raise UsageError(f"--token-env {args.token_env}: that variable is unset or empty")
-    host, port = _host_port(args.http) if args.http else ("", 0)
-    if args.http is None and (token is not None or args.no_auth):
-        raise UsageError(
-            "--token-env and --no-auth are for --http; a stdio server has no network side"
-        )
-    if args.http and token is not None and args.no_auth:
-        raise UsageError("give --token-env or --no-auth, not both")
-    if args.http and token is None:
-        if not args.no_auth:
+    if args.http is None:
+        if args.token_env or args.no_auth:
             raise UsageError(
-                "--http serves Keel's tools to anyone who can connect: put a token in an "
-                "environment variable and pass --token-env NAME (clients send "
-                "`Authorization: Bearer <token>`), or pass --no-auth on a loopback address"
+                "--token-env and --no-auth are for --http; a stdio server has no network side"
             )
-        if not _is_loopback(host):
-            raise UsageError(
-                f"refusing to serve tools on {host} without a token: --no-auth is for a "
-                "loopback address; pass --token-env NAME"
-            )
+        host, port, token = "", 0, None
+    else:
+        host, port = _host_port(args.http)
+        token = _server_token(args, host, "--http serves Keel's tools to anyone who can connect")
     # logs on stderr: on stdio, stdout carries the protocol
     keel_logging.configure(settings.log_level)
     server = build_server(settings, models=args.models, max_usd_per_call=args.max_usd_per_call)
@@ -777,14 +777,9 @@ async def cmd_codec_server(args: argparse.Namespace, settings: Settings) -> int:
             "as the workers"
         )
     host, port = _host_port(args.http)
-    token = os.environ.get(args.token_env) if args.token_env else None
-    if args.token_env and not token:
-        raise UsageError(f"--token-env {args.token_env}: that variable is unset or empty")
-    if token is None and not (args.no_auth and _is_loopback(host)):
-        raise UsageError(
-            "the codec server decrypts every task's data for whoever asks: pass --token-env "
-            "NAME, or --no-auth on a loopback address"
-        )
+    token = _server_token(
+        args, host, "the codec server decrypts every task's data for anyone who can connect"
+    )
     origins = args.ui_origin or [settings.temporal_ui_url.rstrip("/")]
     codec = AesGcmCodec(parse_keys(settings.encryption_keys))
     app = codec_app(codec, host=host, port=port, ui_origins=origins, token=token)
