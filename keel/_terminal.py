@@ -13,10 +13,14 @@ import unicodedata
 _KEPT = frozenset("\n\t")
 
 
+def unprintable(c: str) -> bool:
+    """A control, format, surrogate, private or unassigned character, or a line separator
+    that is not a line break a terminal honours."""
+    return unicodedata.category(c)[0] == "C" or c in "\u2028\u2029"
+
+
 def _visible(c: str) -> str:
-    if c in _KEPT:
-        return c
-    if unicodedata.category(c)[0] != "C" and c not in "\u2028\u2029":
+    if c in _KEPT or not unprintable(c):
         return c
     code = ord(c)
     return (

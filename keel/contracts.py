@@ -6,7 +6,6 @@ so fields are only ever added with defaults, never renamed or removed.
 
 from __future__ import annotations
 
-import unicodedata
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -14,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, computed_field, field_validator
 
 from keel._short_term import ShortTermMemory
+from keel._terminal import unprintable
 from keel.durable import TOOLS_QUEUE
 
 STEP_ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,31}$"
@@ -41,8 +41,7 @@ def _user_id(user_id: str) -> str:
         raise ValueError(
             f"is {size} bytes of UTF-8; at most {USER_ID_MAX_BYTES} (use a shorter id)"
         )
-    unprintable = [c for c in user_id if unicodedata.category(c)[0] == "C" or c in "\u2028\u2029"]
-    if unprintable or user_id != user_id.strip():
+    if any(unprintable(c) for c in user_id) or user_id != user_id.strip():
         raise ValueError("must be printable text without control characters or surrounding spaces")
     return _not_shared(user_id)
 
