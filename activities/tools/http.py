@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -46,7 +47,7 @@ from pydantic import (
 )
 
 from activities.tools.registry import Tool, ToolContext, define_tool
-from keel._core.redaction import REDACTED, Redactor
+from keel._core.redaction import Redactor
 from keel._queues import HTTP
 from keel._retry_after import retry_after
 from keel.contracts import SideEffects
@@ -427,9 +428,14 @@ class _Call:
     where: str  # "GET <api>:/<path>", how messages name the call
     secrets: Mapping[str, str]  # header -> value, from the environment
 
+    @functools.cached_property
+    def redactors(self) -> dict[str, Redactor]:
+        """Per secret header, its value's forms, each replaced by `<header>`."""
+        return {h: Redactor([v], replacement=f"<{h}>") for h, v in self.secrets.items()}
+
     def scrub(self, text: str) -> str:
-        for header, value in self.secrets.items():
-            text = Redactor([value]).scrub(text).replace(REDACTED, f"<{header}>")
+        for redactor in self.redactors.values():
+            text = redactor.scrub(text)
         return text
 
     def refuse_echo(self, data: bytes) -> None:
@@ -437,8 +443,8 @@ class _Call:
         `Bearer <token>` alone, JSON-escaped, percent-encoded) in any encoding it may be
         in (UTF-8, UTF-16, a one-byte charset)."""
         texts = {data.decode(encoding, errors="ignore") for encoding in ECHO_ENCODINGS}
-        for header, value in self.secrets.items():
-            if any(Redactor([value]).found_in(text) for text in texts):
+        for header, redactor in self.redactors.items():
+            if any(redactor.found_in(text) for text in texts):
                 raise ToolRefusal(
                     f"{self.where}: the response contains the value of the secret header "
                     f"{header}; refused so that it never reaches the workflow history"

@@ -38,8 +38,9 @@ def secret_forms(secret: str) -> set[str]:
 
 
 class Redactor:
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
+    def __init__(self, secrets: Iterable[str] = (), replacement: str = REDACTED) -> None:
         self._needles: list[str] = []
+        self.replacement = replacement
         self.add(secrets)
 
     def add(self, secrets: Iterable[str | None]) -> None:
@@ -61,7 +62,7 @@ class Redactor:
         if isinstance(value, str):
             for needle in self._needles:
                 if needle in value:
-                    value = value.replace(needle, REDACTED)
+                    value = value.replace(needle, self.replacement)
             return value
         if isinstance(value, dict):
             return {self.scrub(k): self.scrub(v) for k, v in value.items()}
