@@ -4,10 +4,13 @@ long for a search attribute) is refused at the door with one line that says what
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from pydantic import ValidationError
 
 from keel import cli
+from keel._queues import Queues
 from keel._terminal import terminal_safe
 from keel.contracts import (
     MAX_SUBAGENTS,
@@ -19,7 +22,10 @@ from keel.contracts import (
     SubAgent,
     TaskRequest,
 )
+from keel.testing import Stack
+from workers import agent
 from workers.agent import WORKFLOW_BUGS
+from workers.components import Components
 from workflows.state import every_arg
 
 
@@ -59,9 +65,15 @@ def test_catalog_fields_are_bounded() -> None:
         Budget(tokens=10**12)
 
 
-def test_a_bug_in_a_workflow_fails_its_task_but_non_determinism_still_retries() -> None:
+async def test_a_bug_in_a_workflow_fails_its_task_but_non_determinism_still_retries(
+    stack: Stack,
+) -> None:
     from temporalio.workflow import NondeterminismError
 
+    # the worker that runs AgentTask is the one built with them
+    own = Components(settings=stack.settings, queues=Queues(f"bugs{uuid.uuid4().hex[:8]}-"))
+    config = agent.build(stack.client, own).config()
+    assert config.get("workflow_failure_exception_types") == list(WORKFLOW_BUGS)
     # what the inputs above used to raise inside the workflow, retried without end
     for error in (OverflowError("date value out of range"), KeyError("nope"), ValueError()):
         assert isinstance(error, WORKFLOW_BUGS)
