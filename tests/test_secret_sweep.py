@@ -14,7 +14,7 @@ from activities.memory.episodes import EpisodeStore
 from keel import _logging as keel_logging
 from keel._queues import Queues
 from keel.client import start_task
-from keel.contracts import TaskRequest, TaskStatus
+from keel.contracts import StepStatus, TaskRequest, TaskStatus
 from keel.testing import Stack
 from tests.conftest import unique
 from tests.servers import FakeAnthropic, anthropic_error
@@ -67,7 +67,11 @@ async def test_a_provider_echoing_its_key_leaves_no_canary_anywhere(
 
     # the canary was live: the provider got the key, and said it back
     assert any(key in str(r.headers) for r in fake.requests)
-    assert result.status != TaskStatus.COMPLETED or result.steps  # it ran, whatever the end
+    # each call failed on the key, and said so with the provider's words, without the key
+    assert result.status == TaskStatus.FAILED and result.steps
+    for step in result.steps:
+        assert step.status == StepStatus.FAILED
+        assert step.error is not None and "invalid x-api-key: [redacted]" in step.error
     history = b"".join(e.SerializeToString() for e in (await handle.fetch_history()).events).decode(
         "utf-8", "replace"
     )
