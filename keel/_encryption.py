@@ -17,10 +17,7 @@ payload that was never encrypted is read as it is (histories from before encrypt
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
-import re
 from collections.abc import Sequence
 
 from cryptography.exceptions import InvalidTag
@@ -28,13 +25,12 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from temporalio.api.common.v1 import Payload
 from temporalio.converter import PayloadCodec
 
+from keel._keys import parse_key_list
 from keel.errors import KeelError
 
 ENCODING = b"binary/encrypted"
 KEY_ID = "encryption-key-id"
 NONCE_BYTES = 12
-KEY_BYTES = 32
-_KEY_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 class EncryptionError(KeelError, ValueError):
@@ -43,30 +39,7 @@ class EncryptionError(KeelError, ValueError):
 
 def parse_keys(spec: str) -> dict[str, bytes]:
     """`id:base64,id:base64` → {id: 32-byte key}, in the order given (the first encrypts)."""
-    keys: dict[str, bytes] = {}
-    for item in (i.strip() for i in spec.split(",") if i.strip()):
-        key_id, sep, encoded = item.partition(":")
-        if not sep or not _KEY_ID_PATTERN.match(key_id):
-            raise EncryptionError(
-                "KEEL_ENCRYPTION_KEYS: give `id:base64key` pairs separated by commas, ids of "
-                "letters, digits, '_', '.', '-'"
-            )
-        try:
-            key = base64.b64decode(encoded, validate=True)
-        except binascii.Error:
-            raise EncryptionError(f"KEEL_ENCRYPTION_KEYS: key {key_id!r} is not base64") from None
-        if len(key) != KEY_BYTES:
-            raise EncryptionError(
-                f"KEEL_ENCRYPTION_KEYS: key {key_id!r} is {len(key)} bytes, not {KEY_BYTES}; "
-                'make one with: python -c "import os, base64; '
-                'print(base64.b64encode(os.urandom(32)).decode())"'
-            )
-        if key_id in keys:
-            raise EncryptionError(f"KEEL_ENCRYPTION_KEYS: key id {key_id!r} is given twice")
-        keys[key_id] = key
-    if not keys:
-        raise EncryptionError("KEEL_ENCRYPTION_KEYS is set but names no key")
-    return keys
+    return parse_key_list(spec, "KEEL_ENCRYPTION_KEYS", EncryptionError)
 
 
 class AesGcmCodec(PayloadCodec):

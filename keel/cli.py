@@ -36,6 +36,7 @@ from keel import _logging as keel_logging
 from keel import _search_attributes as sa
 from keel import durable
 from keel._converter import describe_validation_error
+from keel._identity import OPERATOR, USER, Credential, IdentityError, issue, parse_identity_keys
 from keel._lifeline import SHUTDOWN_GRACE_S, leave_within
 from keel._ports import is_loopback
 from keel._queues import Queues
@@ -63,6 +64,7 @@ from keel.contracts import (
     TaskRequest,
     TaskResult,
     TaskStatus,
+    checked_user_id,
 )
 from keel.errors import KeelError, ServiceStartError
 from keel.settings import Settings, SettingsError, get_settings
@@ -297,7 +299,7 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         request = TaskRequest(
             task=args.task,
-            user_id=args.user,
+            user_id=_user(args.user, settings),
             budget=Budget(usd=args.budget, tokens=args.max_tokens),
             max_replans=args.max_replans,
             strategy=args.strategy,
@@ -357,18 +359,67 @@ def _read_document(path: str) -> Document:
 async def cmd_memorize(args: argparse.Namespace, settings: Settings) -> int:
     documents = [_read_document(path) for path in args.files]  # all read before any is sent
     try:
-        request = MemorizeRequest(user_id=args.user, documents=documents)
+        request = MemorizeRequest(user_id=_user(args.user, settings), documents=documents)
     except ValidationError as err:
         raise UsageError(describe_validation_error(err, "memorize request")) from None
     async with _stack(settings, quiet=False) as client:
         handle = await memorize(client, request, queues=Queues(settings.queue_prefix))
-        _out(f"Memorizing {len(documents)} document(s) for user {args.user} ({handle.id})")
+        _out(f"Memorizing {len(documents)} document(s) for user {request.user_id} ({handle.id})")
         try:
             done = await handle.result()
         except WorkflowFailureError as err:
             raise UsageError(f"memorizing failed: {err.cause or err}") from None
     for source, count in done.chunks.items():
         _out(f"  {source}: {count} passages")
+    return 0
+
+
+# --- who is asking (keel/_identity.py) ---------------------------------------------------
+
+
+def _caller(settings: Settings) -> Credential | None:
+    return Credential.parse(settings.credential) if settings.credential else None
+
+
+def _user(flag: str | None, settings: Settings) -> str:
+    """The user a task or memory is for: --user, else the credential's, else anonymous."""
+    if flag is not None:
+        return flag
+    caller = _caller(settings)
+    return caller.user if caller else "anonymous"
+
+
+def _refuse_others_task(description: WorkflowExecutionDescription, settings: Settings) -> None:
+    """A signed-in user sees and cancels their own tasks; an operator anyone's. (The workers
+    refuse the queries too; this also covers what the server keeps after a task ends.)"""
+    caller = _caller(settings)
+    if caller is None or caller.role == OPERATOR:
+        return
+    owner = description.typed_search_attributes.get(sa.USER)
+    if owner != caller.user:
+        raise UsageError(
+            f"task {description.id!r} is not yours: you are signed in as {caller.user!r} "
+            "(KEEL_CREDENTIAL); an operator's credential sees every task"
+        )
+
+
+async def cmd_credential(args: argparse.Namespace, settings: Settings) -> int:
+    if not settings.identity_keys:
+        raise UsageError(
+            "KEEL_IDENTITY_KEYS is not set: credentials are made from the workers' identity "
+            "key (README: Security)"
+        )
+    try:
+        checked_user_id(args.user)
+    except ValueError as err:
+        raise UsageError(f"user {args.user!r}: {err}") from None
+    role = OPERATOR if args.operator else USER
+    credential = issue(parse_identity_keys(settings.identity_keys), args.user, role)
+    print(credential.encode())  # the secret itself: not through _out's log-safe path
+    print(
+        f"# give it to {args.user!r} as KEEL_CREDENTIAL ({role}); keep it secret",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -389,6 +440,7 @@ async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     client = await connect(settings)
     handle = client.get_workflow_handle(args.workflow_id, result_type=TaskResult)
     description = await _describe(handle, settings)
+    _refuse_others_task(description, settings)
     running = description.status == WorkflowExecutionStatus.RUNNING
     _out(f"Workflow {args.workflow_id}: {description.status.name if description.status else '?'}")
     try:  # the task's worker answers the query: say so within seconds when none does
@@ -445,6 +497,14 @@ async def cmd_pending(args: argparse.Namespace, settings: Settings) -> int:
     if args.limit < 1:
         raise UsageError("--limit must be 1 or more")
     query = f'({sa.WAITING_QUERY}) AND ExecutionStatus = "Running"'
+    caller = _caller(settings)
+    if caller is not None and caller.role != OPERATOR:
+        if args.user not in (None, caller.user):
+            raise UsageError(
+                f"you are signed in as {caller.user!r} (KEEL_CREDENTIAL): only an operator "
+                "lists other users' tasks"
+            )
+        args.user = caller.user
     if args.user is not None:
         query += f" AND {sa.USER.name} = {_visibility_string(args.user, '--user')}"
     client = await connect(settings)
@@ -595,6 +655,7 @@ async def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     client = await connect(settings)
     handle = client.get_workflow_handle(args.workflow_id, result_type=TaskResult)
     description = await _describe(handle, settings)
+    _refuse_others_task(description, settings)
     if description.status != WorkflowExecutionStatus.RUNNING:
         state = description.status.name if description.status else "?"
         raise UsageError(
@@ -817,7 +878,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("task", nargs="?", default=DEFAULT_TASK, help="what the agent should do")
     run.add_argument("--budget", type=float, default=0.05, help="USD cap (default 0.05)")
     run.add_argument("--max-tokens", type=int, default=None, help="token cap (default none)")
-    run.add_argument("--user", default="anonymous", help="user id the task runs for")
+    run.add_argument(
+        "--user", default=None, help="user id the task runs for (default: KEEL_CREDENTIAL's user)"
+    )
     run.add_argument("--max-replans", type=int, default=2, help="re-plans allowed (default 2)")
     run.add_argument(
         "--strategy",
@@ -866,7 +929,7 @@ def parser() -> argparse.ArgumentParser:
 
     mem = sub.add_parser("memorize", help="put text files into a user's long-term memory")
     mem.add_argument("files", nargs="+", help="UTF-8 text files (up to 1 MB each)")
-    mem.add_argument("--user", default="anonymous", help="whose memory (default anonymous)")
+    mem.add_argument("--user", default=None, help="whose memory (default: KEEL_CREDENTIAL's user)")
     mem.set_defaults(handler=cmd_memorize)
 
     status = sub.add_parser("status", help="show a task's status, events and result")
@@ -910,6 +973,15 @@ def parser() -> argparse.ArgumentParser:
         "--no-wait", action="store_true", help="only request it; do not wait for the task to end"
     )
     cancel.set_defaults(handler=cmd_cancel)
+
+    cred = sub.add_parser(
+        "credential", help="make a user's KEEL_CREDENTIAL from KEEL_IDENTITY_KEYS (operators)"
+    )
+    cred.add_argument("user", help="the user id it signs in as")
+    cred.add_argument(
+        "--operator", action="store_true", help="the operator role: acts for and sees every user"
+    )
+    cred.set_defaults(handler=cmd_credential)
 
     dev = sub.add_parser("dev", help="run a Temporal dev server and every worker in one process")
     dev.add_argument("workers", nargs="*", help="only these workers (default all)")
@@ -1029,7 +1101,13 @@ def _run(argv: list[str] | None) -> int:
     except _Stopped as stopped:
         print(f"keel: stopped by {signal.Signals(stopped.code - 128).name}", file=sys.stderr)
         return stopped.code
-    except (UsageError, SettingsError, TemporalUnreachable, ServiceStartError) as err:
+    except (
+        UsageError,
+        SettingsError,
+        TemporalUnreachable,
+        ServiceStartError,
+        IdentityError,
+    ) as err:
         print(terminal_safe(f"keel: error: {err}"), file=sys.stderr)
         return 2
     except RPCError as err:  # the server refused or failed a call ("shard status unknown")

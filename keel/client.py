@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from typing import TypeVar
 
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client, TLSConfig, WorkflowHandle
@@ -13,6 +14,7 @@ from temporalio.service import RPCError
 
 from keel import _search_attributes as search_attributes
 from keel import durable
+from keel._identity import caller_of
 from keel._queues import Queues
 from keel.contracts import Memorized, MemorizeRequest, TaskRequest, TaskResult
 from keel.errors import KeelError
@@ -60,6 +62,17 @@ def new_workflow_id() -> str:
     return f"{durable.TASK_ID_PREFIX}{uuid.uuid4().hex[:12]}"
 
 
+R = TypeVar("R", TaskRequest, MemorizeRequest)
+
+
+def _for_caller(client: Client, request: R) -> R:
+    """A request that names no user is for the signed-in caller (KEEL_CREDENTIAL)."""
+    caller = caller_of(client)
+    if caller is None or "user_id" in request.model_fields_set:
+        return request
+    return request.model_copy(update={"user_id": caller.user})
+
+
 async def start_task(
     client: Client,
     request: TaskRequest,
@@ -68,6 +81,7 @@ async def start_task(
     queues: Queues | None = None,
 ) -> WorkflowHandle[object, TaskResult]:
     queues = queues or Queues(get_settings().queue_prefix)
+    request = _for_caller(client, request)
     return await client.start_workflow(
         durable.AGENT_TASK,
         request,
@@ -87,6 +101,7 @@ async def memorize(
 ) -> WorkflowHandle[object, Memorized]:
     """Put documents into a user's long-term memory (the MemorizeDocuments workflow)."""
     queues = queues or Queues(get_settings().queue_prefix)
+    request = _for_caller(client, request)
     sources = ", ".join(d.source for d in request.documents)
     return await client.start_workflow(
         durable.MEMORIZE_DOCUMENTS,

@@ -33,7 +33,7 @@ def _not_shared(user_id: str) -> str:
     return user_id
 
 
-def _user_id(user_id: str) -> str:
+def checked_user_id(user_id: str) -> str:
     """A user id is printable text of at most USER_ID_MAX_BYTES bytes of UTF-8: it is a
     search attribute, a memory partition key and a line in `keel status`."""
     size = len(user_id.encode("utf-8", "surrogatepass"))
@@ -149,7 +149,7 @@ class TaskRequest(BaseModel):
         max_length=MAX_SUBAGENTS,
         description="who steps may delegate to; None: Keel's default sub-agents",
     )
-    _user_is_a_user = field_validator("user_id")(_user_id)
+    _user_is_a_user = field_validator("user_id")(checked_user_id)
     carried: CarriedState | None = Field(
         default=None, description="set by the workflow when it continues as new; not for callers"
     )
@@ -553,7 +553,7 @@ class MemorizeRequest(BaseModel):
 
     user_id: str = Field(min_length=1)
     documents: list[Document] = Field(min_length=1, max_length=100)
-    _user_is_a_user = field_validator("user_id")(_user_id)
+    _user_is_a_user = field_validator("user_id")(checked_user_id)
 
     @field_validator("documents")
     @classmethod

@@ -82,6 +82,7 @@ TOOL_ERROR = "ToolError"  # the tool refused its input; retrying will not help
 TOOL_FAILED = "ToolFailed"  # the tool crashed (a bug or an outage); retried when idempotent
 INVALID_OUTPUT = "InvalidToolOutput"  # the tool returned data that breaks its output schema
 INVALID_INPUT = "InvalidInput"  # a payload did not match its contract
+IDENTITY_REFUSED = "IdentityRefused"  # the caller's signed identity is missing, bad or not allowed
 HTTP_UNAVAILABLE = "HttpUnavailable"  # an API call failed in a way a retry may fix
 MODEL_AUTH_ERROR = "ModelAuthError"  # bad, missing or unauthorised key; no credit
 MODEL_QUOTA_EXCEEDED = "ModelQuotaExceeded"  # the account's quota is used up (not a rate limit)

@@ -10,6 +10,7 @@
     |   +-- ToolFailed              ToolFailed, retried: a tool crashed (a bug or an outage)
     |   +-- BudgetExceeded          BudgetExceeded, final: the call cannot fit its allowance
     |   +-- InvalidInput            InvalidInput, final: a payload breaks its contract
+    |   +-- IdentityRefused         IdentityRefused, final: the caller's signed identity fails
     |   +-- HttpUnavailable         HttpUnavailable, retried: an API is down or busy
     |   +-- ModelFailure            a model provider's answer, or its silence
     |       +-- ModelAuthError      ModelAuthError, final: bad key, no rights, no credit
@@ -26,6 +27,7 @@
     +-- SandboxError            (sandbox/backend.py) RuntimeError: the sandbox cannot run
     +-- SqlUnavailable          (activities/tools/sql.py) RuntimeError: the database is down
     +-- EncryptionError         (keel/_encryption.py) ValueError: a key or a payload is bad
+    +-- IdentityError           (keel/_identity.py) ValueError: a credential, key or caller refused
     +-- BudgetExhausted         (keel/_core/budget.py) the next call does not fit what is left
     +-- TimedOutWaiting         (workflows/human.py) nobody decided in time; the task gives up
     +-- UsageError              (keel/cli.py) bad command-line input: one line, exit 2
@@ -67,6 +69,7 @@ __all__ = [
     "BudgetExceeded",
     "Failure",
     "HttpUnavailable",
+    "IdentityRefused",
     "InvalidInput",
     "InvalidToolOutput",
     "KeelError",
@@ -175,6 +178,13 @@ class InvalidInput(Failure):
     """A payload did not match its contract (bad task JSON, a bad update's argument)."""
 
     type = durable.INVALID_INPUT
+
+
+class IdentityRefused(Failure):
+    """A workflow or activity refuses its caller: no signed identity, one that does not
+    verify, or one that may not act for the user named (keel/_identity.py)."""
+
+    type = durable.IDENTITY_REFUSED
 
 
 class HttpUnavailable(Failure):

@@ -1,7 +1,8 @@
 """KeelPlugin: everything a Temporal client, worker or replayer needs to run Keel, in one
 object (the SDK's plugin mechanism): Keel's data converter, payloads encrypted when
 KEEL_ENCRYPTION_KEYS is set (keel/_encryption.py), large payloads out of band
-(keel/_payload_store.py) and the workflow sandbox that passes Keel's pure modules through.
+(keel/_payload_store.py), the workflow sandbox that passes Keel's pure modules through, and
+signed identity when KEEL_CREDENTIAL or KEEL_IDENTITY_KEYS is set (keel/_identity.py).
 
 A client connected with it hands it to every worker built on that client, so a worker needs
 no wiring of its own; a `Replayer` takes it the same way.
@@ -25,6 +26,7 @@ from keel._converter import (
     KeelPayloadConverter,
     data_converter,
 )
+from keel._identity import Credential, KeelIdentity, parse_identity_keys
 from keel._payload_store import external_storage
 from keel.settings import Settings, get_settings
 
@@ -74,10 +76,25 @@ def _keel_runner(configured: WorkflowRunner | None) -> WorkflowRunner:
     )
 
 
+def _identity(settings: Settings) -> list[KeelIdentity]:
+    """Signing with the caller's credential, checking with the workers' keys: each where
+    its setting is given (keel/_identity.py)."""
+    if not (settings.credential or settings.identity_keys):
+        return []
+    return [
+        KeelIdentity(
+            Credential.parse(settings.credential) if settings.credential else None,
+            parse_identity_keys(settings.identity_keys) if settings.identity_keys else None,
+        )
+    ]
+
+
 class KeelPlugin(SimplePlugin):
     def __init__(self, settings: Settings | None = None) -> None:
+        settings = settings or get_settings()
         super().__init__(
             "keel.KeelPlugin",
-            data_converter=partial(_keel_converter, settings or get_settings()),
+            data_converter=partial(_keel_converter, settings),
             workflow_runner=_keel_runner,
+            interceptors=_identity(settings) or None,
         )

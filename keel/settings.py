@@ -115,6 +115,28 @@ class Settings(BaseModel):
     # Payloads encrypted with AES-256-GCM (keel/_encryption.py): "id:base64key,..."; the
     # first key encrypts, all decrypt. Every client and worker needs the same keys.
     encryption_keys: str | None = None
+    # Signed identity (keel/_identity.py). Workers: the keys credentials are made from,
+    # "id:base64key,..." (the first issues, all verify). Callers: their credential.
+    identity_keys: str | None = None
+    credential: str | None = None
+
+    @field_validator("identity_keys")
+    @classmethod
+    def _identity_keys(cls, value: str | None) -> str | None:
+        if value is not None:
+            from keel._identity import parse_identity_keys
+
+            parse_identity_keys(value)
+        return value
+
+    @field_validator("credential")
+    @classmethod
+    def _credential(cls, value: str | None) -> str | None:
+        if value is not None:
+            from keel._identity import Credential
+
+            Credential.parse(value)
+        return value
 
     @field_validator("encryption_keys")
     @classmethod
@@ -230,6 +252,8 @@ _ENV = {
     "KEEL_MEMORY_THREADS": "memory_threads",
     "KEEL_PAYLOAD_THRESHOLD_BYTES": "payload_threshold_bytes",
     "KEEL_ENCRYPTION_KEYS": "encryption_keys",
+    "KEEL_IDENTITY_KEYS": "identity_keys",
+    "KEEL_CREDENTIAL": "credential",
 }
 
 
@@ -302,6 +326,8 @@ SECRET_SETTINGS = (
     "neo4j_password",
     "notify_url",  # a webhook URL carries its secret in its path
     "encryption_keys",
+    "identity_keys",
+    "credential",
 )
 
 
@@ -309,8 +335,11 @@ def secret_values(settings: Settings) -> list[str]:
     values = [getattr(settings, name) for name in SECRET_SETTINGS]
     if settings.sql_url:  # its password; the rest of it is no secret
         values.append(urlsplit(settings.sql_url).password)
-    if settings.encryption_keys:  # each key on its own too
-        values += [item.partition(":")[2] for item in settings.encryption_keys.split(",")]
+    for keys in (settings.encryption_keys, settings.identity_keys):  # each key on its own too
+        if keys:
+            values += [item.partition(":")[2] for item in keys.split(",")]
+    if settings.credential:  # its secret part on its own too
+        values.append(settings.credential.rpartition(".")[2])
     return [v for v in values if v]
 
 

@@ -1,0 +1,406 @@
+"""Who a task runs for: signed identity claims, checked by the workers.
+
+Without `KEEL_IDENTITY_KEYS` a task's `user_id` is whatever its caller wrote (one trusted
+tenant: the embedded default). With it, the workers accept only what a caller holding a
+credential signed:
+
+- An operator makes a credential per person (`keel credential alice`, `--operator` for the
+  operator role) from a key in KEEL_IDENTITY_KEYS; the person sets it as KEEL_CREDENTIAL. A
+  credential is a secret derived from the key, the user and the role: it names one user and
+  cannot be turned into another's.
+- Every call a Keel client makes (start, query, update) carries a claim in the `keel-identity`
+  header: the user, the role and an HMAC of what the call is for (the workflow id; the update
+  id; when it was made) under the credential's secret. The credential itself never travels.
+- The workflow checks the start claim before anything runs: a user may start tasks for
+  themselves only, an operator for anyone. Queries and updates (approvals, answers) need a
+  claim of the task's user or an operator.
+- The workflow signs each activity it schedules, child it starts and continue-as-new with the
+  worker's key (bound to that workflow run), and every activity checks its claim and that
+  every `user_id` in its input is the claim's user: a workflow someone else writes cannot
+  call Keel's activities for a user it names.
+
+A claim binds to what it is for, so one copied from history is worth nothing elsewhere: a
+start claim to its workflow id and a time (within START_SKEW_S of the start), an activity
+claim to one workflow run, an update claim to one update id (the server runs an update id
+once). What this does not do: decide who may reach the Temporal cluster (its own mTLS or API
+keys do), or hide history from someone who can read it (KEEL_ENCRYPTION_KEYS does).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import temporalio.client
+import temporalio.worker
+from temporalio import activity, workflow
+from temporalio.api.common.v1 import Payload
+from temporalio.exceptions import ApplicationError
+
+from keel._keys import parse_key_list
+from keel.errors import IdentityRefused, KeelError
+
+HEADER = "keel-identity"
+USER = "user"
+OPERATOR = "operator"
+ROLES = (USER, OPERATOR)
+START_SKEW_S = 600  # a start claim is accepted this long either side of the server's start time
+_PREFIX = "keel1"
+_ENCODING = b"json/plain"
+
+
+class IdentityError(KeelError, ValueError):
+    """A credential or key setting that cannot be used, or a call its caller may not make."""
+
+
+def parse_identity_keys(spec: str) -> dict[str, bytes]:
+    return parse_key_list(spec, "KEEL_IDENTITY_KEYS", IdentityError)
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _derive(key: bytes, user: str, role: str) -> bytes:
+    return hmac.digest(key, json.dumps(["keel-credential", role, user]).encode(), "sha256")
+
+
+@dataclass(frozen=True)
+class Credential:
+    """What a caller holds: who they are, their role, and a secret only the key can make."""
+
+    user: str
+    role: str
+    key_id: str
+    secret: bytes
+
+    def __repr__(self) -> str:  # never print the secret
+        return f"Credential(user={self.user!r}, role={self.role!r}, key_id={self.key_id!r})"
+
+    def encode(self) -> str:
+        return ".".join(
+            (_PREFIX, _b64(self.user.encode()), self.role, self.key_id, _b64(self.secret))
+        )
+
+    @classmethod
+    def parse(cls, text: str) -> Credential:
+        parts = text.strip().split(".")
+        try:
+            if len(parts) != 5 or parts[0] != _PREFIX or parts[2] not in ROLES:
+                raise ValueError
+            user = _unb64(parts[1]).decode()
+            secret = _unb64(parts[4])
+        except (ValueError, binascii.Error):
+            raise IdentityError(
+                "KEEL_CREDENTIAL is not a Keel credential: paste the whole line "
+                "`keel credential USER` printed"
+            ) from None
+        return cls(user=user, role=parts[2], key_id=parts[3], secret=secret)
+
+    def sign(self, subject: Sequence[str], issued_at: int) -> Claim:
+        return Claim(
+            self.user, self.role, self.key_id, issued_at, _mac(self.secret, subject, issued_at)
+        )
+
+
+def issue(keys: Mapping[str, bytes], user: str, role: str = USER) -> Credential:
+    """A credential for `user` under the first (active) key."""
+    if role not in ROLES:
+        raise IdentityError(f"role {role!r}: use one of {', '.join(ROLES)}")
+    key_id, key = next(iter(keys.items()))
+    return Credential(user, role, key_id, _derive(key, user, role))
+
+
+def _mac(secret: bytes, subject: Sequence[str], issued_at: int) -> str:
+    return hmac.digest(secret, json.dumps([*subject, issued_at]).encode(), "sha256").hex()
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What travels in the header: who, in what role, under which key, when, and the MAC."""
+
+    user: str
+    role: str
+    key_id: str
+    issued_at: int
+    mac: str
+
+    def payload(self) -> Payload:
+        data = [self.user, self.role, self.key_id, self.issued_at, self.mac]
+        return Payload(metadata={"encoding": _ENCODING}, data=json.dumps(data).encode())
+
+    @classmethod
+    def read(cls, headers: Mapping[str, Payload]) -> Claim | None:
+        payload = headers.get(HEADER)
+        if payload is None:
+            return None
+        try:
+            user, role, key_id, issued_at, mac = json.loads(payload.data)
+            if not all(isinstance(v, str) for v in (user, role, key_id, mac)):
+                raise ValueError
+            if not isinstance(issued_at, int) or isinstance(issued_at, bool):
+                raise ValueError
+        except (ValueError, TypeError):
+            raise IdentityError("the caller's identity header is malformed") from None
+        return cls(user, role, key_id, issued_at, mac)
+
+    def verify(self, keys: Mapping[str, bytes], subject: Sequence[str]) -> Claim:
+        key = keys.get(self.key_id)
+        if key is None:
+            raise IdentityError(
+                f"the caller's credential is made with key {self.key_id!r}, which the workers "
+                "do not have: issue a new credential, or add the key to KEEL_IDENTITY_KEYS"
+            )
+        if self.role not in ROLES:
+            raise IdentityError(f"the caller's role {self.role!r} is not one Keel knows")
+        expected = _mac(_derive(key, self.user, self.role), subject, self.issued_at)
+        if not hmac.compare_digest(expected, self.mac):
+            raise IdentityError(
+                f"the caller's identity ({self.user!r}) does not verify: its credential is "
+                "not one the workers' key made, or the claim was made for another call"
+            )
+        return self
+
+    def may_act_for(self, user: str) -> bool:
+        return self.role == OPERATOR or self.user == user
+
+
+def caller_of(client: temporalio.client.Client) -> Credential | None:
+    """The credential a client signs with (KeelPlugin installed it), if any."""
+    for interceptor in client.config(active_config=True).get("interceptors", []):
+        if isinstance(interceptor, KeelIdentity) and interceptor.credential:
+            return interceptor.credential
+    return None
+
+
+def _refused(err: IdentityError) -> ApplicationError:
+    return IdentityRefused(str(err)).to_application_error()
+
+
+def users_named(args: Sequence[Any]) -> set[str]:
+    """The `user_id`s a workflow's or activity's input names (None: shared, no user)."""
+    return {u for a in args if isinstance(u := getattr(a, "user_id", None), str)}
+
+
+class KeelIdentity(temporalio.client.Interceptor, temporalio.worker.Interceptor):
+    """Signs what a client sends with `credential`; checks, in workers holding `keys`, that
+    workflows and activities run only for the user who asked."""
+
+    def __init__(self, credential: Credential | None, keys: Mapping[str, bytes] | None) -> None:
+        self.credential = credential
+        self.keys = dict(keys) if keys else None
+
+    def intercept_client(
+        self, next: temporalio.client.OutboundInterceptor
+    ) -> temporalio.client.OutboundInterceptor:
+        return _ClientSigner(next, self.credential) if self.credential else next
+
+    def intercept_activity(
+        self, next: temporalio.worker.ActivityInboundInterceptor
+    ) -> temporalio.worker.ActivityInboundInterceptor:
+        return _ActivityGuard(next, self.keys) if self.keys else next
+
+    def workflow_interceptor_class(
+        self, input: temporalio.worker.WorkflowInterceptorClassInput
+    ) -> type[temporalio.worker.WorkflowInboundInterceptor] | None:
+        if not self.keys:
+            return None
+        # the SDK builds the class inside the workflow sandbox without arguments: the keys
+        # ride on a subclass
+        return type("_KeyedWorkflowGuard", (_WorkflowGuard,), {"keys": self.keys})
+
+
+# --- the caller ------------------------------------------------------------------------------
+
+
+class _ClientSigner(temporalio.client.OutboundInterceptor):
+    def __init__(self, next: temporalio.client.OutboundInterceptor, credential: Credential) -> None:
+        super().__init__(next)
+        self.credential = credential
+
+    def _signed(self, headers: Mapping[str, Payload], subject: Sequence[str]) -> dict[str, Payload]:
+        claim = self.credential.sign(subject, int(time.time()))
+        return {**headers, HEADER: claim.payload()}
+
+    async def start_workflow(
+        self, input: temporalio.client.StartWorkflowInput
+    ) -> temporalio.client.WorkflowHandle[Any, Any]:
+        for user in users_named(input.args):  # say so here, not in a failed task
+            if self.credential.role != OPERATOR and user != self.credential.user:
+                raise IdentityError(
+                    f"you are signed in as {self.credential.user!r} (KEEL_CREDENTIAL), which "
+                    f"may not start a task for user {user!r}: leave the user out, or ask an "
+                    "operator"
+                )
+        input.headers = self._signed(input.headers, ("start", input.id, ""))
+        return await super().start_workflow(input)
+
+    async def query_workflow(self, input: temporalio.client.QueryWorkflowInput) -> Any:
+        input.headers = self._signed(input.headers, ("query", input.id))
+        return await super().query_workflow(input)
+
+    async def start_workflow_update(
+        self, input: temporalio.client.StartWorkflowUpdateInput
+    ) -> temporalio.client.WorkflowUpdateHandle[Any]:
+        input.update_id = input.update_id or str(uuid.uuid4())
+        input.headers = self._signed(input.headers, ("update", input.id, input.update_id))
+        return await super().start_workflow_update(input)
+
+
+# --- the workflow ----------------------------------------------------------------------------
+
+
+class _WorkflowGuard(temporalio.worker.WorkflowInboundInterceptor):
+    keys: ClassVar[dict[str, bytes]]
+
+    def __init__(self, next: temporalio.worker.WorkflowInboundInterceptor) -> None:
+        super().__init__(next)
+        self.runs_for: str | None = None  # set once the start claim is checked
+
+    def init(self, outbound: temporalio.worker.WorkflowOutboundInterceptor) -> None:
+        super().init(_WorkflowSigner(outbound, self))
+
+    def _start_claim(self) -> Claim:
+        info = workflow.info()
+        claim = Claim.read(info.headers)
+        if claim is None:
+            raise IdentityError(
+                "this Keel checks who starts a task (KEEL_IDENTITY_KEYS): start it with a "
+                "Keel client holding KEEL_CREDENTIAL (`keel credential USER` makes one)"
+            )
+        claim.verify(self.keys, ("start", info.workflow_id, info.continued_run_id or ""))
+        started = info.workflow_start_time.timestamp()
+        if abs(claim.issued_at - started) > START_SKEW_S:
+            raise IdentityError(
+                "the caller's identity claim was made "
+                f"{abs(claim.issued_at - started):.0f} s from the task's start (at most "
+                f"{START_SKEW_S} s): check the caller's clock, and start the task again"
+            )
+        return claim
+
+    async def execute_workflow(self, input: temporalio.worker.ExecuteWorkflowInput) -> Any:
+        try:
+            claim = self._start_claim()
+            named = users_named(input.args)
+            refused = sorted(u for u in named if not claim.may_act_for(u))
+            if refused:
+                raise IdentityError(
+                    f"{claim.user!r} may not run a task for user {refused[0]!r}: a user runs "
+                    "tasks for themselves, an operator for anyone"
+                )
+        except IdentityError as err:
+            raise _refused(err) from None
+        self.runs_for = next(iter(named)) if len(named) == 1 else claim.user
+        return await super().execute_workflow(input)
+
+    def _caller_may_see(self, headers: Mapping[str, Payload], subject: Sequence[str]) -> None:
+        try:
+            claim = Claim.read(headers)
+            if claim is None:
+                raise IdentityError(
+                    "this task answers its own user and operators only: ask with a Keel "
+                    "client holding KEEL_CREDENTIAL"
+                )
+            claim.verify(self.keys, subject)
+            owner = self.runs_for or self._start_claim().user
+            if not claim.may_act_for(owner):
+                raise IdentityError(f"{claim.user!r} is neither this task's user nor an operator")
+        except IdentityError as err:
+            raise _refused(err) from None
+
+    async def handle_query(self, input: temporalio.worker.HandleQueryInput) -> Any:
+        if not input.query.startswith("__"):  # the SDK's own (stack trace, metadata): the UI's
+            self._caller_may_see(input.headers, ("query", workflow.info().workflow_id))
+        return await super().handle_query(input)
+
+    def handle_update_validator(self, input: temporalio.worker.HandleUpdateInput) -> None:
+        self._caller_may_see(input.headers, ("update", workflow.info().workflow_id, input.id))
+        super().handle_update_validator(input)
+
+
+class _WorkflowSigner(temporalio.worker.WorkflowOutboundInterceptor):
+    """Signs what the workflow starts, for the user it runs for, with the worker's key."""
+
+    def __init__(
+        self, next: temporalio.worker.WorkflowOutboundInterceptor, guard: _WorkflowGuard
+    ) -> None:
+        super().__init__(next)
+        self.guard = guard
+
+    def _signed(self, headers: Mapping[str, Payload], subject: Sequence[str]) -> dict[str, Payload]:
+        if self.guard.runs_for is None:  # not checked: nothing is signed for it
+            return dict(headers)
+        credential = issue(self.guard.keys, self.guard.runs_for)
+        claim = credential.sign(subject, int(workflow.now().timestamp()))
+        return {**headers, HEADER: claim.payload()}
+
+    def _run(self) -> tuple[str, str]:
+        info = workflow.info()
+        return info.workflow_id, info.run_id
+
+    def start_activity(
+        self, input: temporalio.worker.StartActivityInput
+    ) -> workflow.ActivityHandle[Any]:
+        input.headers = self._signed(input.headers, ("activity", *self._run()))
+        return super().start_activity(input)
+
+    def start_local_activity(
+        self, input: temporalio.worker.StartLocalActivityInput
+    ) -> workflow.ActivityHandle[Any]:
+        input.headers = self._signed(input.headers, ("activity", *self._run()))
+        return super().start_local_activity(input)
+
+    async def start_child_workflow(
+        self, input: temporalio.worker.StartChildWorkflowInput
+    ) -> workflow.ChildWorkflowHandle[Any, Any]:
+        input.headers = self._signed(input.headers, ("start", input.id, ""))
+        return await super().start_child_workflow(input)
+
+    def continue_as_new(self, input: temporalio.worker.ContinueAsNewInput) -> Any:
+        workflow_id, run_id = self._run()
+        input.headers = self._signed(input.headers, ("start", workflow_id, run_id))
+        return super().continue_as_new(input)
+
+
+# --- the activity ----------------------------------------------------------------------------
+
+
+class _ActivityGuard(temporalio.worker.ActivityInboundInterceptor):
+    def __init__(
+        self, next: temporalio.worker.ActivityInboundInterceptor, keys: dict[str, bytes]
+    ) -> None:
+        super().__init__(next)
+        self.keys = keys
+
+    async def execute_activity(self, input: temporalio.worker.ExecuteActivityInput) -> Any:
+        info = activity.info()
+        try:
+            claim = Claim.read(input.headers)
+            if claim is None:
+                raise IdentityError(
+                    f"activity {info.activity_type} was scheduled without a signed identity: "
+                    "only Keel's workflows, on workers holding KEEL_IDENTITY_KEYS, may call it"
+                )
+            claim.verify(
+                self.keys, ("activity", info.workflow_id or "", info.workflow_run_id or "")
+            )
+            refused = sorted(u for u in users_named(input.args) if not claim.may_act_for(u))
+            if refused:
+                raise IdentityError(
+                    f"activity {info.activity_type} runs for {claim.user!r} but its input "
+                    f"names user {refused[0]!r}"
+                )
+        except IdentityError as err:
+            raise _refused(err) from None
+        return await super().execute_activity(input)
