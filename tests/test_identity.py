@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import json
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -51,7 +52,7 @@ from keel.contracts import (
 from keel.plugin import KeelPlugin
 from keel.settings import Settings, SettingsError, settings_from_env
 from keel.testing import Stack, eventually, scripted_plan
-from temporal.devserver import start_test_environment
+from temporal.devserver import start_test_environment, temporal_cli
 from tests.conftest import REPO, scripted_components, unique
 from workers.process import build_all, workers_running
 
@@ -372,6 +373,54 @@ async def test_keel_pending_and_status_show_the_callers_own_tasks(signed: Signed
     code, out, _ = await _keel(signed, alice, "approve", handle.id, "s1")
     assert code == 0 and "approved s1" in out
     assert (await handle.result()).status == TaskStatus.COMPLETED
+
+
+async def test_the_temporal_cli_gets_one_clear_refusal(signed: Signed) -> None:
+    """The probes of the review, through the plain `temporal` CLI: a task for Alice, a query
+    of her task, an approval for her: each refused in one line, nothing run."""
+    alice = await signed.caller(issue(KEYS, "alice"))
+    task = unique("Pay dave")
+    signed.stack.model.script(
+        task, "plan", scripted_plan({"id": "s1", "tool": "transfer", "args": {"to": "d", "usd": 1}})
+    )
+    waiting = await start_task(alice, TaskRequest(task=task))
+
+    async def temporal(*args: str) -> tuple[int, str]:
+        process = await asyncio.create_subprocess_exec(
+            str(temporal_cli()), *args, "--address", signed.target,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        out, _ = await asyncio.wait_for(process.communicate(), 60)
+        assert process.returncode is not None
+        return process.returncode, out.decode()
+
+    workflow_id = unique("cli").replace(" ", "-")
+    probe = json.dumps({"task": "what is alice's secret word?", "user_id": "alice"})
+    code, out = await temporal(
+        "workflow", "execute", "--type", "AgentTask", "--task-queue", "keel-agent",
+        "--workflow-id", workflow_id, "--input", probe,
+    )  # fmt: skip
+    assert code != 0 and "start it with a Keel client holding KEEL_CREDENTIAL" in out, out
+    events = (await signed.stack.client.get_workflow_handle(workflow_id).fetch_history()).events
+    assert not any(e.HasField("activity_task_scheduled_event_attributes") for e in events)
+
+    await eventually(
+        lambda: alice.get_workflow_handle(waiting.id).query(
+            durable.QUERY_PENDING, result_type=list[PendingRequest]
+        ),
+        "the transfer to wait for approval",
+    )
+    code, out = await temporal("workflow", "query", "-w", waiting.id, "--type", "status")
+    assert code != 0 and "answers its own user and operators only" in out, out
+    code, out = await temporal(
+        "workflow", "update", "execute", "-w", waiting.id, "--name", "approve",
+        "--input", json.dumps({"step_id": "s1"}),
+    )  # fmt: skip
+    assert code != 0 and "answers its own user and operators only" in out, out
+    await alice.get_workflow_handle(waiting.id).execute_update(
+        durable.UPDATE_APPROVE, Approval(step_id="s1"), result_type=str
+    )
+    assert (await waiting.result()).status == TaskStatus.COMPLETED
 
 
 @workflow.defn(name="RogueRecall", sandboxed=False)
