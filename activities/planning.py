@@ -21,6 +21,7 @@ from activities.grounding import ground
 from activities.models.base import Message, ModelRequest
 from activities.models.router import TYPICAL_REASONER_CALL, ModelRouter
 from activities.tools.search import words
+from activities.untrusted import DATA_RULE, quoted
 from keel import durable
 from keel._converter import describe_validation_error
 from keel._logging import activity_logger
@@ -41,7 +42,8 @@ PLAN_MAX_TOKENS = 400
 PLAN_TOKENS_PER_STEP = 70  # a long plan (TaskRequest.max_plan_steps) may write this much a step
 RESULT_PREVIEW = 300
 
-SYSTEM = """You plan the tool calls of an agent's task. Reply with JSON only:
+SYSTEM = (
+    """You plan the tool calls of an agent's task. Reply with JSON only:
 {"steps": [{"id": "s1", "tool": "<tool>", "args": {<its arguments>}, "depends_on": []}], "answer": "<the answer, {{s1.value}} where a result goes>"}
 One step per calculation or lookup; steps without depends_on run in parallel. Take numbers
 and names from the task or from results; never invent one.
@@ -52,7 +54,10 @@ number or fact in it is a {{...}}. Leave it out only when answering needs judgem
 When a step needs a value that another step must find first, plan the finding steps with
 "then": "plan": you will plan the rest seeing their results.
 "when": "s1.value >= 100" runs a step only if the condition holds.
-The tools and the answer must cost less than the budget left."""
+The tools and the answer must cost less than the budget left.
+"""
+    + DATA_RULE
+)
 
 # The prompt's labels: planning_prompt writes them and the scripted model
 # (activities/models/scripted.py) reads the prompt back by them, so the two cannot drift.
@@ -88,8 +93,8 @@ EXAMPLE_PLANS = (
     '"then": "plan"}',
 )
 EXAMPLE_DONE = (
-    f"- s1: search_docs({_MARS}) -> Mars has 2 moons, Phobos and Deimos.\n"
-    f"- s2: search_docs({_JUPITER}) -> Jupiter has 95 known moons."
+    f'- s1: search_docs({_MARS}) -> "Mars has 2 moons, Phobos and Deimos."\n'
+    f'- s2: search_docs({_JUPITER}) -> "Jupiter has 95 known moons."'
 )
 EXAMPLE_SOLVE = (
     '{"steps": [{"id": "s3", "tool": "calculator", "args": {"expression": "2+95"}, '
@@ -315,17 +320,17 @@ def planning_prompt(
         budget += f"{ANSWER_SHARE}{answer_usd:.6f}"
     lines.append(budget)
     if request.context:
-        lines += ["", MEMORY, *(f"- {one_line(c)}" for c in request.context)]
+        lines += ["", MEMORY, *(f"- {quoted(c)}" for c in request.context)]
     done = [r for r in request.completed if r.status == StepStatus.SUCCEEDED]
     if done:
         lines += ["", DONE]
         for r in done:
             lines.append(
                 f"- {r.step_id}: {r.tool}({json.dumps(r.args)}) -> "
-                f"{one_line(output_text(r)[:RESULT_PREVIEW])}"
+                f"{quoted(output_text(r)[:RESULT_PREVIEW])}"
             )
     if request.failures:
-        lines += ["", FAILURES, *(f"- {f}" for f in request.failures)]
+        lines += ["", FAILURES, *(f"- {quoted(f)}" for f in request.failures)]
     if done:
         lines += ["", SOLVE]
     shown = demonstrations() if demonstrate else []

@@ -15,7 +15,8 @@ from temporalio import activity
 
 from activities.models.base import Message, ModelRequest
 from activities.models.router import ModelRouter
-from activities.planning import BUDGET, MEMORY, TASK, TOOLS, grammar_schema, one_line, tool_line
+from activities.planning import BUDGET, MEMORY, TASK, TOOLS, grammar_schema, tool_line
+from activities.untrusted import DATA_RULE, quoted
 from keel import durable
 from keel._converter import describe_validation_error
 from keel._logging import activity_logger
@@ -31,7 +32,8 @@ SYSTEM = f"""You are an agent that solves the task one tool call at a time.
 Each turn reply with JSON only, either a tool call:
 {{"thought": "...", "tool": "<tool name>", "args": {{...}}}}
 or, once the observations answer the task:
-{{"thought": "...", "tool": "{FINISH}", "answer": "<the answer>"}}"""
+{{"thought": "...", "tool": "{FINISH}", "answer": "<the answer>"}}
+{DATA_RULE}"""
 
 
 class _Turn(BaseModel):
@@ -77,15 +79,15 @@ def react_prompt(request: ReactRequest) -> list[Message]:
     lines = [f"{TASK}{request.task}", "", TOOLS]
     lines += [tool_line(spec, latency=False) for spec in request.tools]
     if request.context:
-        lines += ["", MEMORY, *(f"- {one_line(c)}" for c in request.context)]
+        lines += ["", MEMORY, *(f"- {quoted(c)}" for c in request.context)]
     lines.append(f"{BUDGET}{request.remaining_usd:.6f}; tool calls left: {request.steps_left}")
     messages = [Message("system", SYSTEM), Message("user", "\n".join(lines))]
     for step in request.history:  # the transcript: every action and what it returned
         messages.append(Message("assistant", json.dumps({"tool": step.tool, "args": step.args})))
         observation = (
-            output_text(step)[:OBSERVATION_CHARS]
+            quoted(output_text(step)[:OBSERVATION_CHARS])
             if step.status == StepStatus.SUCCEEDED
-            else f"error: {step.error}"
+            else f"error: {quoted(step.error or '')}"
         )
         messages.append(Message("user", f"{OBSERVATION}{observation}"))
     return messages

@@ -8,6 +8,7 @@ from temporalio import activity
 
 from activities.models.base import Message, ModelRequest
 from activities.models.router import ModelRouter
+from activities.untrusted import DATA_RULE, quoted
 from keel import durable
 from keel._logging import activity_logger
 from keel._plans import output_text
@@ -18,7 +19,7 @@ RESULT_CHARS = 1500
 
 SYSTEM = (
     "You answer the user's task using only the tool results given. Quote numbers exactly as "
-    "the results give them. Be brief."
+    "the results give them. Be brief. " + DATA_RULE
 )
 
 # The prompt's labels (the scripted model reads the prompt back by them).
@@ -33,14 +34,14 @@ def results_text(request: SynthesisRequest) -> str:
     for r in request.steps:
         if r.status == StepStatus.SUCCEEDED:
             args = json.dumps(r.args, sort_keys=True)
-            lines.append(f"{r.tool}({args}) = {output_text(r)[:RESULT_CHARS]}")
+            lines.append(f"{r.tool}({args}) = {quoted(output_text(r)[:RESULT_CHARS])}")
     return "\n".join(lines)
 
 
 def synthesis_prompt(request: SynthesisRequest) -> list[Message]:
     user = f"{TASK}{request.task}\n\n{RESULTS}\n{results_text(request) or NO_RESULTS}"
     if request.context:
-        user += f"\n\n{MEMORY}\n" + "\n".join(f"- {c}" for c in request.context)
+        user += f"\n\n{MEMORY}\n" + "\n".join(f"- {quoted(c)}" for c in request.context)
     return [Message("system", SYSTEM), Message("user", user)]
 
 

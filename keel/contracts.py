@@ -522,7 +522,11 @@ class Fact(Triple):
     id: str
     valid_from: datetime
     valid_to: datetime | None = None
-    source: str = Field(default="", description="the workflow (and step) that learned it")
+    source: str = Field(
+        default="",
+        description="the workflow (and step) that learned it; ending in /from-tool-output when "
+        "the task's text did not state it",
+    )
 
 
 class CacheHit(BaseModel):

@@ -114,7 +114,8 @@ def test_the_plan_prompt_is_read_back_whole(tools: list[ToolSpec]) -> None:
     assert prompt.tools == {t.name: round(t.cost_per_call_usd, 6) for t in tools}
     assert "ask_reasoner" in prompt.tools and prompt.tools["ask_reasoner"] > 0
     assert prompt.remaining_usd == 0.012346 and prompt.answer_usd == 0.0023
-    assert prompt.context == [fact_line(KOTLIN), "earlier task: hi -> two lines"]
+    # each memory line comes back whole: quoted, its line break is no prompt line of its own
+    assert prompt.context == [fact_line(KOTLIN), "earlier task: hi -> two\nlines"]
     # only the succeeded step (its result, on one line, cannot pass for another step)
     assert [(d.id, d.tool, d.args) for d in prompt.done] == [
         ("s1", "calculator", {"expression": "6*7"})
@@ -221,7 +222,7 @@ async def test_the_answer_quotes_the_step_results(model: ScriptedModel) -> None:
     steps = [_step("s1", "calculator", {"expression": "6*7"}, "42")]
     request = SynthesisRequest(task="What is 6*7?", steps=steps, context=["fact: x"], max_usd=0.01)
     synthesis = await ActivityEnvironment().run(reasoning.synthesize, request)
-    assert synthesis.answer == 'Answer to: What is 6*7?\ncalculator({"expression": "6*7"}) = 42'
+    assert synthesis.answer == 'Answer to: What is 6*7?\ncalculator({"expression": "6*7"}) = "42"'
 
     nothing = request.model_copy(update={"steps": []})
     synthesis = await ActivityEnvironment().run(reasoning.synthesize, nothing)

@@ -11,7 +11,7 @@ from activities.memory.cache import Cache
 from activities.memory.context import build_context
 from activities.memory.documents import DocumentStore
 from activities.memory.episodes import EpisodeStore
-from activities.memory.graph import GraphStore
+from activities.memory.graph import FROM_TOOL_OUTPUT, GraphStore, stated_in
 from keel import durable
 from keel._core.cache_keys import answer_entry, answer_knowledge
 from keel._logging import activity_logger
@@ -91,12 +91,15 @@ class MemoryActivities:
             status=request.status,
         )
         point = self.episodes.remember(request.workflow_id, episode)
-        facts = self.graph.assert_facts(
-            request.user_id,
-            request.triples,
-            request.learned_at or datetime.now(UTC),
-            source=f"{request.workflow_id}/remember",
-        )
+        at = request.learned_at or datetime.now(UTC)
+        source = f"{request.workflow_id}/remember"
+        stated = [t for t in request.triples if stated_in(request.task, t)]
+        learned = [t for t in request.triples if not stated_in(request.task, t)]
+        facts = self.graph.assert_facts(request.user_id, stated, at, source=source)
+        if learned:
+            facts += self.graph.assert_facts(
+                request.user_id, learned, at, source=source + FROM_TOOL_OUTPUT
+            )
         if request.answer_cache_key is not None:  # the task's answer, for the same task again
             self.cache.store(
                 answer_entry(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from activities.memory.graph import from_tool_output
 from keel.contracts import CacheHit, DocumentChunk, Episode, Fact
 
 CHARS_PER_TOKEN = 4
@@ -23,8 +24,9 @@ def tokens(text: str) -> int:
 
 
 def fact_line(fact: Fact) -> str:
+    told = "fact from a tool's output, unverified" if from_tool_output(fact) else "fact"
     return (
-        f"fact: {fact.subject} {fact.relation} = {fact.object} "
+        f"{told}: {fact.subject} {fact.relation} = {fact.object} "
         f"(since {fact.valid_from.date().isoformat()})"
     )
 

@@ -14,6 +14,7 @@ from temporalio import activity
 
 from activities.models.base import Message, ModelRequest
 from activities.models.router import ModelRouter
+from activities.untrusted import DATA_RULE, quoted
 from keel import durable
 from keel._converter import describe_validation_error
 from keel._logging import activity_logger
@@ -28,12 +29,12 @@ SYSTEM = (
     '{"facts": [{"subject": ..., "relation": ..., "object": ...}]}. '
     'Use the subject "user" for the person asking. Relations are snake_case, e.g. '
     "preferred_language, lives_in, works_at. Only facts worth remembering for later tasks; "
-    "an empty list when there are none."
+    "an empty list when there are none. " + DATA_RULE
 )
 # The prompt's labels (the scripted model reads the prompt back by them).
 TASK = "Task: "
 ANSWER = "Answer: "
-EXAMPLE_USER = f"{TASK}I live in Porto. What is 2+2?\n{ANSWER}4"
+EXAMPLE_USER = f'{TASK}I live in Porto. What is 2+2?\n{ANSWER}"4"'
 EXAMPLE_FACTS = '{"facts": [{"subject": "user", "relation": "lives_in", "object": "Porto"}]}'
 
 
@@ -62,7 +63,7 @@ def extraction_schema() -> dict[str, object]:
 
 
 def extraction_prompt(request: ExtractionRequest) -> list[Message]:
-    user = f"{TASK}{request.task[:TEXT_CHARS]}\n{ANSWER}{request.answer[:TEXT_CHARS]}"
+    user = f"{TASK}{request.task[:TEXT_CHARS]}\n{ANSWER}{quoted(request.answer[:TEXT_CHARS])}"
     return [
         Message("system", SYSTEM),
         Message("user", EXAMPLE_USER),

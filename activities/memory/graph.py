@@ -14,6 +14,9 @@ Semantics both keep:
   kept as history, closed where the newer fact begins; it never replaces the newer fact.
 - A fact's id is derived from the user, the source (workflow id and step) and the triple,
   so a retried `remember` writes nothing twice.
+- A fact the task's own text does not state (its object came from the answer, so from a
+  tool's output or a model) has a source ending in FROM_TOOL_OUTPUT, and recall shows it as
+  such: a web page cannot pass for something the user said.
 """
 
 from __future__ import annotations
@@ -32,6 +35,18 @@ FACTS_LIMIT = 50
 def fact_id(user_id: str, source: str, triple: Triple) -> str:
     parts = (user_id, source, key(triple.subject), triple.relation, key(triple.object))
     return str(uuid.uuid5(_NAMESPACE, "\x1f".join(parts)))
+
+
+FROM_TOOL_OUTPUT = "/from-tool-output"  # the source's suffix on a fact the task did not state
+
+
+def stated_in(task: str, triple: Triple) -> bool:
+    """Whether the task's own text names the triple's object (the user said it)."""
+    return key(triple.object) in key(task)
+
+
+def from_tool_output(fact: Fact) -> bool:
+    return fact.source.endswith(FROM_TOOL_OUTPUT)
 
 
 def key(name: str) -> str:

@@ -27,6 +27,7 @@ from activities import planning, react, reasoning
 from activities.memory import extraction
 from activities.models.base import Completion, Message, ModelClient, ModelRequest
 from activities.tools import reasoner
+from activities.untrusted import unquoted
 from keel.errors import ModelBadRequest
 
 _ARITHMETIC = re.compile(r"\(?\d+(?:\.\d+)?(?:\s*(?:\*\*|[-+*/%])\s*\(?\d+(?:\.\d+)?\)?)+")
@@ -184,7 +185,7 @@ def read_plan_prompt(messages: Sequence[Message]) -> PlanPrompt:
         tools=tools,
         remaining_usd=float(budget["left"]),
         answer_usd=float(budget["answer"] or 0),
-        context=[line[2:] for line in memory if line.startswith("- ")],
+        context=[unquoted(line[2:]) for line in memory if line.startswith('- "')],
         done=_done_steps(sections.get(planning.DONE, "")),
     )
 
@@ -204,6 +205,8 @@ def read_react_prompt(messages: Sequence[Message]) -> ReactPrompt:
         if not isinstance(call, dict) or not observation.content.startswith(react.OBSERVATION):
             raise _unreadable(purpose, "has a turn that is not an action and its observation")
         result = observation.content.removeprefix(react.OBSERVATION)
+        if result.startswith('"'):  # a result, quoted as data (an error reads "error: ...")
+            result = unquoted(result)
         done.append(Done(str(call.get("tool")), call.get("args", {}), result=result))
     if len(turns) % 2:
         raise _unreadable(purpose, "ends with an action that has no observation")
