@@ -480,6 +480,7 @@ async def test_approval_and_paid_tools_are_refused_over_mcp(settings: Settings) 
                 NoteOutput,
                 cost_per_call_usd=0.01,
                 side_effects=SideEffects.EXTERNAL,
+                requires_approval=False,  # refused for its price alone
             ),
         ]
     )

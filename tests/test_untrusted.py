@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from activities.memory.extraction import extraction_prompt
 from activities.memory.graph import FROM_TOOL_OUTPUT
@@ -17,6 +18,7 @@ from activities.planning import DONE, FAILURES, MEMORY, TOOLS, planning_prompt
 from activities.react import react_prompt
 from activities.reasoning import synthesis_prompt
 from activities.tools.builtin import default_registry
+from activities.tools.registry import ToolContext, define_tool
 from activities.untrusted import DATA_RULE, quoted, unquoted
 from keel.client import start_task
 from keel.contracts import (
@@ -24,6 +26,7 @@ from keel.contracts import (
     ExtractionRequest,
     PlanRequest,
     ReactRequest,
+    SideEffects,
     StepResult,
     StepStatus,
     SynthesisRequest,
@@ -170,3 +173,22 @@ async def test_facts_the_task_did_not_state_are_recalled_as_a_tools(stack: Stack
         line.startswith("fact from a tool's output, unverified: user rent_payee = mallory")
         for line in context
     )
+
+
+def test_a_tool_that_changes_or_calls_out_waits_for_a_person_unless_it_says_not() -> None:
+    def tool(effects: SideEffects, **approval: bool) -> bool:
+        made = define_tool("t", "a tool", _noop, NoteIn, NoteIn, side_effects=effects, **approval)
+        return made.spec.requires_approval
+
+    assert tool(SideEffects.WRITE) and tool(SideEffects.EXTERNAL)
+    assert not tool(SideEffects.READ) and not tool(SideEffects.NONE)
+    assert not tool(SideEffects.WRITE, requires_approval=False)
+    assert tool(SideEffects.READ, requires_approval=True)
+
+
+class NoteIn(BaseModel):
+    text: str
+
+
+async def _noop(args: NoteIn, ctx: ToolContext) -> NoteIn:
+    return args

@@ -101,6 +101,8 @@ def builtin_tools(settings: Settings) -> list[Tool]:
             avg_latency_ms=2000,
             timeout_s=120,
             side_effects=SideEffects.EXTERNAL,
+            # the configured reasoner, which every prompt already goes to: no new party
+            requires_approval=False,
             queue=LLM,
             max_attempts=3,
             # the same question is not paid for twice; questions can be personal

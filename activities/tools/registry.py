@@ -57,7 +57,7 @@ def define_tool(
     timeout_s: float = 30.0,
     side_effects: SideEffects = SideEffects.NONE,
     idempotent: bool = True,
-    requires_approval: bool = False,
+    requires_approval: bool | None = None,
     queue: str = TOOLS,
     queue_arg: str | None = None,
     max_attempts: int = 3,
@@ -73,7 +73,11 @@ def define_tool(
         timeout_s=timeout_s,
         side_effects=side_effects,
         idempotent=idempotent,
-        requires_approval=requires_approval,
+        # unsaid: a tool that changes something or calls a third party waits for a person
+        # (a prompt-injected plan cannot act on its own); a tool says False to run freely
+        requires_approval=requires_approval
+        if requires_approval is not None
+        else side_effects in (SideEffects.WRITE, SideEffects.EXTERNAL),
         queue=queue,
         queue_arg=queue_arg,
         max_attempts=max_attempts,
