@@ -20,18 +20,26 @@ credential signed:
   call Keel's activities for a user it names.
 
 A claim binds to what it is for, so one copied from history is worth nothing elsewhere: a
-start claim to its workflow id and a time (within START_SKEW_S of the start), an activity
-claim to one workflow run, an update claim to one update id (the server runs an update id
-once). What this does not do: decide who may reach the Temporal cluster (its own mTLS or API
-keys do), or hide history from someone who can read it (KEEL_ENCRYPTION_KEYS does).
+start claim to the workflow type, id, input (its digest), the run it continues or the parent
+that starts it, and a time within SKEW_S of the start; an update claim to the update's name,
+id and input and a time within SKEW_S of the workflow task that runs it; an activity claim
+to one workflow run; a query claim (never in history) to the workflow and query name.
+
+What this does not do: decide who may reach the Temporal cluster, or cancel, terminate,
+reset or list workflows there (its own mTLS or API keys and authorizer do), or hide history
+from someone who can read it (KEEL_ENCRYPTION_KEYS does). Rotation: add a new key to every
+worker's list (second), then move it first, and drop the old key only once the tasks
+started under it have ended; a replayed history keeps the verdict it had when it ran.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 import json
+import re
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -40,6 +48,7 @@ from typing import Any, ClassVar
 
 import temporalio.client
 import temporalio.worker
+from pydantic import BaseModel
 from temporalio import activity, workflow
 from temporalio.api.common.v1 import Payload
 from temporalio.exceptions import ApplicationError
@@ -51,7 +60,9 @@ HEADER = "keel-identity"
 USER = "user"
 OPERATOR = "operator"
 ROLES = (USER, OPERATOR)
-START_SKEW_S = 600  # a start claim is accepted this long either side of the server's start time
+SKEW_S = 120  # a start or update claim is accepted this long either side of its time
+_MAC = re.compile(r"^[0-9a-f]{64}$")
+MAX_CLAIM_BYTES = 1024
 _PREFIX = "keel1"
 _ENCODING = b"json/plain"
 
@@ -146,10 +157,14 @@ class Claim:
         if payload is None:
             return None
         try:
+            if len(payload.data) > MAX_CLAIM_BYTES:
+                raise ValueError
             user, role, key_id, issued_at, mac = json.loads(payload.data)
             if not all(isinstance(v, str) for v in (user, role, key_id, mac)):
                 raise ValueError
             if not isinstance(issued_at, int) or isinstance(issued_at, bool):
+                raise ValueError
+            if not _MAC.match(mac):
                 raise ValueError
         except (ValueError, TypeError):
             raise IdentityError("the caller's identity header is malformed") from None
@@ -174,6 +189,23 @@ class Claim:
 
     def may_act_for(self, user: str) -> bool:
         return self.role == OPERATOR or self.user == user
+
+    def made_near(self, when: float, what: str) -> Claim:
+        if abs(self.issued_at - when) > SKEW_S:
+            raise IdentityError(
+                f"the caller's identity claim for {what} was made {abs(self.issued_at - when):.0f}"
+                f" s from when it arrived (at most {SKEW_S} s): check the caller's clock, and "
+                "send it again"
+            )
+        return self
+
+
+def digest(args: Sequence[Any]) -> str:
+    """What a claim says about a call's input: the same on the caller (the objects it sends)
+    and in the worker (the objects it decoded)."""
+    plain = [a.model_dump(mode="json") if isinstance(a, BaseModel) else a for a in args]
+    text = json.dumps(plain, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def caller_of(client: temporalio.client.Client) -> Credential | None:
@@ -243,18 +275,20 @@ class _ClientSigner(temporalio.client.OutboundInterceptor):
                     f"may not start a task for user {user!r}: leave the user out, or ask an "
                     "operator"
                 )
-        input.headers = self._signed(input.headers, ("start", input.id, ""))
+        subject = ("start", input.workflow, input.id, "", "", digest(input.args))
+        input.headers = self._signed(input.headers, subject)
         return await super().start_workflow(input)
 
     async def query_workflow(self, input: temporalio.client.QueryWorkflowInput) -> Any:
-        input.headers = self._signed(input.headers, ("query", input.id))
+        input.headers = self._signed(input.headers, ("query", input.id, input.query))
         return await super().query_workflow(input)
 
     async def start_workflow_update(
         self, input: temporalio.client.StartWorkflowUpdateInput
     ) -> temporalio.client.WorkflowUpdateHandle[Any]:
         input.update_id = input.update_id or str(uuid.uuid4())
-        input.headers = self._signed(input.headers, ("update", input.id, input.update_id))
+        subject = ("update", input.id, input.update, input.update_id, digest(input.args))
+        input.headers = self._signed(input.headers, subject)
         return await super().start_workflow_update(input)
 
 
@@ -271,7 +305,7 @@ class _WorkflowGuard(temporalio.worker.WorkflowInboundInterceptor):
     def init(self, outbound: temporalio.worker.WorkflowOutboundInterceptor) -> None:
         super().init(_WorkflowSigner(outbound, self))
 
-    def _start_claim(self) -> Claim:
+    def _start_claim(self, args: Sequence[Any]) -> Claim:
         info = workflow.info()
         claim = Claim.read(info.headers)
         if claim is None:
@@ -279,19 +313,23 @@ class _WorkflowGuard(temporalio.worker.WorkflowInboundInterceptor):
                 "this Keel checks who starts a task (KEEL_IDENTITY_KEYS): start it with a "
                 "Keel client holding KEEL_CREDENTIAL (`keel credential USER` makes one)"
             )
-        claim.verify(self.keys, ("start", info.workflow_id, info.continued_run_id or ""))
-        started = info.workflow_start_time.timestamp()
-        if abs(claim.issued_at - started) > START_SKEW_S:
-            raise IdentityError(
-                "the caller's identity claim was made "
-                f"{abs(claim.issued_at - started):.0f} s from the task's start (at most "
-                f"{START_SKEW_S} s): check the caller's clock, and start the task again"
-            )
-        return claim
+        if claim.key_id not in self.keys and workflow.unsafe.is_replaying():
+            return claim  # it verified when it ran; its key has been retired since
+        parent = info.parent.run_id if info.parent else ""
+        subject = (
+            "start",
+            info.workflow_type,
+            info.workflow_id,
+            info.continued_run_id or "",
+            parent,
+            digest(args),
+        )
+        claim.verify(self.keys, subject)
+        return claim.made_near(info.workflow_start_time.timestamp(), "its start")
 
     async def execute_workflow(self, input: temporalio.worker.ExecuteWorkflowInput) -> Any:
         try:
-            claim = self._start_claim()
+            claim = self._start_claim(input.args)
             named = users_named(input.args)
             refused = sorted(u for u in named if not claim.may_act_for(u))
             if refused:
@@ -304,7 +342,7 @@ class _WorkflowGuard(temporalio.worker.WorkflowInboundInterceptor):
         self.runs_for = next(iter(named)) if len(named) == 1 else claim.user
         return await super().execute_workflow(input)
 
-    def _caller_may_see(self, headers: Mapping[str, Payload], subject: Sequence[str]) -> None:
+    def _caller_may_see(self, headers: Mapping[str, Payload], subject: Sequence[str]) -> Claim:
         try:
             claim = Claim.read(headers)
             if claim is None:
@@ -313,19 +351,27 @@ class _WorkflowGuard(temporalio.worker.WorkflowInboundInterceptor):
                     "client holding KEEL_CREDENTIAL"
                 )
             claim.verify(self.keys, subject)
-            owner = self.runs_for or self._start_claim().user
-            if not claim.may_act_for(owner):
+            # before the task has checked its start, only an operator may ask
+            if not (claim.role == OPERATOR or claim.user == self.runs_for):
                 raise IdentityError(f"{claim.user!r} is neither this task's user nor an operator")
         except IdentityError as err:
             raise _refused(err) from None
+        return claim
 
     async def handle_query(self, input: temporalio.worker.HandleQueryInput) -> Any:
         if not input.query.startswith("__"):  # the SDK's own (stack trace, metadata): the UI's
-            self._caller_may_see(input.headers, ("query", workflow.info().workflow_id))
+            subject = ("query", workflow.info().workflow_id, input.query)
+            self._caller_may_see(input.headers, subject)
         return await super().handle_query(input)
 
     def handle_update_validator(self, input: temporalio.worker.HandleUpdateInput) -> None:
-        self._caller_may_see(input.headers, ("update", workflow.info().workflow_id, input.id))
+        info = workflow.info()
+        subject = ("update", info.workflow_id, input.update, input.id, digest(input.args))
+        claim = self._caller_may_see(input.headers, subject)
+        try:  # an update id is run once per run: a copy sent to a later run is too late
+            claim.made_near(workflow.now().timestamp(), f"update {input.update}")
+        except IdentityError as err:
+            raise _refused(err) from None
         super().handle_update_validator(input)
 
 
@@ -364,12 +410,23 @@ class _WorkflowSigner(temporalio.worker.WorkflowOutboundInterceptor):
     async def start_child_workflow(
         self, input: temporalio.worker.StartChildWorkflowInput
     ) -> workflow.ChildWorkflowHandle[Any, Any]:
-        input.headers = self._signed(input.headers, ("start", input.id, ""))
+        parent = workflow.info().run_id
+        subject = ("start", input.workflow, input.id, "", parent, digest(input.args))
+        input.headers = self._signed(input.headers, subject)
         return await super().start_child_workflow(input)
 
     def continue_as_new(self, input: temporalio.worker.ContinueAsNewInput) -> Any:
-        workflow_id, run_id = self._run()
-        input.headers = self._signed(input.headers, ("start", workflow_id, run_id))
+        info = workflow.info()
+        parent = info.parent.run_id if info.parent else ""  # the next run keeps this run's
+        subject = (
+            "start",
+            input.workflow or info.workflow_type,
+            info.workflow_id,
+            info.run_id,
+            parent,
+            digest(input.args),
+        )
+        input.headers = self._signed(input.headers, subject)
         return super().continue_as_new(input)
 
 

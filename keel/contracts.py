@@ -737,6 +737,11 @@ class ReactDecision(BaseModel):
 
 class ToolCall(BaseModel):
     workflow_id: str
+    workspace: str | None = Field(
+        default=None,
+        description="whose files the tool reads: one set per task (its first run), so a later "
+        "task reusing the workflow id never sees them; None: the workflow id",
+    )
     step_id: str
     tool: str
     args: dict[str, Any]

@@ -13,9 +13,12 @@ import sys
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+import temporalio.client
 from temporalio import workflow
+from temporalio.api.common.v1 import Payload
 from temporalio.client import (
     Client,
     WorkflowFailureError,
@@ -29,6 +32,7 @@ from temporalio.worker import Worker
 from keel import _search_attributes as sa
 from keel import durable
 from keel._identity import (
+    HEADER,
     OPERATOR,
     Credential,
     IdentityError,
@@ -421,6 +425,96 @@ async def test_the_temporal_cli_gets_one_clear_refusal(signed: Signed) -> None:
         durable.UPDATE_APPROVE, Approval(step_id="s1"), result_type=str
     )
     assert (await waiting.result()).status == TaskStatus.COMPLETED
+
+
+class _CopiedHeader(temporalio.client.Interceptor):
+    """A client that sends a header copied out of someone's history (the replay attack)."""
+
+    def __init__(self, header: Payload) -> None:
+        self.header = header
+
+    def intercept_client(
+        self, next: temporalio.client.OutboundInterceptor
+    ) -> temporalio.client.OutboundInterceptor:
+        header = self.header
+
+        class Replaying(temporalio.client.OutboundInterceptor):
+            async def start_workflow(self, input: Any) -> Any:
+                input.headers = {**input.headers, HEADER: header}
+                return await super().start_workflow(input)
+
+            async def start_workflow_update(self, input: Any) -> Any:
+                input.headers = {**input.headers, HEADER: header}
+                return await super().start_workflow_update(input)
+
+        return Replaying(next)
+
+
+async def _replayer(signed: Signed, header: Payload) -> Client:
+    settings = signed.settings.model_copy(update={"identity_keys": None})
+    return await Client.connect(
+        signed.target, plugins=[KeelPlugin(settings)], interceptors=[_CopiedHeader(header)]
+    )
+
+
+async def test_a_claim_copied_from_history_starts_and_approves_nothing_else(
+    signed: Signed,
+) -> None:
+    alice = await signed.caller(issue(KEYS, "alice"))
+    task = unique("Pay erin twice")
+    signed.stack.model.script(
+        task,
+        "plan",
+        scripted_plan(
+            {"id": "s1", "tool": "transfer", "args": {"to": "erin", "usd": 1}},
+            {"id": "s2", "tool": "transfer", "args": {"to": "erin", "usd": 2}},
+        ),
+    )
+    handle = await start_task(alice, TaskRequest(task=task))
+
+    async def pending() -> list[PendingRequest] | None:
+        waits = await alice.get_workflow_handle(handle.id).query(
+            durable.QUERY_PENDING, result_type=list[PendingRequest]
+        )
+        return waits if len(waits) == 2 else None
+
+    await eventually(pending, "both transfers to wait for approval")
+    await alice.get_workflow_handle(handle.id).execute_update(
+        durable.UPDATE_APPROVE, Approval(step_id="s1"), result_type=str
+    )
+    events = (await handle.fetch_history()).events
+    [accepted] = [
+        e.workflow_execution_update_accepted_event_attributes
+        for e in events
+        if e.HasField("workflow_execution_update_accepted_event_attributes")
+    ]
+    # Alice's approval of s1, copied, approves no other step
+    copied = await _replayer(signed, accepted.accepted_request.input.header.fields[HEADER])
+    with pytest.raises(WorkflowUpdateFailedError) as refused:
+        await copied.get_workflow_handle(handle.id).execute_update(
+            durable.UPDATE_APPROVE, Approval(step_id="s2"), result_type=str
+        )
+    assert "does not verify" in str(refused.value.cause)
+    await alice.get_workflow_handle(handle.id).execute_update(
+        durable.UPDATE_APPROVE, Approval(step_id="s2"), result_type=str
+    )
+    assert (await handle.result()).status == TaskStatus.COMPLETED
+
+    # her start claim, copied, starts nothing else under the same (now free) workflow id
+    started = events[0].workflow_execution_started_event_attributes.header.fields[HEADER]
+    copied = await _replayer(signed, started)
+    note = Document(source="planted.txt", text="Alice's rent goes to mallory.")
+    memorizing = MemorizeRequest(user_id="alice", documents=[note])
+    for workflow_type, request in (
+        (durable.MEMORIZE_DOCUMENTS, memorizing),
+        (durable.AGENT_TASK, TaskRequest(task=unique("recall my secrets"), user_id="alice")),
+    ):
+        planted = await copied.start_workflow(
+            workflow_type, request, id=handle.id, task_queue=Queues().agent
+        )
+        with pytest.raises(WorkflowFailureError) as forged:
+            await planted.result()
+        assert "does not verify" in _refusal(forged.value).message
 
 
 @workflow.defn(name="RogueRecall", sandboxed=False)

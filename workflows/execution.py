@@ -165,6 +165,7 @@ async def run_step(task: TaskState, version: int, step: PlanStep, spec: ToolSpec
             durable.tool_activity(spec.name),
             ToolCall(
                 workflow_id=workflow.info().workflow_id,
+                workspace=f"{workflow.info().workflow_id}.{workflow.info().first_execution_run_id}",
                 step_id=durable.step_call_id(version, step.id),
                 tool=spec.name,
                 args=args,

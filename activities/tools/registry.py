@@ -29,9 +29,12 @@ class ToolContext:
     docs_dir: Path
     router: ModelRouter | None = None
     usage: list[ModelUsage] = field(default_factory=list)  # model calls made by the tool
+    workspace_id: str | None = None  # the task's files; None: the workflow id's
 
     def workspace(self) -> TaskWorkspace:
-        return TaskWorkspace.for_task(self.workspaces_dir, self.workflow_id, self.docs_dir)
+        return TaskWorkspace.for_task(
+            self.workspaces_dir, self.workspace_id or self.workflow_id, self.docs_dir
+        )
 
 
 ToolFn = Callable[[Any, ToolContext], Awaitable[BaseModel]]
