@@ -337,6 +337,22 @@ def planning_prompt(
     return [Message("system", SYSTEM), *shown, Message("user", "\n".join(lines))]
 
 
+_ANSWER_KEY = re.compile(r',\s*"answer"\s*:\s*"')
+
+
+def without_cut_answer(text: str) -> _Draft | None:
+    """The plan in `text` when only its written answer is broken, cut off at the token limit
+    (a small model rambling numbers): the steps without it, so the answer model writes the
+    answer from their results, as for an answer that does not fit (`answer_problems`)."""
+    cuts = list(_ANSWER_KEY.finditer(text))
+    if not cuts:
+        return None
+    try:
+        return _Draft.model_validate_json(text[: cuts[-1].start()] + "}")
+    except ValidationError:
+        return None
+
+
 def drop_repeats(draft: _Draft) -> _Draft:
     """Merge steps that repeat an earlier step's tool and arguments exactly (small models loop);
     dependencies on a dropped step point to the step it repeated."""
@@ -466,10 +482,14 @@ class PlanningActivities:
         try:
             draft = _Draft.model_validate_json(routed.text)
         except ValidationError as err:
-            log.info("planner output is not a plan", output=routed.text[:500])
-            return PlanResponse(
-                error=describe_validation_error(err, "plan JSON"), usage=routed.usage
-            )
+            salvaged = without_cut_answer(routed.text)
+            if salvaged is None:
+                log.info("planner output is not a plan", output=routed.text[:500])
+                return PlanResponse(
+                    error=describe_validation_error(err, "plan JSON"), usage=routed.usage
+                )
+            log.info("answer cut off at the token limit: dropped", output=routed.text[-200:])
+            draft = salvaged
         broken = answer_problems(draft, request)
         if broken:
             # the written answer only saves the answer model's call: without it the steps

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from activities.memory.extraction import extraction_prompt
 from activities.memory.graph import FROM_TOOL_OUTPUT
 from activities.models.scripted import PlanPrompt, read_prompt
-from activities.planning import DONE, FAILURES, MEMORY, TOOLS, planning_prompt
+from activities.planning import DONE, FAILURES, MEMORY, TOOLS, planning_prompt, without_cut_answer
 from activities.react import react_prompt
 from activities.reasoning import synthesis_prompt
 from activities.tools.builtin import default_registry
@@ -192,3 +192,15 @@ class NoteIn(BaseModel):
 
 async def _noop(args: NoteIn, ctx: ToolContext) -> NoteIn:
     return args
+
+
+def test_a_plan_whose_answer_ran_out_of_tokens_keeps_its_steps() -> None:
+    """A small model reading quoted results can ramble numbers in its written answer until
+    the token limit cuts the JSON: the steps stand, and the answer model writes the answer."""
+    steps = '{"steps": [{"id": "s5", "tool": "calculator", "args": {"expression": "6*7"}, '
+    cut = steps + '"depends_on": []}], "answer": "10.24.3/9, 6:0:7, 8:0:1, 12:0:1, 12:'
+    draft = without_cut_answer(cut)
+    assert draft is not None and draft.answer is None
+    assert [(s.id, s.tool) for s in draft.steps] == [("s5", "calculator")]
+    assert without_cut_answer(steps + '"depends_on": [') is None  # the steps themselves cut
+    assert without_cut_answer('{"steps": "not a list", "answer": "x') is None

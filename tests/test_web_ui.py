@@ -9,7 +9,10 @@ was checked go to test-artifacts/ (and on a failed wait, one of what the page sh
 from __future__ import annotations
 
 import asyncio
+import base64
 import math
+import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import suppress
@@ -18,6 +21,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+import uvicorn
 from selenium import webdriver
 from selenium.common.exceptions import (
     ElementClickInterceptedException,
@@ -33,10 +37,18 @@ from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.wait import WebDriverWait
 from temporalio.client import Client
 
+from keel._codec_server import codec_app
+from keel._encryption import AesGcmCodec, parse_keys
+from keel._ports import LOCALHOST, free_port
+from keel._queues import Queues
 from keel.client import new_workflow_id, start_task
 from keel.contracts import Approval, TaskRequest, TaskStatus
+from keel.plugin import KeelPlugin
+from keel.settings import Settings
 from keel.testing import Stack, scripted_plan
-from tests.conftest import REPO, TRANSFER_STEP, unique
+from temporal.devserver import start_test_environment_with_ui
+from tests.conftest import REPO, TRANSFER_STEP, scripted_components, unique
+from workers.process import build_all, workers_running
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -279,3 +291,81 @@ async def test_web_ui_lists_tasks_awaiting_approval_with_their_cost(
     for handle in handles.values():  # nothing is left waiting for the rest of the session
         await handle.execute_update("approve", Approval(step_id="s2"))
         assert (await handle.result()).status == TaskStatus.COMPLETED
+
+
+async def test_web_ui_reads_an_encrypted_task_through_the_codec_server(
+    browser: WebDriver, tmp_path: Path
+) -> None:
+    """With KEEL_ENCRYPTION_KEYS the server holds only ciphertext; a Web UI pointed at
+    `keel codec-server` (`--ui-codec-endpoint`) shows the task's activity summaries again,
+    decoded in the browser's session through the codec server."""
+    codec_port = free_port()
+    env, ui_port = await start_test_environment_with_ui(
+        "--ui-codec-endpoint", f"http://{LOCALHOST}:{codec_port}"
+    )
+    ui_url = f"http://{LOCALHOST}:{ui_port}"
+    keys = f"k1:{base64.b64encode(os.urandom(32)).decode()}"
+    settings = Settings(
+        home=tmp_path / "home",
+        planner_model="scripted",
+        reasoner_model="scripted",
+        encryption_keys=keys,
+    )
+    app = codec_app(
+        AesGcmCodec(parse_keys(keys)),
+        host=LOCALHOST,
+        port=codec_port,
+        ui_origins=[ui_url],
+        token=None,
+    )
+    codec_server = uvicorn.Server(
+        uvicorn.Config(app, host=LOCALHOST, port=codec_port, log_level="warning")
+    )
+    # its own thread and loop: the browser waits below block this test's loop
+    serving = threading.Thread(target=codec_server.run, daemon=True)
+    serving.start()
+    deadline = time.monotonic() + WAIT_S
+    while not codec_server.started:
+        assert time.monotonic() < deadline, "the codec server did not start"
+        time.sleep(0.05)
+    target = env.client.service_client.config.target_host
+    client = await Client.connect(target, plugins=[KeelPlugin(settings)])
+    components, model = scripted_components(settings, Queues())
+    decoded: list[str] = []
+    try:
+        async with workers_running(build_all(client, components)):
+            task = unique("What is 19*21?")
+            model.script(
+                task,
+                "plan",
+                scripted_plan({"id": "s1", "tool": "calculator", "args": {"expression": "19*21"}}),
+            )
+            handle = await start_task(client, TaskRequest(task=task))
+            result = await handle.result()
+        assert result.status == TaskStatus.COMPLETED and "399" in result.answer
+        # the server has ciphertext only: the summary is not in the raw history
+        raw = await env.client.get_workflow_handle(handle.id).fetch_history()
+        assert b"19*21" not in b"".join(e.SerializeToString() for e in raw.events)
+
+        detail = f"{ui_url}/namespaces/default/workflows/{handle.id}/{handle.result_run_id}"
+        browser.get(f"{detail}/history")
+        summary = "calculator: 19*21 ($0.000)"
+        badge = wait_for(
+            browser,
+            ec.visibility_of_element_located(
+                (
+                    By.XPATH,
+                    f'//tr[@data-testid="event-summary-row"]//span[normalize-space()="{summary}"]',
+                )
+            ),
+            f"the decoded activity summary {summary}",
+        )
+        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", badge)
+        decoded.append(summary)
+        screenshot(browser, "web-ui-decoded-through-the-codec-server")
+    finally:
+        codec_server.should_exit = True
+        serving.join(timeout=WAIT_S)
+        components.close_memory()
+        await env.shutdown()
+    assert decoded
