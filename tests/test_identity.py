@@ -34,6 +34,7 @@ from keel import durable
 from keel._identity import (
     HEADER,
     OPERATOR,
+    Claim,
     Credential,
     IdentityError,
     issue,
@@ -100,6 +101,22 @@ def test_a_claim_verifies_only_for_its_own_call_user_and_key() -> None:
     rotated = parse_identity_keys(f"id2:{OTHER_KEY},id1:{KEY}")
     assert claim.verify(rotated, ("start", "wf-1", "")) == claim
     assert issue(rotated, "alice").key_id == "id2"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        rb'["alice", "user", "id1", 1000, "\u00e9\u00e9"]',  # a MAC hmac cannot compare
+        b'["alice", "user", "id1", true, "' + b"0" * 64 + b'"]',
+        b'{"user": "alice"}',
+        b"not json",
+        b'["' + b"a" * 2000 + b'", "user", "id1", 1, "' + b"0" * 64 + b'"]',
+    ],
+)
+def test_a_malformed_claim_is_refused_in_one_line(data: bytes) -> None:
+    """Refused (IdentityRefused, final), never a crash that retries a workflow task."""
+    with pytest.raises(IdentityError, match="identity header is malformed"):
+        Claim.read({HEADER: Payload(metadata={"encoding": b"json/plain"}, data=data)})
 
 
 def test_bad_identity_settings_are_one_line_that_never_shows_them() -> None:

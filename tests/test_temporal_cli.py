@@ -13,7 +13,8 @@ import pytest
 from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 
-from keel.contracts import TaskResult, TaskStatus
+from keel._short_term import ShortTermMemory
+from keel.contracts import CarriedState, Ledger, TaskResult, TaskStatus
 from keel.testing import Stack, eventually, scripted_plan
 from temporal.devserver import temporal_cli
 from tests.conftest import QUESTION_STEP, SQUARE_STEP, TRANSFER_STEP, TRANSFERS, unique
@@ -64,6 +65,26 @@ async def test_task_started_with_the_temporal_cli_completes(stack: Stack) -> Non
         ({"budget": {"usd": 1}}, "task: Field required"),
         ({"task": "hi", "budget": {"usd": -1}}, "budget.usd: Input should be greater than 0"),
         ({"task": "hi", "colour": "red"}, "colour: Extra inputs are not permitted"),
+        # the security review's probes (issue 17): each one line, none a wedged task
+        (
+            {"task": "hi", "human": {"wait_timeout_s": 1e14}},
+            "human.wait_timeout_s: Input should be less than or equal to 31622400",
+        ),
+        (
+            {"task": "hi", "subagents": [{"name": "a", "description": "d"}] * 2600},
+            "subagents: List should have at most 16 items",
+        ),
+        ({"task": "hi", "user_id": "\U0001f600" * 200}, "user_id: is 800 bytes of UTF-8"),
+        ({"task": "hi", "user_id": "bob\x1b]0;admin\x07"}, "user_id: must be printable text"),
+        (
+            {
+                "task": "hi",
+                "carried": CarriedState(
+                    short_term=ShortTermMemory().carried(), ledger=Ledger(budget_usd=1e6)
+                ).model_dump(mode="json"),
+            },
+            "a caller may not send it",
+        ),
     ],
 )
 async def test_malformed_input_fails_fast_and_clearly(
