@@ -398,15 +398,20 @@ def answer_problems(draft: _Draft, request: PlanRequest) -> list[str]:
 
 def cost_plan(draft: _Draft, request: PlanRequest, synthesis_usd: float, model: str) -> Plan:
     specs = {s.name: s for s in request.tools}
+    drafted = drop_repeats(draft).steps
+    # The grammar lets a dependency name any step id, and a small model names one it never
+    # plans ("s3" in a two-step plan): waiting on nothing is no wait. (A reference to such a
+    # step in an argument or a condition still makes the plan invalid.)
+    known = {d.id for d in drafted} | {r.step_id for r in request.completed}
     steps = []
-    for d in drop_repeats(draft).steps:
+    for d in drafted:
         spec = specs.get(d.tool)
         steps.append(
             PlanStep(
                 id=d.id,
                 tool=d.tool,
                 args=d.args,
-                depends_on=d.depends_on,
+                depends_on=[x for x in d.depends_on if x in known],
                 when=d.when or None,
                 expected_cost_usd=spec.cost_per_call_usd if spec else 0.0,
                 expected_latency_ms=spec.avg_latency_ms if spec else 0.0,

@@ -131,6 +131,21 @@ def test_a_written_answer_costs_no_answer_model() -> None:
     assert gathering.synthesis_estimate_usd == 0.01  # the answer is still to be written
 
 
+def test_a_dependency_on_a_step_no_plan_has_is_dropped_not_fatal() -> None:
+    """The 1.5B model's plan for `make run`'s task made s2 wait on an "s3" it never planned;
+    that plan was refused and the re-plan lost the calculator step."""
+    tools = _catalog()
+    request = PlanRequest(task="t", tools=list(tools.values()), remaining_usd=1, max_usd=1)
+    steps = [
+        {"id": "s1", "tool": "calculator", "args": {"expression": "17*7*24"}},
+        {"id": "s2", "tool": "search_docs", "args": {"query": "deploy"}, "depends_on": ["s3"]},
+        {"id": "s4", "tool": "calculator", "args": {"expression": "1"}, "depends_on": ["s1"]},
+    ]
+    plan = cost_plan(_Draft(steps=steps), request, 0.01, "m")  # type: ignore[arg-type]
+    assert [s.depends_on for s in plan.steps] == [[], [], ["s1"]]
+    assert validate_plan(plan, tools) == []
+
+
 # --- what the planner is offered ---------------------------------------------------------
 
 
