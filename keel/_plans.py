@@ -101,6 +101,16 @@ def validate_plan(
     return errors
 
 
+def carried_plan_errors(
+    plan: Plan, tools: Mapping[str, ToolSpec], outputs: Collection[str], max_steps: int = MAX_STEPS
+) -> list[str]:
+    """Why a plan handed over by continue-as-new must not run on in this run (its tools
+    gone from the catalog, a shape no plan may have); its own settled steps' outputs are not
+    "earlier" steps. Its cost was approved when it was planned: the budget is not asked again."""
+    own = {s.id for s in plan.steps}
+    return validate_plan(plan, tools, done=set(outputs) - own, max_steps=max_steps)
+
+
 def answer_errors(plan: Plan, tools: Mapping[str, ToolSpec], known: set[str]) -> list[str]:
     answer = plan.answer or ""
     if not answer.strip():

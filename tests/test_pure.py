@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from activities.tools.calculator import CalculatorError, evaluate
-from keel._plans import budget_error, resolve_args, validate_plan
+from keel._plans import budget_error, carried_plan_errors, resolve_args, validate_plan
 from keel.contracts import Plan, PlanStep
 from keel.settings import SettingsError, settings_from_env
 from sandbox.workspace import IDLE_S, TaskWorkspace, WorkspaceError, sweep
@@ -100,6 +100,17 @@ def test_conditions_and_replans_are_validated() -> None:
     assert errors == "step ids already used by completed steps: s1"
     ok = Plan(steps=[_step("s2", ["s1"], expression="{{s1}}+1")])
     assert validate_plan(ok, _tools(), done={"s1"}) == []  # type: ignore[arg-type]
+
+
+def test_a_carried_plan_is_checked_again_in_the_next_run() -> None:
+    """A plan handed over by continue-as-new runs on only if it is still valid here: its own
+    settled steps are no conflict, a tool the catalog no longer has is."""
+    plan = Plan(steps=[_step("s2"), _step("s3", ["s2", "s1"], expression="{{s2}}+1")])
+    outputs = {"s1", "s2"}  # s1 from an earlier plan, s2 settled before the hand-over
+    assert carried_plan_errors(plan, _tools(), outputs) == []  # type: ignore[arg-type]
+    renamed = Plan(steps=[*plan.steps, PlanStep(id="s4", tool="gone_tool", args={})])
+    errors = carried_plan_errors(renamed, _tools(), outputs)  # type: ignore[arg-type]
+    assert errors == ["step s4: unknown or disallowed tool 'gone_tool' (available: calculator)"]
 
 
 def test_plan_budget() -> None:

@@ -17,7 +17,13 @@ from temporalio.exceptions import ActivityError
 from keel import durable
 from keel._core.budget import BudgetExhausted
 from keel._core.plan_run import Snapshot
-from keel._plans import MAX_STEPS, budget_error, render_answer, validate_plan
+from keel._plans import (
+    MAX_STEPS,
+    budget_error,
+    carried_plan_errors,
+    render_answer,
+    validate_plan,
+)
 from keel.contracts import (
     PendingKind,
     Plan,
@@ -56,13 +62,22 @@ async def plan_and_execute(
     if task.resume_plan is not None:  # the previous run continued as new mid-plan
         resumed = task.resume_plan
         version = resumed.plan.version
-        ran = await _run_plan(task, resumed.plan, tools, failures, resumed)
-        if isinstance(ran, Outcome):
-            if not _solve_next(task, resumed.plan, ran):
-                return _answered(task, resumed.plan, ran)
-            solving = True
+        # checked again, like any plan: the catalog may have changed between runs
+        stale = carried_plan_errors(
+            resumed.plan, tools, task.outputs, task.request.max_plan_steps or MAX_STEPS
+        )
+        if stale:
+            problem = f"plan v{version}, carried into this run, is invalid: " + "; ".join(stale)
+            failures.append(problem)
+            task.event(problem)
         else:
-            failures.extend(ran.failures)
+            ran = await _run_plan(task, resumed.plan, tools, failures, resumed)
+            if isinstance(ran, Outcome):
+                if not _solve_next(task, resumed.plan, ran):
+                    return _answered(task, resumed.plan, ran)
+                solving = True
+            else:
+                failures.extend(ran.failures)
     while True:
         version += 1
         if version > task.first_version and workflow.info().is_continue_as_new_suggested():
