@@ -21,9 +21,9 @@ from activities.grounding import ground
 from activities.models.base import Message, ModelRequest
 from activities.models.router import TYPICAL_REASONER_CALL, ModelRouter
 from activities.tools.search import words
-from activities.untrusted import DATA_RULE, quoted
 from keel import durable
 from keel._converter import describe_validation_error
+from keel._core.untrusted import DATA_RULE, quoted
 from keel._logging import activity_logger
 from keel._plans import answer_errors, output_text
 from keel._workflow_tools import resolve_catalog
@@ -402,7 +402,9 @@ def cost_plan(draft: _Draft, request: PlanRequest, synthesis_usd: float, model: 
     # The grammar lets a dependency name any step id, and a small model names one it never
     # plans ("s3" in a two-step plan): waiting on nothing is no wait. (A reference to such a
     # step in an argument or a condition still makes the plan invalid.)
-    known = {d.id for d in drafted} | {r.step_id for r in request.completed}
+    known = {d.id for d in drafted} | {
+        r.step_id for r in request.completed if r.status == StepStatus.SUCCEEDED
+    }
     steps = []
     for d in drafted:
         spec = specs.get(d.tool)
@@ -487,7 +489,8 @@ class PlanningActivities:
         try:
             draft = _Draft.model_validate_json(routed.text)
         except ValidationError as err:
-            salvaged = without_cut_answer(routed.text)
+            cut = any("EOF" in str(e.get("msg", "")) for e in err.errors())  # the token limit
+            salvaged = without_cut_answer(routed.text) if cut else None
             if salvaged is None:
                 log.info("planner output is not a plan", output=routed.text[:500])
                 return PlanResponse(

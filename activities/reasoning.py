@@ -8,8 +8,8 @@ from temporalio import activity
 
 from activities.models.base import Message, ModelRequest
 from activities.models.router import ModelRouter
-from activities.untrusted import DATA_RULE, quoted
 from keel import durable
+from keel._core.untrusted import DATA_RULE, quoted
 from keel._logging import activity_logger
 from keel._plans import output_text
 from keel.contracts import StepStatus, Synthesis, SynthesisRequest

@@ -15,7 +15,9 @@ import jsonschema
 
 from keel._conditions import ConditionError, parse_condition
 from keel._core.budget import fits
+from keel._core.untrusted import quoted
 from keel.contracts import Plan, PlanStep, StepResult, StepStatus, ToolSpec
+from keel.durable import LLM_QUEUE
 
 # `{{s1}}` inside a string argument (or the plan's answer) is replaced by the text of step
 # s1's output; `{{s1.value}}` or `{{s1.matches[0].text}}` by one field inside it.
@@ -102,13 +104,14 @@ def validate_plan(
 
 
 def carried_plan_errors(
-    plan: Plan, tools: Mapping[str, ToolSpec], outputs: Collection[str], max_steps: int = MAX_STEPS
+    plan: Plan, tools: Mapping[str, ToolSpec], settled: Collection[str], max_steps: int = MAX_STEPS
 ) -> list[str]:
-    """Why a plan handed over by continue-as-new must not run on in this run (its tools
-    gone from the catalog, a shape no plan may have); its own settled steps' outputs are not
-    "earlier" steps. Its cost was approved when it was planned: the budget is not asked again."""
+    """Why the rest of a plan handed over by continue-as-new must not run on in this run (a
+    tool this run does not have, a shape no plan may have). `plan` holds the steps left;
+    `settled` the ids they may build on: earlier plans' outputs and this plan's settled and
+    skipped steps. Its cost was approved when it was planned: the budget is not asked again."""
     own = {s.id for s in plan.steps}
-    return validate_plan(plan, tools, done=set(outputs) - own, max_steps=max_steps)
+    return validate_plan(plan, tools, done=set(settled) - own, max_steps=max_steps)
 
 
 def answer_errors(plan: Plan, tools: Mapping[str, ToolSpec], known: set[str]) -> list[str]:
@@ -264,9 +267,22 @@ def field_text(result: StepResult | None, path: str) -> str:
     return json.dumps(value, sort_keys=True)
 
 
-def resolve_args(args: dict[str, Any], results: Mapping[str, StepResult]) -> dict[str, Any]:
+def reads_as_prompt(spec: ToolSpec) -> bool:
+    """Whether a model reads the tool's input as its prompt: a sub-agent's task, a question
+    for the reasoner (the tools on the model queue)."""
+    return spec.runs_as == "subagent" or spec.queue == LLM_QUEUE
+
+
+def resolve_args(
+    args: dict[str, Any], results: Mapping[str, StepResult], quote: bool = False
+) -> dict[str, Any]:
+    """The step's arguments with each `{{s1}}` replaced by what s1 returned; `quote`: as
+    quoted data (keel/_core/untrusted.py), for a tool whose input a model reads as a prompt
+    (ask_reasoner's question, a sub-agent's task)."""
+
     def text(ref: str, path: str) -> str:
-        return field_text(results.get(ref), path)[:REF_TEXT_LIMIT]
+        value = field_text(results.get(ref), path)[:REF_TEXT_LIMIT]
+        return quoted(value) if quote else value
 
     resolved = _replace_refs(args, text)
     assert isinstance(resolved, dict)

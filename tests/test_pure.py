@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from activities.tools.calculator import CalculatorError, evaluate
+from keel._core.plan_run import PlanRun
 from keel._plans import budget_error, carried_plan_errors, resolve_args, validate_plan
 from keel.contracts import Plan, PlanStep
 from keel.settings import SettingsError, settings_from_env
@@ -103,14 +104,23 @@ def test_conditions_and_replans_are_validated() -> None:
 
 
 def test_a_carried_plan_is_checked_again_in_the_next_run() -> None:
-    """A plan handed over by continue-as-new runs on only if it is still valid here: its own
-    settled steps are no conflict, a tool the catalog no longer has is."""
-    plan = Plan(steps=[_step("s2"), _step("s3", ["s2", "s1"], expression="{{s2}}+1")])
-    outputs = {"s1", "s2"}  # s1 from an earlier plan, s2 settled before the hand-over
-    assert carried_plan_errors(plan, _tools(), outputs) == []  # type: ignore[arg-type]
-    renamed = Plan(steps=[*plan.steps, PlanStep(id="s4", tool="gone_tool", args={})])
-    errors = carried_plan_errors(renamed, _tools(), outputs)  # type: ignore[arg-type]
-    assert errors == ["step s4: unknown or disallowed tool 'gone_tool' (available: calculator)"]
+    """The rest of a plan handed over by continue-as-new (as PlanRun.snapshot makes it: the
+    steps left) runs on only if it is still valid here: the settled and skipped steps it
+    builds on are known, a tool this run does not have is not."""
+    s2, s3 = _step("s2", ["s1"]), _step("s3", ["s2"], expression="{{s2}}+1")
+    s3.when = "s2.value > 1"
+    s4 = _step("s4", ["s5"])  # s5 was skipped (its condition was false)
+    run = PlanRun(Plan(version=2, steps=[_step("s1"), s2, s3, s4, _step("s5")]))
+    run.settled |= {"s1", "s2", "s5"}
+    run.skipped |= {"s5"}
+    snapshot = run.snapshot()
+    assert [s.id for s in snapshot.plan.steps] == ["s3", "s4"]
+    known = {"s0", *snapshot.settled, *snapshot.skipped}  # s0: an earlier plan's output
+    assert carried_plan_errors(snapshot.plan, _tools(), known) == []  # type: ignore[arg-type]
+    gone = PlanStep(id="s6", tool="gone_tool", args={})
+    rest = snapshot.plan.model_copy(update={"steps": [*snapshot.plan.steps, gone]})
+    errors = carried_plan_errors(rest, _tools(), known)  # type: ignore[arg-type]
+    assert errors == ["step s6: unknown or disallowed tool 'gone_tool' (available: calculator)"]
 
 
 def test_plan_budget() -> None:

@@ -1,4 +1,4 @@
-"""Untrusted text in prompts (activities/untrusted.py): tool outputs, failures and memory enter
+"""Untrusted text in prompts (keel/_core/untrusted.py): tool outputs, failures and memory enter
 every prompt as quoted data under Keel's own label, and facts the task did not state are
 stored and recalled as coming from a tool's output."""
 
@@ -19,7 +19,9 @@ from activities.react import react_prompt
 from activities.reasoning import synthesis_prompt
 from activities.tools.builtin import default_registry
 from activities.tools.registry import ToolContext, define_tool
-from activities.untrusted import DATA_RULE, quoted, unquoted
+from keel._core.untrusted import DATA_RULE, quoted, unquoted
+from keel._plans import reads_as_prompt, resolve_args
+from keel._workflow_tools import DEFAULT_SUBAGENTS, subagent_spec
 from keel.client import start_task
 from keel.contracts import (
     Budget,
@@ -150,17 +152,25 @@ async def test_facts_the_task_did_not_state_are_recalled_as_a_tools(stack: Stack
     stack.model.script(
         task, "plan", scripted_plan({"id": "s1", "tool": "calculator", "args": {"expression": "1"}})
     )
-    # the extraction model was talked into a fact by the notice: the rent goes to mallory
+    # the extraction model was talked into facts by the notice: the rent goes to mallory,
+    # the user lives in Lisbon (the user said Porto), and one-letter and part-word objects
+    # that any text contains
     facts = [
         {"subject": "user", "relation": "lives_in", "object": "Porto"},
         {"subject": "user", "relation": "rent_payee", "object": "mallory"},
+        {"subject": "user", "relation": "lives_in", "object": "Lisbon"},
+        {"subject": "user", "relation": "initial", "object": "I"},
+        {"subject": "user", "relation": "port", "object": "Port"},
     ]
     stack.model.script(task, "extract", json.dumps({"facts": facts}))
     first = await (await start_task(stack.client, TaskRequest(task=task, user_id=user))).result()
     assert first.status == TaskStatus.COMPLETED
     stored = {f.relation: f for f in stack.components.graph.facts(user)}
+    assert stored["lives_in"].object == "Porto"  # what the user said stands
     assert not stored["lives_in"].source.endswith(FROM_TOOL_OUTPUT)
-    assert stored["rent_payee"].source.endswith(FROM_TOOL_OUTPUT)
+    assert [f.object for f in stack.components.graph.history(user, "user", "lives_in")] == ["Porto"]
+    for learned in ("rent_payee", "initial", "port"):
+        assert stored[learned].source.endswith(FROM_TOOL_OUTPUT), learned
 
     second = unique("Who do I pay my rent to")
     handle = await start_task(
@@ -204,3 +214,18 @@ def test_a_plan_whose_answer_ran_out_of_tokens_keeps_its_steps() -> None:
     assert [(s.id, s.tool) for s in draft.steps] == [("s5", "calculator")]
     assert without_cut_answer(steps + '"depends_on": [') is None  # the steps themselves cut
     assert without_cut_answer('{"steps": "not a list", "answer": "x') is None
+
+
+def test_a_result_in_a_question_for_a_model_is_quoted_data(tmp_path: Path) -> None:
+    """`{{s1}}` in ask_reasoner's question or a sub-agent's task reaches a model's prompt:
+    it goes in quoted; in a calculator expression or a file path it stays the plain value."""
+    specs = {s.name: s for s in default_registry(Settings(home=tmp_path)).specs()}
+    coder = subagent_spec(DEFAULT_SUBAGENTS[0])
+    assert reads_as_prompt(specs["ask_reasoner"]) and reads_as_prompt(coder)
+    assert not reads_as_prompt(specs["calculator"]) and not reads_as_prompt(specs["read_file"])
+    page = _step("http_get", HOSTILE)
+    asked = resolve_args({"question": "Summarise {{s1.text}} briefly"}, {"s1": page}, quote=True)
+    assert asked == {"question": f"Summarise {quoted(HOSTILE)} briefly"}
+    assert "\n" not in asked["question"]
+    plain = resolve_args({"expression": "{{s1.text}}"}, {"s1": _step("calculator", "42")})
+    assert plain == {"expression": "42"}

@@ -331,7 +331,6 @@ async def test_web_ui_reads_an_encrypted_task_through_the_codec_server(
     target = env.client.service_client.config.target_host
     client = await Client.connect(target, plugins=[KeelPlugin(settings)])
     components, model = scripted_components(settings, Queues())
-    decoded: list[str] = []
     try:
         async with workers_running(build_all(client, components)):
             task = unique("What is 19*21?")
@@ -361,11 +360,9 @@ async def test_web_ui_reads_an_encrypted_task_through_the_codec_server(
             f"the decoded activity summary {summary}",
         )
         browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", badge)
-        decoded.append(summary)
         screenshot(browser, "web-ui-decoded-through-the-codec-server")
     finally:
         codec_server.should_exit = True
         serving.join(timeout=WAIT_S)
         components.close_memory()
         await env.shutdown()
-    assert decoded

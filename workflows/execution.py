@@ -15,7 +15,7 @@ from keel import durable
 from keel._core.budget import BudgetExhausted
 from keel._core.cache_keys import tool_call_key
 from keel._core.plan_run import PlanRun, Snapshot
-from keel._plans import resolve_args
+from keel._plans import reads_as_prompt, resolve_args
 from keel.contracts import (
     CacheStore,
     PendingKind,
@@ -110,7 +110,8 @@ async def execute(
 async def run_step(task: TaskState, version: int, step: PlanStep, spec: ToolSpec) -> StepResult:
     """One step: a question for a person, an approval first where the tool needs one, a
     sub-agent, or a tool activity (answered from the cache where the tool allows)."""
-    args = resolve_args(step.args, task.outputs)
+    # a model reads a sub-agent's task and ask_reasoner's question: results go in as data
+    args = resolve_args(step.args, task.outputs, quote=reads_as_prompt(spec))
     task.event(f"{step.id}: {spec.name}({short_args(args)})")
     started = workflow.time()
     call: dict[str, Any] = {

@@ -45,6 +45,8 @@ class Replan:
     failures: list[str]
 
 
+RECHECK_CARRIED_PATCH = "keel-recheck-carried-plan"
+
 # A plan may gather first and plan the rest seeing what it gathered ("then": "plan"); this
 # bounds how many times a task does so.
 MAX_SOLVE_ROUNDS = 2
@@ -62,9 +64,17 @@ async def plan_and_execute(
     if task.resume_plan is not None:  # the previous run continued as new mid-plan
         resumed = task.resume_plan
         version = resumed.plan.version
-        # checked again, like any plan: the catalog may have changed between runs
-        stale = carried_plan_errors(
-            resumed.plan, tools, task.outputs, task.request.max_plan_steps or MAX_STEPS
+        # checked again, like any plan, before it runs on: what the workflow did not make
+        # itself this run is not taken on trust (patched: earlier runs resumed unchecked)
+        stale = (
+            carried_plan_errors(
+                resumed.plan,
+                tools,
+                {*task.outputs, *resumed.settled, *resumed.skipped},
+                task.request.max_plan_steps or MAX_STEPS,
+            )
+            if workflow.patched(RECHECK_CARRIED_PATCH)
+            else []
         )
         if stale:
             problem = f"plan v{version}, carried into this run, is invalid: " + "; ".join(stale)

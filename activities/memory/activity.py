@@ -11,7 +11,12 @@ from activities.memory.cache import Cache
 from activities.memory.context import build_context
 from activities.memory.documents import DocumentStore
 from activities.memory.episodes import EpisodeStore
-from activities.memory.graph import FROM_TOOL_OUTPUT, GraphStore, stated_in
+from activities.memory.graph import (
+    FROM_TOOL_OUTPUT,
+    GraphStore,
+    from_tool_output,
+    stated_in,
+)
 from keel import durable
 from keel._core.cache_keys import answer_entry, answer_knowledge
 from keel._logging import activity_logger
@@ -27,6 +32,7 @@ from keel.contracts import (
     RememberDocument,
     Remembered,
     RememberRequest,
+    Triple,
 )
 
 CACHED_IN_CONTEXT = 2
@@ -97,6 +103,8 @@ class MemoryActivities:
         learned = [t for t in request.triples if not stated_in(request.task, t)]
         facts = self.graph.assert_facts(request.user_id, stated, at, source=source)
         if learned:
+            # what a tool said never replaces what the user said (in this task or before)
+            learned = [t for t in learned if not self._user_said(request.user_id, t)]
             facts += self.graph.assert_facts(
                 request.user_id, learned, at, source=source + FROM_TOOL_OUTPUT
             )
@@ -107,6 +115,10 @@ class MemoryActivities:
                 )
             )
         return Remembered(episode_id=point, facts=facts)
+
+    def _user_said(self, user_id: str, triple: Triple) -> bool:
+        held = self.graph.history(user_id, triple.subject, triple.relation)
+        return any(f.valid_to is None and not from_tool_output(f) for f in held)
 
     @activity.defn(name=durable.REMEMBER)
     async def remember(self, request: RememberRequest) -> Remembered:

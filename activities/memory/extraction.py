@@ -14,9 +14,9 @@ from temporalio import activity
 
 from activities.models.base import Message, ModelRequest
 from activities.models.router import ModelRouter
-from activities.untrusted import DATA_RULE, quoted
 from keel import durable
 from keel._converter import describe_validation_error
+from keel._core.untrusted import DATA_RULE, quoted
 from keel._logging import activity_logger
 from keel.contracts import Extraction, ExtractionRequest, Triple
 

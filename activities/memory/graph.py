@@ -16,11 +16,13 @@ Semantics both keep:
   so a retried `remember` writes nothing twice.
 - A fact the task's own text does not state (its object came from the answer, so from a
   tool's output or a model) has a source ending in FROM_TOOL_OUTPUT, and recall shows it as
-  such: a web page cannot pass for something the user said.
+  such: a web page cannot pass for something the user said, nor replace it (the memory
+  activity drops such a fact where the user stated one for the same subject and relation).
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -40,9 +42,16 @@ def fact_id(user_id: str, source: str, triple: Triple) -> str:
 FROM_TOOL_OUTPUT = "/from-tool-output"  # the source's suffix on a fact the task did not state
 
 
+_STATED_MIN_CHARS = 3  # "a", "I", "2": found in any text, so proof of nothing
+
+
 def stated_in(task: str, triple: Triple) -> bool:
-    """Whether the task's own text names the triple's object (the user said it)."""
-    return key(triple.object) in key(task)
+    """Whether the task's own text names the triple's object, as whole words (the user said
+    it): "Porto" in "I live in Porto", not "Port" nor "a"."""
+    wanted = key(triple.object)
+    if len(wanted.replace(" ", "")) < _STATED_MIN_CHARS:
+        return False
+    return re.search(rf"(?<!\w){re.escape(wanted)}(?!\w)", key(task)) is not None
 
 
 def from_tool_output(fact: Fact) -> bool:

@@ -27,7 +27,7 @@ from activities import planning, react, reasoning
 from activities.memory import extraction
 from activities.models.base import Completion, Message, ModelClient, ModelRequest
 from activities.tools import reasoner
-from activities.untrusted import unquoted
+from keel._core.untrusted import unquoted
 from keel.errors import ModelBadRequest
 
 _ARITHMETIC = re.compile(r"\(?\d+(?:\.\d+)?(?:\s*(?:\*\*|[-+*/%])\s*\(?\d+(?:\.\d+)?\)?)+")

@@ -6,8 +6,9 @@ from pydantic import BaseModel, Field
 
 from activities.models.base import Message, ModelRequest
 from activities.tools.registry import ToolContext
+from keel._core.untrusted import DATA_RULE
 
-SYSTEM = "You are a careful expert. Answer the question briefly and precisely."
+SYSTEM = "You are a careful expert. Answer the question briefly and precisely. " + DATA_RULE
 MAX_ANSWER_TOKENS = 400
 
 
