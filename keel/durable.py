@@ -50,6 +50,10 @@ CACHE_LOOKUP = "cache_lookup"
 CACHE_STORE = "cache_store"
 LIST_TOOLS = "list_tools"
 NOTIFY_HUMAN = "notify_human"
+RELEASE_WORKSPACE = "release_workspace"
+# The tools that read the task's copy of KEEL_DOCS_DIR: a task that called one has its copy
+# deleted when it ends (release_workspace, on the tools queue).
+FILE_TOOLS = ("read_file", "list_files", "search_docs")
 _TOOL_PREFIX = "tool."
 
 

@@ -48,12 +48,26 @@ class TaskWorkspace:
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
 
-    @classmethod
-    def for_task(cls, workspaces_dir: Path, task_id: str, source: Path) -> TaskWorkspace:
+    @staticmethod
+    def _root(workspaces_dir: Path, task_id: str) -> Path:
         name = _SAFE_ID.sub("_", task_id)
         if name in ("", ".", ".."):  # would be the workspaces folder or its parent
             raise WorkspaceError(f"task id {task_id!r} cannot name a workspace")
-        root = workspaces_dir / name
+        return workspaces_dir / name
+
+    @classmethod
+    def release(cls, workspaces_dir: Path, task_id: str) -> bool:
+        """Delete the task's copy (its task has ended); whether there was one here."""
+        root = cls._root(workspaces_dir, task_id)
+        shutil.rmtree(root.with_name(root.name + ".tmp"), ignore_errors=True)
+        if not root.exists():
+            return False
+        shutil.rmtree(root, ignore_errors=True)
+        return True
+
+    @classmethod
+    def for_task(cls, workspaces_dir: Path, task_id: str, source: Path) -> TaskWorkspace:
+        root = cls._root(workspaces_dir, task_id)
         if root.exists():
             os.utime(root)  # in use: not idle
         else:

@@ -9,7 +9,7 @@ from keel import _search_attributes as sa
 from keel.client import new_workflow_id, start_task
 from keel.contracts import Budget, StepStatus, TaskProgress, TaskRequest, TaskStatus
 from keel.testing import Stack, scripted_plan
-from tests.conftest import unique
+from tests.conftest import run_task, unique
 
 
 async def test_task_completes_and_ledger_matches_bookings(stack: Stack) -> None:
@@ -178,3 +178,39 @@ async def test_a_step_after_a_reused_one_runs_though_nothing_else_is_running(
     assert calls.count("s1") == 1 and "s3" not in calls  # s3 reused s1's result, free
     assert by_id["s4"].status == StepStatus.SUCCEEDED
     assert by_id["s4"].output is not None and by_id["s4"].output["value"] == 43
+
+
+async def test_a_tasks_copy_of_the_files_is_deleted_when_it_ends(stack: Stack) -> None:
+    reads = unique("What does handbook.md say about deployments?")
+    stack.model.script(
+        reads,
+        "plan",
+        scripted_plan({"id": "s1", "tool": "read_file", "args": {"path": "handbook.md"}}),
+    )
+    result, scheduled = await run_task(stack, TaskRequest(task=reads))
+    assert (
+        result.status == TaskStatus.COMPLETED
+        and "Tuesdays" in (result.steps[0].output or {})["text"]
+    )
+    assert scheduled[-1] == "release_workspace"
+    handle = stack.client.get_workflow_handle(result.workflow_id)
+    events = (await handle.fetch_history()).events
+    [released] = [
+        e.activity_task_completed_event_attributes.result.payloads[0].data
+        for e in events
+        if e.HasField("activity_task_completed_event_attributes")
+    ][-1:]
+    assert released == b"true"  # the tools worker found the task's copy, and deleted it
+    first_run = (await handle.describe()).raw_description.workflow_execution_info.first_run_id
+    copy = stack.settings.workspaces_dir / f"{result.workflow_id}.{first_run}"
+    assert not copy.exists() and stack.settings.workspaces_dir.is_dir()
+
+    # a task that read no files has nothing to release: no call for it
+    computes = unique("What is 6*7?")
+    stack.model.script(
+        computes,
+        "plan",
+        scripted_plan({"id": "s1", "tool": "calculator", "args": {"expression": "6*7"}}),
+    )
+    _, scheduled = await run_task(stack, TaskRequest(task=computes))
+    assert "release_workspace" not in scheduled

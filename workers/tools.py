@@ -26,7 +26,12 @@ def build(client: Client, components: Components) -> list[Worker]:
         task_queue=components.queues.tools,
         # and the sandboxed tools, for runs whose catalog put them on this queue (before
         # they had their own)
-        activities=[tools.list_tools, *tools.for_queue(TOOLS), *tools.for_queue(SANDBOX)],
+        activities=[
+            tools.list_tools,
+            tools.release_workspace,
+            *tools.for_queue(TOOLS),
+            *tools.for_queue(SANDBOX),
+        ],
         max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
     )
     # No more sandboxed runs than sandbox threads: the rest wait in the task queue, where the

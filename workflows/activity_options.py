@@ -53,6 +53,7 @@ DOCUMENT = ActivityOptions(
     start_to_close_timeout=timedelta(minutes=2), retry_policy=RetryPolicy(maximum_attempts=5)
 )
 NOTIFY = ActivityOptions(start_to_close_timeout=timedelta(seconds=30), retry_policy=MEMORY_RETRY)
+RELEASE = ActivityOptions(start_to_close_timeout=timedelta(seconds=30), retry_policy=MEMORY_RETRY)
 
 NON_RETRYABLE_TOOL_ERRORS = [TOOL_ERROR, INVALID_OUTPUT, BUDGET_EXCEEDED, INVALID_INPUT]
 # Tools heartbeat about every second; a worker that dies mid-call is noticed after this.

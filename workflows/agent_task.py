@@ -37,6 +37,7 @@ from keel.contracts import (
 from keel.errors import InvalidInput
 from workflows import memory_calls
 from workflows.answer import synthesize
+from workflows.execution import RELEASE_PATCH, release_workspace
 from workflows.human import Decision, TimedOutWaiting
 from workflows.planning import plan_and_execute
 from workflows.react import react
@@ -135,6 +136,8 @@ class AgentTask:
                 outcome = Outcome(TaskStatus.TIMED_OUT_WAITING, str(err), stopped)
             if workflow.info().parent is None:  # a sub-agent's episode is its parent's
                 await memory_calls.remember(task, outcome.answer, outcome.status)
+            if workflow.patched(RELEASE_PATCH):
+                await release_workspace(task)
         except asyncio.CancelledError:
             task.set_status(TaskStatus.CANCELLED, "cancelled; in-flight work stopped")
             if workflow.info().parent is not None:

@@ -166,7 +166,7 @@ async def run_step(task: TaskState, version: int, step: PlanStep, spec: ToolSpec
             durable.tool_activity(spec.name),
             ToolCall(
                 workflow_id=workflow.info().workflow_id,
-                workspace=f"{workflow.info().workflow_id}.{workflow.info().first_execution_run_id}",
+                workspace=task.workspace,
                 step_id=durable.step_call_id(version, step.id),
                 tool=spec.name,
                 args=args,
@@ -223,3 +223,25 @@ async def run_step(task: TaskState, version: int, step: PlanStep, spec: ToolSpec
         cost_usd=out.cost_usd,
         latency_ms=latency_ms,
     )
+
+
+# Runs started before this patch leave their copy of the files to the idle sweep.
+RELEASE_PATCH = "keel-release-workspace"
+
+
+async def release_workspace(task: TaskState) -> None:
+    """The task has ended: the tools worker deletes its copy of the files, if it read any
+    (best effort: a copy on another tools worker's disk goes with the idle sweep)."""
+    if not any(r.tool in durable.FILE_TOOLS for r in task.results):
+        return
+    try:
+        await workflow.execute_activity(
+            durable.RELEASE_WORKSPACE,
+            task.workspace,
+            result_type=bool,
+            task_queue=task.queues.tools,
+            summary="release the task's files",
+            **options.RELEASE,
+        )
+    except ActivityError as err:
+        task.event(f"its files were not released (the idle sweep will): {err.cause or err}")

@@ -127,6 +127,13 @@ class TaskState:
         return self.request.user_id
 
     @property
+    def workspace(self) -> str:
+        """Whose files its tools read: this task's, from its first run on (a later task
+        reusing the workflow id gets its own)."""
+        info = workflow.info()
+        return f"{info.workflow_id}.{info.first_execution_run_id}"
+
+    @property
     def priority(self) -> Priority:
         """Of the task's tool and model calls: dispatched fairly between users where the
         server has task-queue fairness on (a lean run; others replay without a key)."""

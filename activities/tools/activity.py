@@ -39,6 +39,7 @@ from keel._logging import activity_logger
 from keel.contracts import ToolCall, ToolOutput, ToolSpec
 from keel.errors import BudgetExceeded, Failure, InvalidToolOutput, ToolFailed, ToolRefusal
 from keel.settings import Settings
+from sandbox.workspace import TaskWorkspace
 
 WARN_OUTPUT_BYTES = 256 * 1024
 MAX_OUTPUT_BYTES = 1024 * 1024  # Temporal caps payloads at 2 MB
@@ -53,6 +54,14 @@ class ToolActivities:
     @activity.defn(name=durable.LIST_TOOLS)
     async def list_tools(self) -> list[ToolSpec]:
         return self.registry.specs()
+
+    @activity.defn(name=durable.RELEASE_WORKSPACE)
+    async def release_workspace(self, workspace: str) -> bool:
+        """The task has ended: its copy of the files goes (a copy another tools worker made
+        on its own disk goes with the idle sweep, sandbox/workspace.py)."""
+        released = TaskWorkspace.release(self.settings.workspaces_dir, workspace)
+        activity_logger().info("workspace released", found=released)
+        return released
 
     def for_queue(self, base_queue: str) -> list[Callable[..., Any]]:
         return [self._activity(tool) for tool in self.registry.on_queue(base_queue)]
