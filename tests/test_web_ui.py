@@ -131,6 +131,22 @@ def wait_for(browser: WebDriver, condition: Callable[[WebDriver], Any], what: st
         raise AssertionError(f"the Web UI never showed {what} (see {shot})") from None
 
 
+def show_activity_summary(browser: WebDriver, detail: str, summary: str) -> None:
+    """Open a workflow's event history and scroll to the activity summary `summary`."""
+    browser.get(f"{detail}/history")
+    badge = wait_for(
+        browser,
+        ec.visibility_of_element_located(
+            (
+                By.XPATH,
+                f'//tr[@data-testid="event-summary-row"]//span[normalize-space()="{summary}"]',
+            )
+        ),
+        f"the activity summary {summary}",
+    )
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", badge)
+
+
 async def until_listed(client: Client, query: str, count: int = 1) -> None:
     """Wait until the server's visibility store answers `query` with `count` workflows (it is
     written asynchronously, a moment after the workflow's own state)."""
@@ -225,19 +241,7 @@ async def test_web_ui_shows_a_completed_task(
     # b) The detail page: the event history shows each activity's summary, which the
     # workflow sets to "<tool>: <args> ($<cost per call>)"; the calculator is free.
     detail = f"{web_ui_url}/namespaces/default/workflows/{workflow_id}/{handle.result_run_id}"
-    browser.get(f"{detail}/history")
-    summary = "calculator: 17*23 ($0.000)"
-    badge = wait_for(
-        browser,
-        ec.visibility_of_element_located(
-            (
-                By.XPATH,
-                f'//tr[@data-testid="event-summary-row"]//span[normalize-space()="{summary}"]',
-            )
-        ),
-        f"the activity summary {summary}",
-    )
-    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", badge)
+    show_activity_summary(browser, detail, "calculator: 17*23 ($0.000)")
     screenshot(browser, "web-ui-event-history-calculator-summary")
 
     # ... and its Search Attributes tab shows KeelStatus.
@@ -347,19 +351,7 @@ async def test_web_ui_reads_an_encrypted_task_through_the_codec_server(
         assert b"19*21" not in b"".join(e.SerializeToString() for e in raw.events)
 
         detail = f"{ui_url}/namespaces/default/workflows/{handle.id}/{handle.result_run_id}"
-        browser.get(f"{detail}/history")
-        summary = "calculator: 19*21 ($0.000)"
-        badge = wait_for(
-            browser,
-            ec.visibility_of_element_located(
-                (
-                    By.XPATH,
-                    f'//tr[@data-testid="event-summary-row"]//span[normalize-space()="{summary}"]',
-                )
-            ),
-            f"the decoded activity summary {summary}",
-        )
-        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", badge)
+        show_activity_summary(browser, detail, "calculator: 19*21 ($0.000)")
         screenshot(browser, "web-ui-decoded-through-the-codec-server")
     finally:
         codec_server.should_exit = True
