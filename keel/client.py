@@ -15,6 +15,7 @@ from temporalio.service import RPCError
 from keel import _search_attributes as search_attributes
 from keel import durable
 from keel._identity import caller_of
+from keel._metrics import runtime_for
 from keel._queues import Queues
 from keel.contracts import Memorized, MemorizeRequest, TaskRequest, TaskResult
 from keel.errors import KeelError
@@ -43,6 +44,7 @@ def _tls(settings: Settings) -> TLSConfig | bool:
 async def connect(settings: Settings | None = None, address: str | None = None) -> Client:
     settings = settings or get_settings()
     target = address or settings.temporal_address
+    runtime = runtime_for(settings.metrics_address)  # its own error: not an unreachable server
     try:
         return await Client.connect(
             target,
@@ -50,6 +52,7 @@ async def connect(settings: Settings | None = None, address: str | None = None) 
             tls=_tls(settings),
             api_key=settings.temporal_api_key,
             plugins=[KeelPlugin(settings)],
+            runtime=runtime,
         )
     except RuntimeError as err:
         raise TemporalUnreachable(

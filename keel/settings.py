@@ -119,6 +119,18 @@ class Settings(BaseModel):
     # "id:base64key,..." (the first issues, all verify). Callers: their credential.
     identity_keys: str | None = None
     credential: str | None = None
+    # Prometheus metrics of every worker and client process, at http://HOST:PORT/metrics
+    # (keel/_metrics.py); unset: none.
+    metrics_address: str | None = None
+
+    @field_validator("metrics_address")
+    @classmethod
+    def _metrics_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            host, sep, port = value.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError("give HOST:PORT, e.g. 0.0.0.0:9464")
+        return value
 
     @field_validator("identity_keys")
     @classmethod
@@ -254,6 +266,7 @@ _ENV = {
     "KEEL_ENCRYPTION_KEYS": "encryption_keys",
     "KEEL_IDENTITY_KEYS": "identity_keys",
     "KEEL_CREDENTIAL": "credential",
+    "KEEL_METRICS_ADDRESS": "metrics_address",
 }
 
 

@@ -35,7 +35,7 @@ from keel.contracts import (
     TaskStatus,
 )
 from keel.errors import InvalidInput
-from workflows import memory_calls
+from workflows import memory_calls, metrics
 from workflows.answer import synthesize
 from workflows.execution import RELEASE_PATCH, release_workspace
 from workflows.human import Decision, TimedOutWaiting
@@ -145,7 +145,9 @@ class AgentTask:
                 return task.result(TaskStatus.CANCELLED, "", "cancelled")
             raise
         task.set_status(outcome.status, f"finished: {outcome.status.value}")
-        return task.result(outcome.status, outcome.answer, outcome.error)
+        result = task.result(outcome.status, outcome.answer, outcome.error)
+        metrics.task_ended(result)
+        return result
 
     async def _work(self) -> Outcome:
         """Recall, then plan and execute (or react), then write the answer."""

@@ -1,0 +1,41 @@
+"""Prometheus metrics of a Keel process (KEEL_METRICS_ADDRESS): the SDK's runtime serves its
+own `temporal_*` metrics (task queue polls, latencies, slots) and Keel's `keel_*` business
+metrics (workflows/metrics.py, through the replay-safe workflow meter) at
+http://ADDRESS/metrics. One runtime per address per process: every client and worker of the
+process shares it."""
+
+from __future__ import annotations
+
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+
+from keel.errors import ServiceStartError
+
+# Buckets in USD, from a cached answer (nothing) to a task that called large models for a while.
+COST_BUCKETS_USD = (0.0, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
+_runtimes: dict[str, Runtime] = {}
+
+
+def runtime_for(address: str | None) -> Runtime | None:
+    """The runtime that serves metrics at `address` (None: the SDK's default, no metrics)."""
+    if not address:
+        return None
+    if address not in _runtimes:
+        try:
+            _runtimes[address] = Runtime(
+                telemetry=TelemetryConfig(
+                    metrics=PrometheusConfig(
+                        bind_address=address,
+                        counters_total_suffix=True,
+                        histogram_bucket_overrides={
+                            "keel_task_cost_usd": COST_BUCKETS_USD,
+                            "keel_model_cost_usd": COST_BUCKETS_USD,
+                        },
+                    )
+                )
+            )
+        except Exception as err:  # the SDK's own error: the address is taken or unusable
+            raise ServiceStartError(
+                f"KEEL_METRICS_ADDRESS={address}: cannot serve metrics there ({err}); "
+                "pick a free port, or unset it"
+            ) from None
+    return _runtimes[address]
