@@ -38,7 +38,7 @@ from keel import durable
 from keel._converter import describe_validation_error
 from keel._identity import OPERATOR, USER, Credential, IdentityError, issue, parse_identity_keys
 from keel._lifeline import SHUTDOWN_GRACE_S, leave_within
-from keel._ports import is_loopback
+from keel._ports import is_loopback, split_host_port
 from keel._queues import Queues
 from keel._stalls import STALL_AFTER_S, last_poll_s, stalls, unanswered
 from keel._terminal import terminal_safe
@@ -755,11 +755,10 @@ Example client entry (stdio):
 
 
 def _host_port(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"--http {value!r}: give HOST:PORT, e.g. 127.0.0.1:8765")
-    return host, int(port)
+    try:
+        return split_host_port(value)
+    except ValueError as err:
+        raise UsageError(f"--http {value!r}: {err}") from None
 
 
 def _server_token(args: argparse.Namespace, host: str, serves: str) -> str | None:

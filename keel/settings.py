@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from keel._ports import split_host_port
 from keel.errors import KeelError
 
 M = TypeVar("M", bound=BaseModel)
@@ -127,9 +128,7 @@ class Settings(BaseModel):
     @classmethod
     def _metrics_address(cls, value: str | None) -> str | None:
         if value is not None:
-            host, sep, port = value.rpartition(":")
-            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise ValueError("give HOST:PORT, e.g. 0.0.0.0:9464")
+            split_host_port(value)
         return value
 
     @field_validator("identity_keys")
