@@ -301,6 +301,7 @@ class _WorkflowGuard(temporalio.worker.WorkflowInboundInterceptor):
     def __init__(self, next: temporalio.worker.WorkflowInboundInterceptor) -> None:
         super().__init__(next)
         self.runs_for: str | None = None  # set once the start claim is checked
+        self.signer: Credential | None = None  # signs what it starts, for runs_for
 
     def init(self, outbound: temporalio.worker.WorkflowOutboundInterceptor) -> None:
         super().init(_WorkflowSigner(outbound, self))
@@ -340,6 +341,7 @@ class _WorkflowGuard(temporalio.worker.WorkflowInboundInterceptor):
         except IdentityError as err:
             raise _refused(err) from None
         self.runs_for = next(iter(named)) if len(named) == 1 else claim.user
+        self.signer = issue(self.keys, self.runs_for)
         return await super().execute_workflow(input)
 
     def _caller_may_see(self, headers: Mapping[str, Payload], subject: Sequence[str]) -> Claim:
@@ -385,10 +387,9 @@ class _WorkflowSigner(temporalio.worker.WorkflowOutboundInterceptor):
         self.guard = guard
 
     def _signed(self, headers: Mapping[str, Payload], subject: Sequence[str]) -> dict[str, Payload]:
-        if self.guard.runs_for is None:  # not checked: nothing is signed for it
+        if self.guard.signer is None:  # not checked: nothing is signed for it
             return dict(headers)
-        credential = issue(self.guard.keys, self.guard.runs_for)
-        claim = credential.sign(subject, int(workflow.now().timestamp()))
+        claim = self.guard.signer.sign(subject, int(workflow.now().timestamp()))
         return {**headers, HEADER: claim.payload()}
 
     def _run(self) -> tuple[str, str]:
