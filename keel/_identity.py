@@ -88,11 +88,19 @@ def _derive(key: bytes, user: str, role: str) -> bytes:
 
 
 @dataclass(frozen=True)
-class Credential:
-    """What a caller holds: who they are, their role, and a secret only the key can make."""
-
+class _Principal:
     user: str
     role: str
+
+    def may_act_for(self, user: str | None) -> bool:
+        """An operator acts for anyone, a user for themselves (None: nobody known yet)."""
+        return self.role == OPERATOR or (user is not None and self.user == user)
+
+
+@dataclass(frozen=True)
+class Credential(_Principal):
+    """What a caller holds: who they are, their role, and a secret only the key can make."""
+
     key_id: str
     secret: bytes
 
@@ -138,11 +146,9 @@ def _mac(secret: bytes, subject: Sequence[str], issued_at: int) -> str:
 
 
 @dataclass(frozen=True)
-class Claim:
+class Claim(_Principal):
     """What travels in the header: who, in what role, under which key, when, and the MAC."""
 
-    user: str
-    role: str
     key_id: str
     issued_at: int
     mac: str
@@ -186,9 +192,6 @@ class Claim:
                 "not one the workers' key made, or the claim was made for another call"
             )
         return self
-
-    def may_act_for(self, user: str) -> bool:
-        return self.role == OPERATOR or self.user == user
 
     def made_near(self, when: float, what: str) -> Claim:
         if abs(self.issued_at - when) > SKEW_S:
@@ -269,7 +272,7 @@ class _ClientSigner(temporalio.client.OutboundInterceptor):
         self, input: temporalio.client.StartWorkflowInput
     ) -> temporalio.client.WorkflowHandle[Any, Any]:
         for user in users_named(input.args):  # say so here, not in a failed task
-            if self.credential.role != OPERATOR and user != self.credential.user:
+            if not self.credential.may_act_for(user):
                 raise IdentityError(
                     f"you are signed in as {self.credential.user!r} (KEEL_CREDENTIAL), which "
                     f"may not start a task for user {user!r}: leave the user out, or ask an "
@@ -300,8 +303,8 @@ class _WorkflowGuard(temporalio.worker.WorkflowInboundInterceptor):
 
     def __init__(self, next: temporalio.worker.WorkflowInboundInterceptor) -> None:
         super().__init__(next)
-        self.runs_for: str | None = None  # set once the start claim is checked
-        self.signer: Credential | None = None  # signs what it starts, for runs_for
+        # the user it runs for, signing what it starts: set once the start claim is checked
+        self.signer: Credential | None = None
 
     def init(self, outbound: temporalio.worker.WorkflowOutboundInterceptor) -> None:
         super().init(_WorkflowSigner(outbound, self))
@@ -340,8 +343,7 @@ class _WorkflowGuard(temporalio.worker.WorkflowInboundInterceptor):
                 )
         except IdentityError as err:
             raise _refused(err) from None
-        self.runs_for = next(iter(named)) if len(named) == 1 else claim.user
-        self.signer = issue(self.keys, self.runs_for)
+        self.signer = issue(self.keys, next(iter(named)) if len(named) == 1 else claim.user)
         return await super().execute_workflow(input)
 
     def _caller_may_see(self, headers: Mapping[str, Payload], subject: Sequence[str]) -> Claim:
@@ -354,7 +356,7 @@ class _WorkflowGuard(temporalio.worker.WorkflowInboundInterceptor):
                 )
             claim.verify(self.keys, subject)
             # before the task has checked its start, only an operator may ask
-            if not (claim.role == OPERATOR or claim.user == self.runs_for):
+            if not claim.may_act_for(self.signer.user if self.signer else None):
                 raise IdentityError(f"{claim.user!r} is neither this task's user nor an operator")
         except IdentityError as err:
             raise _refused(err) from None
