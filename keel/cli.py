@@ -299,7 +299,8 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         request = TaskRequest(
             task=args.task,
-            user_id=_user(args.user, settings),
+            # no --user: the task is the signed-in caller's (start_task), else anonymous
+            **({} if args.user is None else {"user_id": args.user}),
             budget=Budget(usd=args.budget, tokens=args.max_tokens),
             max_replans=args.max_replans,
             strategy=args.strategy,
@@ -393,10 +394,9 @@ def _refuse_others_task(description: WorkflowExecutionDescription, settings: Set
     """A signed-in user sees and cancels their own tasks; an operator anyone's. (The workers
     refuse the queries too; this also covers what the server keeps after a task ends.)"""
     caller = _caller(settings)
-    if caller is None or caller.role == OPERATOR:
-        return
-    owner = description.typed_search_attributes.get(sa.USER)
-    if owner != caller.user:
+    if caller is not None and not caller.may_act_for(
+        description.typed_search_attributes.get(sa.USER)
+    ):
         raise UsageError(
             f"task {description.id!r} is not yours: you are signed in as {caller.user!r} "
             "(KEEL_CREDENTIAL); an operator's credential sees every task"
@@ -498,8 +498,8 @@ async def cmd_pending(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError("--limit must be 1 or more")
     query = f'({sa.WAITING_QUERY}) AND ExecutionStatus = "Running"'
     caller = _caller(settings)
-    if caller is not None and caller.role != OPERATOR:
-        if args.user not in (None, caller.user):
+    if caller is not None and caller.role != OPERATOR:  # a user lists their own tasks
+        if args.user is not None and not caller.may_act_for(args.user):
             raise UsageError(
                 f"you are signed in as {caller.user!r} (KEEL_CREDENTIAL): only an operator "
                 "lists other users' tasks"

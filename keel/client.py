@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import TypeVar
 
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client, TLSConfig, WorkflowHandle
@@ -65,10 +64,7 @@ def new_workflow_id() -> str:
     return f"{durable.TASK_ID_PREFIX}{uuid.uuid4().hex[:12]}"
 
 
-R = TypeVar("R", TaskRequest, MemorizeRequest)
-
-
-def _for_caller(client: Client, request: R) -> R:
+def _for_caller(client: Client, request: TaskRequest) -> TaskRequest:
     """A request that names no user is for the signed-in caller (KEEL_CREDENTIAL)."""
     caller = caller_of(client)
     if caller is None or "user_id" in request.model_fields_set:
@@ -104,7 +100,6 @@ async def memorize(
 ) -> WorkflowHandle[object, Memorized]:
     """Put documents into a user's long-term memory (the MemorizeDocuments workflow)."""
     queues = queues or Queues(get_settings().queue_prefix)
-    request = _for_caller(client, request)
     sources = ", ".join(d.source for d in request.documents)
     return await client.start_workflow(
         durable.MEMORIZE_DOCUMENTS,
