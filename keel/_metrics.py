@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
+from keel import durable
 from keel.errors import ServiceStartError
 
 # Buckets in USD, from a cached answer (nothing) to a task that called large models for a while.
@@ -27,8 +28,8 @@ def runtime_for(address: str | None) -> Runtime | None:
                         bind_address=address,
                         counters_total_suffix=True,
                         histogram_bucket_overrides={
-                            "keel_task_cost_usd": COST_BUCKETS_USD,
-                            "keel_model_cost_usd": COST_BUCKETS_USD,
+                            durable.TASK_COST_METRIC: COST_BUCKETS_USD,
+                            durable.MODEL_COST_METRIC: COST_BUCKETS_USD,
                         },
                     )
                 )

@@ -80,6 +80,10 @@ SA_COST_USD = "KeelCostUsd"
 SA_USER = "KeelUser"
 SA_WITHOUT_HUMAN = "KeelWithoutHuman"
 
+# --- metrics whose buckets keel/_metrics.py sets (workflows/metrics.py records them) -------
+TASK_COST_METRIC = "keel_task_cost_usd"
+MODEL_COST_METRIC = "keel_model_cost_usd"
+
 # --- failure types (ApplicationError.type; keel/errors.py attaches each to its class) -------
 BUDGET_EXCEEDED = "BudgetExceeded"  # a call could not fit in what it was allowed to spend
 TOOL_ERROR = "ToolError"  # the tool refused its input; retrying will not help

@@ -12,6 +12,7 @@ from __future__ import annotations
 from temporalio import workflow
 from temporalio.common import MetricMeter
 
+from keel import durable
 from keel.contracts import TaskResult, TaskStatus
 
 PREFIX = "keel_"
@@ -28,7 +29,7 @@ def task_ended(result: TaskResult) -> None:
     status = {"status": result.status.value}
     meter.create_counter(f"{PREFIX}tasks_ended", "tasks ended, by status").add(1, status)
     meter.create_histogram_float(
-        f"{PREFIX}task_cost_usd", "what one task spent (USD)", "USD"
+        durable.TASK_COST_METRIC, "what one task spent (USD)", "USD"
     ).record(result.ledger.total_usd, status)
     if result.status == TaskStatus.COMPLETED and result.human_interventions == 0:
         meter.create_counter(
@@ -44,7 +45,7 @@ def _calls(meter: MetricMeter, result: TaskResult) -> None:
     model_calls = meter.create_counter(f"{PREFIX}model_calls", "model calls, by role and model")
     tokens = meter.create_counter(f"{PREFIX}model_tokens", "model tokens, by role, model, kind")
     model_usd = meter.create_histogram_float(
-        f"{PREFIX}model_cost_usd", "what model calls cost (USD), by role and model", "USD"
+        durable.MODEL_COST_METRIC, "what model calls cost (USD), by role and model", "USD"
     )
     tool_calls = meter.create_counter(f"{PREFIX}tool_calls", "tool calls, by tool and outcome")
     for entry in result.ledger.entries:
