@@ -12,14 +12,12 @@ import pytest
 from google.protobuf import json_format
 from starlette.testclient import TestClient
 from temporalio.api.common.v1 import Payload, Payloads
-from temporalio.client import Client
 
 from keel._codec_server import codec_app
 from keel._encryption import ENCODING, KEY_ID, AesGcmCodec, EncryptionError, parse_keys
 from keel._queues import Queues
-from keel.client import start_task
+from keel.client import connect, start_task
 from keel.contracts import TaskRequest, TaskStatus
-from keel.plugin import KeelPlugin
 from keel.settings import SettingsError, settings_from_env
 from keel.testing import Stack, scripted_components, scripted_plan
 from tests.conftest import unique
@@ -78,7 +76,7 @@ async def test_a_tasks_history_holds_no_plaintext(stack: Stack, tmp_path: Path) 
         update={"home": tmp_path / "home", "encryption_keys": keys, "queue_prefix": "sealed-"}
     )
     target = stack.client.service_client.config.target_host
-    client = await Client.connect(target, plugins=[KeelPlugin(settings)])
+    client = await connect(settings, target)
     queues = Queues("sealed-")
     components, model = scripted_components(settings, queues)
     task = unique("What is 6*7 for the codename Bluebird")

@@ -42,7 +42,7 @@ from keel._identity import (
 )
 from keel._queues import Queues
 from keel.cli import main
-from keel.client import memorize, start_task
+from keel.client import connect, memorize, start_task
 from keel.contracts import (
     Approval,
     Document,
@@ -163,7 +163,7 @@ class Signed:
         """A Keel client signing with `credential` (None: unsigned, as the temporal CLI)."""
         text = credential.encode() if isinstance(credential, Credential) else credential
         settings = self.settings.model_copy(update={"identity_keys": None, "credential": text})
-        return await Client.connect(self.target, plugins=[KeelPlugin(settings)])
+        return await connect(settings, self.target)
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +178,7 @@ async def signed(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Sign
         home=home, planner_model="scripted", reasoner_model="scripted", identity_keys=f"id1:{KEY}"
     )
     target = env.client.service_client.config.target_host
-    workers_client = await Client.connect(target, plugins=[KeelPlugin(settings)])
+    workers_client = await connect(settings, target)
     components, model = scripted_components(settings, Queues())
     try:
         async with workers_running(build_all(workers_client, components)):

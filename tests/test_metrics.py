@@ -11,14 +11,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from temporalio.client import Client
 
-from keel._metrics import runtime_for
 from keel._ports import LOCALHOST, free_port
 from keel._queues import Queues
-from keel.client import start_task
+from keel.client import connect, start_task
 from keel.contracts import TaskRequest, TaskResult, TaskStatus
-from keel.plugin import KeelPlugin
 from keel.settings import SettingsError, settings_from_env
 from keel.testing import Stack, eventually, scripted_plan
 from tests.conftest import scripted_components, unique
@@ -61,9 +58,7 @@ async def test_a_workers_metrics_endpoint_counts_what_the_ledgers_say(
         update={"metrics_address": address, "home": tmp_path / "home"}
     )
     target = stack.client.service_client.config.target_host
-    client = await Client.connect(
-        target, plugins=[KeelPlugin(settings)], runtime=runtime_for(address)
-    )
+    client = await connect(settings, target)  # as every Keel process: its metrics runtime
     queues = Queues("metrics-")
     components, model = scripted_components(settings, queues)
     done, failing = unique("What is 6*7?"), unique("Call the broken service")

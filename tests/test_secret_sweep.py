@@ -16,14 +16,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from temporalio.client import Client
 
 from activities.memory.episodes import EpisodeStore
 from keel import _logging as keel_logging
 from keel import durable
 from keel._identity import issue, parse_identity_keys
 from keel._queues import Queues
-from keel.client import start_task
+from keel.client import connect, start_task
 from keel.contracts import (
     Approval,
     HumanPolicy,
@@ -32,7 +31,6 @@ from keel.contracts import (
     TaskRequest,
     TaskStatus,
 )
-from keel.plugin import KeelPlugin
 from keel.settings import secret_values
 from keel.testing import Stack, eventually, scripted_plan
 from tests.conftest import TRANSFER_STEP, scripted_components, unique
@@ -164,11 +162,11 @@ async def test_every_secret_setting_stays_out_while_each_component_fails(
     secrets = [*canary.values(), identity_key, credential.encode().rsplit(".", 1)[1]]
     secrets += [v for v in secret_values(settings) if len(v) > 8]
     target = stack.client.service_client.config.target_host
-    workers_client = await Client.connect(target, plugins=[KeelPlugin(settings)])
+    workers_client = await connect(settings, target)
     caller_settings = settings.model_copy(
         update={"identity_keys": None, "credential": credential.encode()}
     )
-    caller = await Client.connect(target, plugins=[KeelPlugin(caller_settings)])
+    caller = await connect(caller_settings, target)
     queues = Queues("sweep2-")
     components, model = scripted_components(settings, queues)
     task = unique("Fetch the echo, count the rows, and pay bob")

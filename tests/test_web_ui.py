@@ -41,9 +41,8 @@ from keel._codec_server import codec_app
 from keel._encryption import AesGcmCodec, parse_keys
 from keel._ports import LOCALHOST, free_port
 from keel._queues import Queues
-from keel.client import new_workflow_id, start_task
+from keel.client import connect, new_workflow_id, start_task
 from keel.contracts import Approval, TaskRequest, TaskStatus
-from keel.plugin import KeelPlugin
 from keel.settings import Settings
 from keel.testing import Stack, scripted_plan
 from temporal.devserver import start_test_environment_with_ui
@@ -333,7 +332,7 @@ async def test_web_ui_reads_an_encrypted_task_through_the_codec_server(
         assert time.monotonic() < deadline, "the codec server did not start"
         time.sleep(0.05)
     target = env.client.service_client.config.target_host
-    client = await Client.connect(target, plugins=[KeelPlugin(settings)])
+    client = await connect(settings, target)
     components, model = scripted_components(settings, Queues())
     try:
         async with workers_running(build_all(client, components)):
