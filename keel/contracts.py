@@ -491,6 +491,9 @@ class CarriedState(BaseModel):
     tools: list[ToolSpec] | None = Field(
         default=None, description="the specs of the tools the task's plans called so far"
     )
+    read_files: bool = Field(
+        default=False, description="a file tool ran: the task's copy is released at its end"
+    )
 
 
 # --- activity payloads ---------------------------------------------------------------------

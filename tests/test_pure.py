@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from activities.tools.calculator import CalculatorError, evaluate
+from activities.tools.registry import ToolContext
 from keel._core.plan_run import PlanRun
 from keel._plans import budget_error, carried_plan_errors, resolve_args, validate_plan
 from keel.contracts import Plan, PlanStep
@@ -181,3 +182,16 @@ def test_settings_errors_are_one_clear_line() -> None:
         settings_from_env({"KEEL_LLAMACPP_THREADS": "many"})
     settings = settings_from_env({"KEEL_TEMPORAL_ADDRESS": "temporal.example:7233"})
     assert not settings.uses_embedded_temporal
+
+
+def test_only_a_file_tool_may_make_a_task_copy(tmp_path: Path) -> None:
+    """A task releases its copy of the files when it ran one of durable.FILE_TOOLS: a tool
+    outside them that read files would leave the copy behind, so it is refused at once."""
+    source = tmp_path / "docs"
+    source.mkdir()
+    (source / "a.md").write_text("hello")
+    reader = ToolContext("wf", "s1", 0.0, None, tmp_path / "ws", source, tool="read_file")
+    assert reader.workspace().read_text("a.md") == "hello"
+    other = ToolContext("wf", "s1", 0.0, None, tmp_path / "ws", source, tool="fetch_notes")
+    with pytest.raises(RuntimeError, match="add it to keel.durable.FILE_TOOLS"):
+        other.workspace()

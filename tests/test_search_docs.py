@@ -76,7 +76,7 @@ def test_paragraphs_list_items_and_a_table_without_rows() -> None:
 
 async def test_limit_one_returns_the_answer_row(tmp_path: Path) -> None:
     # The issue: with limit 1 the header came back and the answer read "3 new customers".
-    ctx = ToolContext("search-test", "s1", 0.0, None, tmp_path, DOCS_DIR)
+    ctx = ToolContext("search-test", "s1", 0.0, None, tmp_path, DOCS_DIR, tool="search_docs")
     out = await search_docs(SearchDocsInput(query="new customers in Q3", limit=1), ctx)
     [match] = out.matches
     assert (match.path, match.line) == ("report.md", HEADER_LINE + 4)

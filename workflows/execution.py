@@ -232,7 +232,7 @@ RELEASE_PATCH = "keel-release-workspace"
 async def release_workspace(task: TaskState) -> None:
     """The task has ended: the tools worker deletes its copy of the files, if it read any
     (best effort: a copy on another tools worker's disk goes with the idle sweep)."""
-    if not any(r.tool in durable.FILE_TOOLS for r in task.results):
+    if not task.read_files:
         return
     try:
         await workflow.execute_activity(

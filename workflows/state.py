@@ -16,6 +16,7 @@ from temporalio import workflow
 from temporalio.common import Priority, SearchAttributeUpdate
 
 from keel import _search_attributes as sa
+from keel import durable
 from keel._core.budget import BudgetBook
 from keel._core.plan_run import Snapshot
 from keel._plans import output_text
@@ -92,6 +93,7 @@ class TaskState:
     results: list[StepResult] = field(default_factory=list)
     outputs: dict[str, StepResult] = field(default_factory=dict)  # succeeded, by step id
     steps_total: int = 0
+    read_files: bool = False  # a file tool ran: its copy of the files goes when the task ends
     replans: int = 0
     solve_rounds: int = 0  # plans that gathered and had the planner plan on
     short_term: ShortTermMemory = field(default_factory=ShortTermMemory)
@@ -187,6 +189,7 @@ class TaskState:
     def record(self, result: StepResult) -> None:
         self.results.append(result)
         self.steps_total += 1
+        self.read_files = self.read_files or result.tool in durable.FILE_TOOLS
         outcome = (
             output_text(result)[:200] if result.status == StepStatus.SUCCEEDED else result.error
         )
@@ -235,6 +238,7 @@ class TaskState:
             tools=[t for t in self.tools.values() if t.runs_as == "activity"]
             if self.catalog_ref is not None
             else None,
+            read_files=self.read_files,
         )
 
     def resume(self, carried: CarriedState) -> None:
@@ -246,6 +250,7 @@ class TaskState:
             if result.status == StepStatus.SUCCEEDED:
                 self.outputs[result.step_id] = result
         self.steps_total = carried.steps_total
+        self.read_files = carried.read_files
         self.human.interventions = carried.human_interventions
         self.carried_failures = carried.failures
         self.replans = carried.replans

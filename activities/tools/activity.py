@@ -117,6 +117,7 @@ class ToolActivities:
         ctx = ToolContext(
             workflow_id=call.workflow_id,
             workspace_id=call.workspace,
+            tool=spec.name,
             step_id=call.step_id,
             max_usd=call.max_usd,
             max_tokens=call.max_tokens,

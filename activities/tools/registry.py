@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from activities.models.router import ModelRouter
+from keel import durable
 from keel._queues import TOOLS
 from keel.contracts import CachePolicy, ModelUsage, SideEffects, ToolSpec
 from sandbox.workspace import TaskWorkspace
@@ -30,8 +31,13 @@ class ToolContext:
     router: ModelRouter | None = None
     usage: list[ModelUsage] = field(default_factory=list)  # model calls made by the tool
     workspace_id: str | None = None  # the task's files; None: the workflow id's
+    tool: str = ""  # the tool called
 
     def workspace(self) -> TaskWorkspace:
+        if self.tool not in durable.FILE_TOOLS:  # its task would never release the copy
+            raise RuntimeError(
+                f"tool {self.tool!r} reads the task's files: add it to keel.durable.FILE_TOOLS"
+            )
         return TaskWorkspace.for_task(
             self.workspaces_dir, self.workspace_id or self.workflow_id, self.docs_dir
         )
