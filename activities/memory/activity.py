@@ -99,8 +99,10 @@ class MemoryActivities:
         point = self.episodes.remember(request.workflow_id, episode)
         at = request.learned_at or datetime.now(UTC)
         source = f"{request.workflow_id}/remember"
-        stated = [t for t in request.triples if stated_in(request.task, t)]
-        learned = [t for t in request.triples if not stated_in(request.task, t)]
+        stated: list[Triple] = []
+        learned: list[Triple] = []
+        for triple in request.triples:
+            (stated if stated_in(request.task, triple) else learned).append(triple)
         facts = self.graph.assert_facts(request.user_id, stated, at, source=source)
         if learned:
             # what a tool said never replaces what the user said (in this task or before)
