@@ -373,11 +373,12 @@ async def test_keel_pending_and_status_show_the_callers_own_tasks(signed: Signed
         task, "plan", scripted_plan({"id": "s1", "tool": "transfer", "args": {"to": "c", "usd": 1}})
     )
     handle = await start_task(await signed.caller(alice), TaskRequest(task=task))
-    for _ in range(30):  # visibility lists it a moment after it starts waiting
+
+    async def listed() -> bool:  # visibility lists it a moment after it starts waiting
         code, out, _ = await _keel(signed, alice, "pending")
-        if handle.id in out:
-            break
-    assert code == 0 and handle.id in out
+        return code == 0 and handle.id in out
+
+    await eventually(listed, "alice's waiting task in her `keel pending`", timeout_s=60)
 
     code, out, _ = await _keel(signed, mallory, "pending")
     assert code == 0 and handle.id not in out  # her own tasks only

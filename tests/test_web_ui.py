@@ -44,7 +44,7 @@ from keel._queues import Queues
 from keel.client import connect, new_workflow_id, start_task
 from keel.contracts import Approval, TaskRequest, TaskStatus
 from keel.settings import Settings
-from keel.testing import Stack, scripted_plan
+from keel.testing import Stack, eventually, scripted_plan
 from temporal.devserver import start_test_environment_with_ui
 from tests.conftest import REPO, TRANSFER_STEP, scripted_components, unique
 from workers.process import build_all, workers_running
@@ -327,10 +327,11 @@ async def test_web_ui_reads_an_encrypted_task_through_the_codec_server(
     # its own thread and loop: the browser waits below block this test's loop
     serving = threading.Thread(target=codec_server.run, daemon=True)
     serving.start()
-    deadline = time.monotonic() + WAIT_S
-    while not codec_server.started:
-        assert time.monotonic() < deadline, "the codec server did not start"
-        time.sleep(0.05)
+
+    async def started() -> bool:
+        return codec_server.started
+
+    await eventually(started, "the codec server to start", WAIT_S)
     target = env.client.service_client.config.target_host
     client = await connect(settings, target)
     components, model = scripted_components(settings, Queues())
