@@ -267,12 +267,15 @@ async def test_agent_writes_a_function_that_passes_properties_in_the_sandbox(
 ) -> None:
     """The article's test: the agent writes `add`; the test runs it in the sandbox and checks
     properties of its behaviour, not its text."""
-    task = unique("Write a Python function add(a, b) that returns the sum of a and b.")
+    # The reasoner reads the same question every run (greedy decoding: the same answer on
+    # every build); only the task around it is unique.
+    question = "Write a Python function add(a, b) that returns the sum of a and b."
+    task = unique(question)
     queues = Queues("writes-code-")
     stack.model.script(
         task,
         "plan",
-        scripted_plan({"id": "s1", "tool": "ask_reasoner", "args": {"question": task}}),
+        scripted_plan({"id": "s1", "tool": "ask_reasoner", "args": {"question": question}}),
     )
     components = Components(
         settings=stack.settings,
