@@ -83,6 +83,8 @@ SA_WITHOUT_HUMAN = "KeelWithoutHuman"
 # --- metrics whose buckets keel/_metrics.py sets (workflows/metrics.py records them) -------
 TASK_COST_METRIC = "keel_task_cost_usd"
 MODEL_COST_METRIC = "keel_model_cost_usd"
+TOOL_LATENCY_METRIC = "keel_tool_latency_seconds"
+HUMAN_WAIT_METRIC = "keel_human_wait_seconds"
 
 # --- failure types (ApplicationError.type; keel/errors.py attaches each to its class) -------
 BUDGET_EXCEEDED = "BudgetExceeded"  # a call could not fit in what it was allowed to spend

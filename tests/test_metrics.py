@@ -11,14 +11,24 @@ from pathlib import Path
 
 import httpx
 import pytest
+from temporalio.client import WorkflowFailureError
 
 from keel._ports import LOCALHOST, free_port
 from keel._queues import Queues
 from keel.client import connect, start_task
-from keel.contracts import TaskRequest, TaskResult, TaskStatus
+from keel.contracts import (
+    Approval,
+    Budget,
+    Ledger,
+    LedgerEntry,
+    TaskRequest,
+    TaskResult,
+    TaskStatus,
+)
 from keel.settings import SettingsError, settings_from_env
 from keel.testing import Stack, eventually, scripted_plan
-from tests.conftest import scripted_components, unique
+from tests.conftest import TRANSFER_STEP, scripted_components, unique
+from tests.test_human import waiting_for
 from workers.process import build_all, workers_running
 
 _SAMPLE = re.compile(r"^(?P<name>[a-z_]+)(\{(?P<labels>[^}]*)\})? (?P<value>\S+)$")
@@ -41,18 +51,19 @@ def total(text: str, name: str, **labels: str) -> float:
     return sum(samples(text, name, **labels))
 
 
-def entries(results: Iterable[TaskResult], kind: str) -> list[tuple[str, str, int, bool, float]]:
-    return [
-        (e.name, e.role, e.calls, e.ok, e.usd)
-        for r in results
-        for e in r.ledger.entries
-        if e.kind == kind
-    ]
+def entries(ledgers: Iterable[Ledger], kind: str) -> list[LedgerEntry]:
+    """Calls of one kind the ledgers booked (cache hits apart: they call nothing)."""
+    found = [e for ledger in ledgers for e in ledger.entries if e.kind == kind and not e.cached]
+    assert all(e.calls == 1 for e in found)  # booked one by one: no compaction in these tasks
+    return found
 
 
 async def test_a_workers_metrics_endpoint_counts_what_the_ledgers_say(
     stack: Stack, tmp_path: Path
 ) -> None:
+    """Tasks that complete (twice: the second from the cache), fail, run out of budget, wait
+    for an approval, and are cancelled while waiting; the endpoint counts each by the
+    tasks' own results and ledgers."""
     address = f"{LOCALHOST}:{free_port()}"
     settings = stack.settings.model_copy(
         update={"metrics_address": address, "home": tmp_path / "home"}
@@ -62,6 +73,7 @@ async def test_a_workers_metrics_endpoint_counts_what_the_ledgers_say(
     queues = Queues("metrics-")
     components, model = scripted_components(settings, queues)
     done, failing = unique("What is 6*7?"), unique("Call the broken service")
+    approved, cancelled = unique("Send bob five dollars"), unique("Send bob five dollars too")
     model.script(
         done,
         "plan",
@@ -72,44 +84,90 @@ async def test_a_workers_metrics_endpoint_counts_what_the_ledgers_say(
         "plan",
         scripted_plan({"id": "s1", "tool": "flaky", "args": {"key": failing, "failures": 99}}),
     )
-    results = []
+    for task in (approved, cancelled):
+        model.script(task, "plan", scripted_plan(TRANSFER_STEP))
+    results: list[TaskResult] = []
     try:
         async with workers_running(build_all(client, components)):
-            for task in (done, failing):
-                request = TaskRequest(task=task, max_replans=0)
+            for request in (
+                TaskRequest(task=done, max_replans=0),
+                TaskRequest(task=done, max_replans=0),  # the same task again: cached
+                TaskRequest(task=failing, max_replans=0),
+                TaskRequest(task=unique("What is 2+2?"), budget=Budget(usd=0.00001)),
+            ):
                 results.append(await (await start_task(client, request, queues=queues)).result())
+            handle = await start_task(client, TaskRequest(task=approved), queues=queues)
+            await waiting_for(handle, "s1")
+            await handle.execute_update("approve", Approval(step_id="s1", by="carol"))
+            results.append(await handle.result())
+            handle = await start_task(client, TaskRequest(task=cancelled), queues=queues)
+            await waiting_for(handle, "s1")
+            await handle.cancel()
+            with pytest.raises(WorkflowFailureError):
+                await handle.result()
+            cancelled_ledger = await handle.query("ledger", result_type=Ledger)
 
             async def scraped() -> str | None:
                 text = httpx.get(f"http://{address}/metrics", timeout=5).text
-                return text if total(text, "keel_tasks_ended_total") >= 2 else None
+                return text if total(text, "keel_tasks_ended_total") >= 6 else None
 
-            text = await eventually(scraped, "both tasks to be counted")
+            text = await eventually(scraped, "every task to be counted")
     finally:
         components.close_memory()
 
-    assert [r.status for r in results] == [TaskStatus.COMPLETED, TaskStatus.FAILED]
-    assert total(text, "keel_tasks_ended_total", status="completed") == 1
-    assert total(text, "keel_tasks_ended_total", status="failed") == 1
-    assert total(text, "keel_tasks_completed_without_human_total") == 1
+    assert [r.status for r in results] == [
+        TaskStatus.COMPLETED,
+        TaskStatus.COMPLETED,
+        TaskStatus.FAILED,
+        TaskStatus.BUDGET_EXHAUSTED,
+        TaskStatus.COMPLETED,
+    ]
+    assert total(text, "keel_tasks_started_total") == 6
+    for status, count in (
+        ("completed", 3),
+        ("failed", 1),
+        ("budget_exhausted", 1),
+        ("cancelled", 1),
+    ):
+        assert total(text, "keel_tasks_ended_total", status=status) == count, status
+    assert total(text, "keel_tasks_completed_without_human_total") == 2
     # cost per task: a histogram whose sum is what the ledgers spent
-    assert total(text, "keel_task_cost_usd_count") == 2
-    spent = sum(r.ledger.total_usd for r in results)
+    assert total(text, "keel_task_cost_usd_count") == 6
+    spent = sum(r.ledger.total_usd for r in results) + cancelled_ledger.total_usd
     assert math.isclose(total(text, "keel_task_cost_usd_sum"), spent, rel_tol=1e-6)
-    # tool calls and errors by tool, model calls and tokens by role and model
-    booked: dict[tuple[str, str], int] = {}
-    for name, _, calls, ok, _ in entries(results, "tool"):
-        key = (name, "ok" if ok else "error")
-        booked[key] = booked.get(key, 0) + calls
-    for (name, outcome), calls in booked.items():
-        assert total(text, "keel_tool_calls_total", tool=name, outcome=outcome) == calls
+    ledgers = [r.ledger for r in results] + [cancelled_ledger]
+    # tool calls, errors and latency by tool
+    booked: dict[tuple[str, str], list[float]] = {}
+    for e in entries(ledgers, "tool"):
+        booked.setdefault((e.name, "ok" if e.ok else "error"), []).append(e.latency_ms / 1000)
+    for (name, outcome), seconds in booked.items():
+        labels = {"tool": name, "outcome": outcome}
+        assert total(text, "keel_tool_calls_total", **labels) == len(seconds)
+        assert total(text, "keel_tool_latency_seconds_count", **labels) == len(seconds)
+        assert math.isclose(
+            total(text, "keel_tool_latency_seconds_sum", **labels), sum(seconds), rel_tol=1e-6
+        )
     assert total(text, "keel_tool_calls_total", tool="flaky", outcome="error") == 1
-    models = entries(results, "model")
-    assert total(text, "keel_model_calls_total") == sum(calls for _, _, calls, _, _ in models)
-    for role in {role for _, role, _, _, _ in models}:
-        calls = sum(c for _, r, c, _, _ in models if r == role)
-        assert total(text, "keel_model_calls_total", role=role) == calls
-    tokens = sum(e.input_tokens + e.output_tokens for r in results for e in r.ledger.entries)
+    assert total(text, "keel_tool_calls_total", tool="transfer", outcome="ok") == 1
+    assert not samples(text, "keel_tool_calls_total", tool="transfer", outcome="error")  # never ran
+    # model calls and tokens by role and model; cache hits apart
+    models = entries(ledgers, "model")
+    assert total(text, "keel_model_calls_total") == len(models)
+    for role in {e.role for e in models}:
+        assert total(text, "keel_model_calls_total", role=role) == sum(
+            1 for e in models if e.role == role
+        )
+    tokens = sum(e.input_tokens + e.output_tokens for e in models)
     assert total(text, "keel_model_tokens_total") == tokens
+    hits = sum(ledger.cache_hits for ledger in ledgers)
+    assert hits >= 1 and total(text, "keel_cache_hits_total") == hits
+    # the budget refused the plan's model call; the approval waited, once, and was decided
+    assert total(text, "keel_budget_refusals_total", call="model") >= 1
+    assert total(text, "keel_human_wait_seconds_count", kind="approval", outcome="decided") == 1
+    assert total(text, "keel_human_wait_seconds_sum") > 0
+    # in buckets of their own units (seconds up to days), not the SDK's millisecond defaults
+    assert re.search(r'keel_tool_latency_seconds_bucket\{[^}]*le="300"', text)
+    assert re.search(r'keel_human_wait_seconds_bucket\{[^}]*le="259200"', text)
     # and the SDK's own metrics beside them
     assert samples(text, "temporal_workflow_completed_total")
 

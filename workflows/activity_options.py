@@ -18,6 +18,7 @@ from temporalio.workflow import ActivityCancellationType
 from keel._core.budget import BudgetExhausted
 from keel.contracts import Extraction, PlanResponse, ReactDecision, Synthesis, ToolSpec
 from keel.durable import BUDGET_EXCEEDED, INVALID_INPUT, INVALID_OUTPUT, TOOL_ERROR
+from workflows import metrics
 
 
 class ActivityOptions(TypedDict, total=False):
@@ -107,5 +108,6 @@ async def call_model(
     except ActivityError as err:
         cause = failure_cause(err)
         if cause and cause.type == BUDGET_EXCEEDED:
+            metrics.LEDGER.refused("model")
             raise BudgetExhausted(f"{refusal}: {cause.message}") from None
         raise

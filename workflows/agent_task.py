@@ -122,6 +122,7 @@ class AgentTask:
                 "it: start the task without it"
             ).to_application_error()
         task = self._task
+        metrics.task_started()
         task.lean = workflow.patched(LEAN_PATCH)
         user = sa.USER.value_set(request.user_id)
         if task.lean:
@@ -140,9 +141,10 @@ class AgentTask:
                 await release_workspace(task)
         except asyncio.CancelledError:
             task.set_status(TaskStatus.CANCELLED, "cancelled; in-flight work stopped")
+            cancelled = task.result(TaskStatus.CANCELLED, "", "cancelled")
             if workflow.info().parent is not None:
-                # the parent books what a cancelled sub-agent spent from this result
-                return task.result(TaskStatus.CANCELLED, "", "cancelled")
+                return cancelled  # the parent books what a cancelled sub-agent spent from it
+            metrics.task_ended(cancelled)
             raise
         task.set_status(outcome.status, f"finished: {outcome.status.value}")
         result = task.result(outcome.status, outcome.answer, outcome.error)

@@ -16,6 +16,7 @@ from temporalio import workflow
 
 from keel.contracts import HumanPolicy, PendingKind, PendingRequest
 from keel.errors import KeelError
+from workflows import metrics
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,7 @@ class HumanDesk:
         """Wait for the decision on `request`. On timeout: escalate once and keep waiting
         without a timer, or raise TimedOutWaiting, as the policy says."""
         timeout: timedelta | None = timedelta(seconds=policy.wait_timeout_s)
+        began = workflow.time()
         try:
             while True:
                 try:
@@ -99,10 +101,12 @@ class HumanDesk:
                         timeout=timeout,
                         timeout_summary=f"waiting for a person: {request.kind.value} {request.id}",
                     )
+                    metrics.human_waited(request.kind.value, workflow.time() - began, "decided")
                     return self._decisions.pop(request.id)
                 except TimeoutError:
                     waited = policy.wait_timeout_s
                     if policy.on_timeout == "fail":
+                        metrics.human_waited(request.kind.value, waited, "timed_out")
                         raise TimedOutWaiting(
                             f"no one answered the {request.kind.value} for {request.id} "
                             f"({request.text}) within {waited:g} s"

@@ -35,6 +35,7 @@ from keel.contracts import (
     TaskStatus,
     ToolSpec,
 )
+from workflows import metrics
 from workflows.human import HumanDesk
 
 # Runs started before this patch fetch the catalog with `list_tools` and send it whole with
@@ -118,6 +119,7 @@ class TaskState:
         state = cls(
             request, queues, BudgetBook.for_budget(request.budget.usd, request.budget.tokens)
         )
+        state.book.observer = metrics.LEDGER
         if request.carried is not None:
             state.resume(request.carried)
         else:
@@ -244,7 +246,7 @@ class TaskState:
     def resume(self, carried: CarriedState) -> None:
         """Pick up where the previous run stopped when it continued as new."""
         self.short_term = carried.short_term
-        self.book = BudgetBook(carried.ledger)
+        self.book = BudgetBook(carried.ledger, observer=metrics.LEDGER)  # booked before: not again
         self.results = list(carried.results)
         for result in [*carried.outputs, *carried.results]:
             if result.status == StepStatus.SUCCEEDED:

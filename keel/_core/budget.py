@@ -8,7 +8,7 @@ call its actual cost is booked in the ledger and the reservation released.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 from keel.contracts import Ledger, LedgerEntry, ModelUsage
 from keel.errors import KeelError
@@ -26,12 +26,21 @@ class BudgetExhausted(KeelError):
     """The next call does not fit in what is left: the task ends as budget_exhausted."""
 
 
+class BookObserver(Protocol):
+    """Told of each booking and refusal as it happens (the workflow's metrics)."""
+
+    def booked(self, entry: LedgerEntry) -> None: ...
+
+    def refused(self, what: Literal["model", "tool"]) -> None: ...
+
+
 @dataclass
 class BudgetBook:
     """The task's ledger plus the reservations of the calls now running."""
 
     ledger: Ledger
     reserved: dict[str, float] = field(default_factory=dict)
+    observer: BookObserver | None = None
 
     @classmethod
     def for_budget(cls, usd: float, tokens: int | None) -> BudgetBook:
@@ -55,6 +64,7 @@ class BudgetBook:
         """What is left for a model call; BudgetExhausted when nothing is."""
         remaining = self.remaining_usd()
         if remaining <= 0 or self.remaining_tokens() == 0:
+            self.refused("model")
             raise BudgetExhausted(f"nothing is left of the budget for {what}")
         return remaining
 
@@ -64,6 +74,7 @@ class BudgetBook:
         """Reserve a call's expected cost; None when it fits, else what was available."""
         left = self.available_usd()
         if not fits(cost_usd, left):
+            self.refused("tool")
             return left
         self.reserved[key] = cost_usd
         return None
@@ -71,10 +82,20 @@ class BudgetBook:
     def release(self, key: str) -> None:
         self.reserved.pop(key, None)
 
+    def refused(self, what: Literal["model", "tool"]) -> None:
+        """A call that was not made because it did not fit."""
+        if self.observer is not None:
+            self.observer.refused(what)
+
     # --- bookings ----------------------------------------------------------------------
 
+    def _book(self, entry: LedgerEntry) -> None:
+        self.ledger.entries.append(entry)
+        if self.observer is not None:
+            self.observer.booked(entry)
+
     def book_model(self, usage: ModelUsage, step_id: str | None = None) -> None:
-        self.ledger.entries.append(
+        self._book(
             LedgerEntry(
                 kind="model",
                 name=usage.model,
@@ -90,12 +111,10 @@ class BudgetBook:
     def book_cached(
         self, kind: Literal["model", "tool"], name: str, step_id: str | None = None
     ) -> None:
-        self.ledger.entries.append(
-            LedgerEntry(kind=kind, name=name, step_id=step_id, usd=0.0, cached=True)
-        )
+        self._book(LedgerEntry(kind=kind, name=name, step_id=step_id, usd=0.0, cached=True))
 
     def book_tool(self, name: str, step_id: str, usd: float, seconds: float, ok: bool) -> None:
-        self.ledger.entries.append(
+        self._book(
             LedgerEntry(
                 kind="tool", name=name, step_id=step_id, usd=usd, latency_ms=seconds * 1000, ok=ok
             )
@@ -106,7 +125,7 @@ class BudgetBook:
     ) -> None:
         """One entry for a sub-agent's whole spend (its own ledger has the details); `usd`
         overrides its ledger's total when that is unknown (a failed child: its whole slice)."""
-        self.ledger.entries.append(
+        self._book(
             LedgerEntry(
                 kind="agent",
                 name=name,
