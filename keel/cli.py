@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -33,6 +33,7 @@ from temporalio.exceptions import CancelledError as TemporalCancelledError
 from temporalio.service import RPCError, RPCStatusCode
 
 from keel import _logging as keel_logging
+from keel import _report as report
 from keel import _search_attributes as sa
 from keel import durable
 from keel._converter import describe_validation_error
@@ -479,6 +480,27 @@ async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# --- keel report ----------------------------------------------------------------------
+
+
+async def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        window = report.parse_since(args.since)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    user = _whose(args, settings)
+    quoted = _visibility_string(user, "--user") if user is not None else None
+    client = await connect(settings)
+    with _visibility_errors(settings, "the tasks"):
+        built = await report.build(client, window, user, quoted, args.limit)
+    if args.json:
+        print(built.model_dump_json(indent=2))
+    else:
+        for line in report.render(built):
+            _out(line)
+    return 0
+
+
 # --- a person in the loop: keel pending / approve / reject / answer / cancel -------------
 
 
@@ -493,23 +515,27 @@ def _visibility_string(value: str, flag: str) -> str:
     return f'"{value}"'
 
 
-async def cmd_pending(args: argparse.Namespace, settings: Settings) -> int:
+def _whose(args: argparse.Namespace, settings: Settings) -> str | None:
+    """The user whose tasks a listing shows: --user, which a signed-in user may only set to
+    themselves (their own tasks by default); an operator or an unsigned caller lists any."""
     if args.limit < 1:
         raise UsageError("--limit must be 1 or more")
-    query = f'({sa.WAITING_QUERY}) AND ExecutionStatus = "Running"'
     caller = _caller(settings)
-    if caller is not None and caller.role != OPERATOR:  # a user lists their own tasks
+    if caller is not None and caller.role != OPERATOR:
         if args.user is not None and not caller.may_act_for(args.user):
             raise UsageError(
                 f"you are signed in as {caller.user!r} (KEEL_CREDENTIAL): only an operator "
                 "lists other users' tasks"
             )
-        args.user = caller.user
-    if args.user is not None:
-        query += f" AND {sa.USER.name} = {_visibility_string(args.user, '--user')}"
-    client = await connect(settings)
+        return caller.user
+    return cast(str | None, args.user)
+
+
+@contextlib.contextmanager
+def _visibility_errors(settings: Settings, what: str) -> Iterator[None]:
+    """A listing the server refuses, in one line that says what to do."""
     try:
-        listed = [wf async for wf in client.list_workflows(query, limit=args.limit)]
+        yield
     except RPCError as err:
         if err.status == RPCStatusCode.INVALID_ARGUMENT and "search attribute" in err.message:
             raise UsageError(
@@ -517,7 +543,17 @@ async def cmd_pending(args: argparse.Namespace, settings: Settings) -> int:
                 f"({err.message}): `keel dev` registers them, or run the README's "
                 "`temporal operator search-attribute create` commands"
             ) from None
-        raise UsageError(f"cannot list the waiting tasks: {err.message}") from None
+        raise UsageError(f"cannot list {what}: {err.message}") from None
+
+
+async def cmd_pending(args: argparse.Namespace, settings: Settings) -> int:
+    args.user = _whose(args, settings)
+    query = f'({sa.WAITING_QUERY}) AND ExecutionStatus = "Running"'
+    if args.user is not None:
+        query += f" AND {sa.USER.name} = {_visibility_string(args.user, '--user')}"
+    client = await connect(settings)
+    with _visibility_errors(settings, "the waiting tasks"):
+        listed = [wf async for wf in client.list_workflows(query, limit=args.limit)]
     gate = asyncio.Semaphore(PENDING_QUERY_CONCURRENCY)
 
     async def waits_for(workflow_id: str) -> list[PendingRequest] | str:
@@ -940,6 +976,21 @@ def parser() -> argparse.ArgumentParser:
     pending.add_argument("--user", default=None, help="only this user's tasks")
     pending.add_argument("--limit", type=int, default=100, help="list at most this many (100)")
     pending.set_defaults(handler=cmd_pending)
+
+    rep = sub.add_parser(
+        "report",
+        help="what tasks cost and how they went: cost per task, completion without a human, "
+        "tool error rates, model spend, the most expensive tasks",
+    )
+    rep.add_argument(
+        "--since", default="24h", help="tasks that ended this long ago or later (30m, 24h, 7d)"
+    )
+    rep.add_argument("--user", default=None, help="only this user's tasks")
+    rep.add_argument("--json", action="store_true", help="print the report as JSON")
+    rep.add_argument(
+        "--limit", type=int, default=1000, help="read at most this many tasks, newest first (1000)"
+    )
+    rep.set_defaults(handler=cmd_report)
 
     approve = sub.add_parser("approve", help="approve a step (or 'plan') a task waits on")
     approve.add_argument("workflow_id")
