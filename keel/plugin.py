@@ -2,7 +2,9 @@
 object (the SDK's plugin mechanism): Keel's data converter, payloads encrypted when
 KEEL_ENCRYPTION_KEYS is set (keel/_encryption.py), large payloads out of band
 (keel/_payload_store.py), the workflow sandbox that passes Keel's pure modules through, and
-signed identity when KEEL_CREDENTIAL or KEEL_IDENTITY_KEYS is set (keel/_identity.py).
+signed identity when KEEL_CREDENTIAL or KEEL_IDENTITY_KEYS is set (keel/_identity.py), and
+OpenTelemetry traces when KEEL_OTLP_ENDPOINT is set or the application set a global
+TracerProvider before connecting (keel/_tracing.py).
 
 A client connected with it hands it to every worker built on that client, so a worker needs
 no wiring of its own; a `Replayer` takes it the same way.
@@ -28,6 +30,7 @@ from keel._converter import (
 )
 from keel._identity import Credential, KeelIdentity, parse_identity_keys
 from keel._payload_store import external_storage
+from keel._tracing import interceptors as tracing_interceptors
 from keel.settings import Settings, get_settings
 
 # Imported once per worker instead of once per workflow run: deterministic code with no
@@ -96,5 +99,7 @@ class KeelPlugin(SimplePlugin):
             "keel.KeelPlugin",
             data_converter=partial(_keel_converter, settings),
             workflow_runner=_keel_runner,
-            interceptors=_identity(settings) or None,
+            # Identity first: a call it refuses leaves no span.
+            interceptors=[*_identity(settings), *tracing_interceptors(settings.otlp_endpoint)]
+            or None,
         )

@@ -25,6 +25,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DEV_PORT = 7233
 DEFAULT_TEMPORAL_ADDRESS = f"127.0.0.1:{DEFAULT_DEV_PORT}"
 LOCAL_MODELS = ("small", "medium", "large")  # KEEL_LOCAL_MODEL's names; or a .gguf path
+MAX_URL_CHARS = 2048
 
 
 class SettingsError(KeelError, ValueError):
@@ -123,6 +124,28 @@ class Settings(BaseModel):
     # Prometheus metrics of every worker and client process, at http://HOST:PORT/metrics
     # (keel/_metrics.py); unset: none.
     metrics_address: str | None = None
+    # OpenTelemetry traces of every worker and client process, sent to this OTLP/HTTP traces
+    # endpoint (keel/_tracing.py), e.g. http://collector:4318/v1/traces; unset: none.
+    otlp_endpoint: str | None = None
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _otlp_endpoint(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        example = "give the full traces URL, e.g. http://collector:4318/v1/traces"
+        if len(value) > MAX_URL_CHARS:
+            raise ValueError(f"longer than {MAX_URL_CHARS} characters; {example}")
+        try:
+            url = urlsplit(value)
+            url.port  # noqa: B018  (a bad port raises here)
+        except ValueError as err:
+            raise ValueError(f"not a URL ({err}); {example}") from None
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"not an http(s) URL; {example}")
+        if url.path in ("", "/"):
+            raise ValueError(f"it has no path (OTLP/HTTP takes traces at /v1/traces); {example}")
+        return value
 
     @field_validator("metrics_address")
     @classmethod
@@ -266,6 +289,7 @@ _ENV = {
     "KEEL_IDENTITY_KEYS": "identity_keys",
     "KEEL_CREDENTIAL": "credential",
     "KEEL_METRICS_ADDRESS": "metrics_address",
+    "KEEL_OTLP_ENDPOINT": "otlp_endpoint",
 }
 
 
@@ -345,8 +369,9 @@ SECRET_SETTINGS = (
 
 def secret_values(settings: Settings) -> list[str]:
     values = [getattr(settings, name) for name in SECRET_SETTINGS]
-    if settings.sql_url:  # its password; the rest of it is no secret
-        values.append(urlsplit(settings.sql_url).password)
+    for url in (settings.sql_url, settings.otlp_endpoint):  # a password; the rest is no secret
+        if url:
+            values.append(urlsplit(url).password)
     for keys in (settings.encryption_keys, settings.identity_keys):  # each key on its own too
         if keys:
             values += [item.partition(":")[2] for item in keys.split(",")]

@@ -11,6 +11,7 @@ import structlog
 from activities.heartbeat import heartbeating
 from activities.models.base import ModelClient, ModelRequest
 from activities.models.prices import Price, local_price, price_of
+from keel import _tracing as tracing
 from keel.contracts import ModelUsage
 from keel.errors import BudgetExceeded
 from keel.settings import Settings
@@ -135,26 +136,30 @@ class ModelRouter:
                 f"{MIN_OUTPUT_TOKENS} output tokens, more than its allowance "
                 f"(${max_usd:.6f}, {max_tokens if max_tokens is not None else 'any'} tokens)"
             ).to_application_error()
-        async with heartbeating():  # a dead worker is noticed in seconds, not at the timeout
-            completion = await model.complete(dataclasses.replace(request, max_tokens=limit))
-        usd = price.actual(
-            completion.input_tokens, completion.output_tokens, completion.latency_ms / 1000
-        )
-        if usd > max_usd:
-            # Only time-billed local calls can run over (a slow or busy worker): the task is
-            # charged its allowance, never more than its budget; the overrun is logged.
-            log.warning(
-                "model call ran over its allowance", model=model.name, usd=usd, max_usd=max_usd
+        # Every model call passes here once: its span (keel/_tracing.py) carries what the
+        # ledger books for it, no prompt and no answer.
+        with tracing.model_call(role, model.name) as span:
+            async with heartbeating():  # a dead worker is noticed in seconds, not at the timeout
+                completion = await model.complete(dataclasses.replace(request, max_tokens=limit))
+            usd = price.actual(
+                completion.input_tokens, completion.output_tokens, completion.latency_ms / 1000
             )
-            usd = max_usd
-        usage = ModelUsage(
-            role=role,
-            model=model.name,
-            input_tokens=completion.input_tokens,
-            output_tokens=completion.output_tokens,
-            usd=usd,
-            latency_ms=completion.latency_ms,
-        )
+            if usd > max_usd:
+                # Only time-billed local calls can run over (a slow or busy worker): the task
+                # is charged its allowance, never more than its budget; the overrun is logged.
+                log.warning(
+                    "model call ran over its allowance", model=model.name, usd=usd, max_usd=max_usd
+                )
+                usd = max_usd
+            usage = ModelUsage(
+                role=role,
+                model=model.name,
+                input_tokens=completion.input_tokens,
+                output_tokens=completion.output_tokens,
+                usd=usd,
+                latency_ms=completion.latency_ms,
+            )
+            tracing.model_usage(span, usage)
         return RoutedCompletion(completion.text, usage)
 
 

@@ -32,6 +32,7 @@ from temporalio.exceptions import FailureError
 from activities.heartbeat import heartbeating
 from activities.models.router import ModelRouter
 from activities.tools.registry import Tool, ToolContext, ToolRegistry
+from keel import _tracing as tracing
 from keel import durable
 from keel._converter import describe_validation_error
 from keel._core.budget import fits
@@ -100,6 +101,14 @@ class ToolActivities:
         Raises ToolRefusal (InvalidToolOutput for a bad output) or BudgetExceeded for a call
         refused; anything else is the tool failing, a bug or an outage (an activity retries
         those when the tool is idempotent). Works outside an activity."""
+        # One span per call (per attempt, in an activity), here where every call passes:
+        # its outcome and duration, never its arguments or output (keel/_tracing.py).
+        with tracing.tool_call(tool.spec.name, call.step_id) as span:
+            output = await self._execute(tool, call, log)
+            span.set_attribute(tracing.COST_USD, output.cost_usd)
+            return output
+
+    async def _execute(self, tool: Tool, call: ToolCall, log: Any) -> ToolOutput:
         spec = tool.spec
         if log is None:
             log = structlog.get_logger("keel.tools").bind(
