@@ -108,8 +108,9 @@ def interceptors(endpoint: str | None) -> list[TracingInterceptor]:
 
 
 def tracer() -> Tracer:
-    """Keel's tracer, recording exceptions without their messages."""
-    return _TRACER
+    """Keel's tracer, recording exceptions without their messages. Looked up at each use, so
+    the provider is whichever is global then (an application may set it after import)."""
+    return _RedactingTracer(trace.get_tracer(TRACER_NAME))
 
 
 @contextmanager
@@ -279,7 +280,3 @@ class _RedactingTracer(Tracer):
             set_status_on_exception=set_status_on_exception,
         ) as current:
             yield current
-
-
-# The API's proxy until a provider is set, then that provider's tracer: made once.
-_TRACER = _RedactingTracer(trace.get_tracer(TRACER_NAME))

@@ -2,8 +2,7 @@
 fails once and model calls, traced through the SDK's tracing interceptor into an in-memory
 exporter; its spans checked against the task's ledger, the workflow histories and its text.
 
-The exporter hangs on the process's global TracerProvider (an application's own, as Keel
-expects it), which stays for the rest of the session: later tests' clients trace too.
+The exporter hangs on the process's global TracerProvider, as an application's own would.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import subprocess
 import sys
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
+from opentelemetry.util._once import Once
 from pydantic import BaseModel
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
@@ -49,19 +49,23 @@ from workers.process import build_all, workers_running
 from workflows.agent_task import AgentTask
 from workflows.memorize import MemorizeDocuments
 
-EXPORTER = InMemorySpanExporter()
-
 
 @pytest.fixture(scope="module")
-def spans() -> InMemorySpanExporter:
-    """The application's TracerProvider, set before Keel connects (or the one already set)."""
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)
-    assert isinstance(trace.get_tracer_provider(), TracerProvider)
-    provider.add_span_processor(SimpleSpanProcessor(EXPORTER))
-    return EXPORTER
+def spans() -> Iterator[InMemorySpanExporter]:
+    """The application's TracerProvider, set before Keel connects. The API lets a process set
+    one only once: it is taken away after this module (as OpenTelemetry's own test helpers
+    do), so the tests after it run untraced, as they do on their own."""
+    saved = trace._TRACER_PROVIDER, trace._TRACER_PROVIDER_SET_ONCE
+    trace._TRACER_PROVIDER, trace._TRACER_PROVIDER_SET_ONCE = None, Once()
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    try:
+        yield exporter
+    finally:
+        trace._TRACER_PROVIDER, trace._TRACER_PROVIDER_SET_ONCE = saved
+        provider.shutdown()
 
 
 class LeakyInput(BaseModel):
