@@ -277,7 +277,7 @@ def test_keda_zip_with_another_sha_is_refused():
         keda.check_zip(b"not the KEDA module")
 
 
-def test_a_damaged_cache_is_fetched_again(keda_files: keda.KedaFiles, tmp_path: Path):
+def test_a_damaged_cache_is_not_used(keda_files: keda.KedaFiles, tmp_path: Path):
     """A cached file whose sha256 is not the pinned one is not used: fetch downloads again."""
     for path in (keda_files.scaled_objects_crd, keda_files.trigger_authentications_crd,
                  keda_files.temporal_scaler_go):  # fmt: skip
