@@ -45,11 +45,13 @@ from keel._stalls import STALL_AFTER_S, last_poll_s, stalls, unanswered
 from keel._terminal import terminal_safe
 from keel.client import (
     TemporalUnreachable,
+    WatchRefused,
     connect,
     connect_when_serving,
     memorize,
     start_task,
     until_serving,
+    watch_task,
 )
 from keel.contracts import (
     Approval,
@@ -77,6 +79,8 @@ DEFAULT_TASK = (
     "Compute 17*7*24 (the hours in 17 weeks) and say what handbook.md says about deployments."
 )
 POLL_S = 0.3
+STALL_TICK_S = 1.0  # `keel run` checks for work no worker takes (at most every STALL_CHECK_S)
+LAST_EVENTS_WAIT_S = 5.0
 POLLER_FRESH_S = 90
 STALL_CHECK_S = 2.0  # how often a waiting command asks what no worker is taking
 QUERY_TIMEOUT = timedelta(seconds=STALL_AFTER_S)  # a query no worker answers fails by then
@@ -212,38 +216,59 @@ def _gave_up(workflow_id: str, timeout_s: float) -> UsageError:
     )
 
 
-async def _follow(
-    handle: WorkflowHandle[Any, TaskResult],
-    show: bool,
-    watch: _StallWatch,
-    timeout_s: float | None = None,
-) -> TaskResult:
-    result_task = asyncio.ensure_future(handle.result())
-    started = time.monotonic()
-    printed = 0
+async def _print_events(
+    client: Client, handle: WorkflowHandle[Any, TaskResult], printed: int = 0
+) -> None:
+    """Print the task's events as it pushes them (the `watch` Update), and what it waits
+    for a person to decide, until it ends."""
     shown: set[tuple[str, datetime]] = set()  # waits already announced (id, asked at)
-    while True:
-        done, _ = await asyncio.wait({result_task}, timeout=POLL_S)
-        if show:
-            with contextlib.suppress(Exception):  # a query can race the workflow's start
-                progress = await handle.query(
-                    durable.QUERY_STATUS, result_type=TaskProgress, rpc_timeout=QUERY_TIMEOUT
-                )
-                first_new = max(0, len(progress.events) - (progress.events_total - printed))
-                for event in progress.events[first_new:]:
-                    _out(f"  · {event}")
-                printed = progress.events_total
-                if progress.status.is_waiting and not done:
+    try:
+        async for progress in watch_task(client, handle.id, after=printed):
+            first_new = max(0, len(progress.events) - (progress.events_total - printed))
+            for event in progress.events[first_new:]:
+                _out(f"  · {event}")
+            printed = progress.events_total
+            if progress.status.is_waiting:
+                with contextlib.suppress(RPCError):  # it may have moved on meanwhile
                     for pending in await _pending(handle):
                         if (pending.id, pending.asked_at) not in shown:
                             shown.add((pending.id, pending.asked_at))
                             _out(f"  ⏸ {_waiting_line(handle.id, pending)}")
-        if done:
-            return result_task.result()
-        await watch.check()
-        if timeout_s is not None and time.monotonic() - started > timeout_s:
-            result_task.cancel()
-            raise _gave_up(handle.id, timeout_s)
+    except WatchRefused as err:
+        _out(f"  (no live events: {err}; `keel status {handle.id}` shows them)")
+
+
+async def _follow(
+    client: Client,
+    handle: WorkflowHandle[Any, TaskResult],
+    show: bool,
+    watch: _StallWatch,
+    timeout_s: float | None = None,
+    printed: int = 0,
+) -> TaskResult:
+    result_task = asyncio.ensure_future(handle.result())
+    events = asyncio.ensure_future(_print_events(client, handle, printed) if show else _idle())
+    started = time.monotonic()
+    try:
+        while True:
+            waiting = {result_task} if events.done() else {result_task, events}
+            done, _ = await asyncio.wait(waiting, timeout=STALL_TICK_S)
+            if events in done and (failed := events.exception()) is not None:
+                raise failed
+            if result_task in done:
+                # the last events (its end) come with the result: print them first
+                await asyncio.wait({events}, timeout=LAST_EVENTS_WAIT_S)
+                return result_task.result()
+            await watch.check()
+            if timeout_s is not None and time.monotonic() - started > timeout_s:
+                raise _gave_up(handle.id, timeout_s)
+    finally:
+        result_task.cancel()
+        events.cancel()
+
+
+async def _idle() -> None:
+    await asyncio.Event().wait()
 
 
 def _print_result(result: TaskResult, settings: Settings) -> None:
@@ -315,7 +340,7 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             _out(f"Started task {handle.id}: {request.task}")
         try:
             watch = _StallWatch(client, handle.id, to_stderr=args.json)
-            result = await _follow(handle, not args.json, watch, timeout_s)
+            result = await _follow(client, handle, not args.json, watch, timeout_s)
         except WorkflowFailureError as err:
             if isinstance(err.cause, TemporalCancelledError):
                 progress = await handle.query(durable.QUERY_STATUS, result_type=TaskProgress)
@@ -477,6 +502,22 @@ async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             _out(f"No result: {err.cause or err}")
         else:
             _print_result(result, settings)
+    return 0
+
+
+async def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
+    timeout_s = _timeout(args)
+    client = await connect(settings)
+    handle = client.get_workflow_handle(args.workflow_id, result_type=TaskResult)
+    _refuse_others_task(await _describe(handle, settings), settings)
+    _out(f"Watching task {args.workflow_id} (Ctrl-C stops watching, not the task)")
+    watch = _StallWatch(client, args.workflow_id, to_stderr=False)
+    try:
+        result = await _follow(client, handle, True, watch, timeout_s)
+    except WorkflowFailureError as err:
+        _out(f"Task {args.workflow_id} ended without a result: {err.cause or err}")
+        return 3
+    _print_result(result, settings)
     return 0
 
 
@@ -971,6 +1012,19 @@ def parser() -> argparse.ArgumentParser:
     status.add_argument("workflow_id")
     _answer_timeout_flag(status, f"{STATUS_QUERY_WAIT_S:g} s")
     status.set_defaults(handler=cmd_status)
+
+    watch = sub.add_parser(
+        "watch", help="follow a task's events as they happen, then print its result"
+    )
+    watch.add_argument("workflow_id")
+    watch.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop watching after this long (exit 2); the task goes on. Default: until it ends",
+    )
+    watch.set_defaults(handler=cmd_watch)
 
     pending = sub.add_parser("pending", help="list the tasks waiting for a person")
     pending.add_argument("--user", default=None, help="only this user's tasks")

@@ -6,9 +6,17 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
 
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
-from temporalio.client import Client, TLSConfig, WorkflowHandle
+from temporalio.client import (
+    Client,
+    TLSConfig,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
 from temporalio.service import RPCError
 
 from keel import _search_attributes as search_attributes
@@ -16,7 +24,14 @@ from keel import durable
 from keel._identity import caller_of
 from keel._metrics import runtime_for
 from keel._queues import Queues
-from keel.contracts import Memorized, MemorizeRequest, TaskRequest, TaskResult
+from keel.contracts import (
+    Memorized,
+    MemorizeRequest,
+    TaskProgress,
+    TaskRequest,
+    TaskResult,
+    WatchRequest,
+)
 from keel.errors import KeelError
 from keel.plugin import KeelPlugin
 from keel.settings import Settings, get_settings
@@ -58,6 +73,56 @@ async def connect(settings: Settings | None = None, address: str | None = None) 
             f"cannot reach Temporal at {target} ({str(err).splitlines()[0]}); "
             "start one with `keel dev`, or set KEEL_TEMPORAL_ADDRESS to your cluster"
         ) from None
+
+
+# Between two answers of the `watch` Update: events that come together arrive in one answer,
+# and each answer costs the task's history two events.
+WATCH_GATHER_S = 0.5
+WATCH_QUERY_TIMEOUT = timedelta(seconds=10)
+
+
+class WatchRefused(KeelError):
+    """The task would not take another watcher (or the call was malformed)."""
+
+
+async def watch_task(
+    client: Client, workflow_id: str, after: int = 0
+) -> AsyncIterator[TaskProgress]:
+    """The task's progress each time it has new events, until it ends: the task answers a
+    long-polling `watch` Update when something happens (no query every second). `after`:
+    events already seen. A run that continues as new is followed into the next one; a task
+    already ended yields its last progress once (when a worker can still answer for it).
+
+        async for progress in watch_task(client, handle.id):
+            print(progress.status, progress.events[-1], progress.total_usd)
+    """
+    handle = client.get_workflow_handle(workflow_id)  # the latest run, whichever it is
+    while True:
+        try:
+            progress = await handle.execute_update(
+                durable.UPDATE_WATCH, WatchRequest(after=after), result_type=TaskProgress
+            )
+        except WorkflowUpdateFailedError as err:
+            raise WatchRefused(f"task {workflow_id} refused a watcher: {err.cause}") from None
+        except RPCError:
+            # the run closed under the call: it continued as new (ask the next one) or ended
+            if (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
+                await asyncio.sleep(WATCH_GATHER_S)
+                continue
+            try:
+                progress = await handle.query(
+                    durable.QUERY_STATUS, result_type=TaskProgress, rpc_timeout=WATCH_QUERY_TIMEOUT
+                )
+            except RPCError:
+                return  # no worker to answer for a closed task: its result is still there
+            if progress.events_total > after or progress.status.is_final:
+                yield progress
+            return
+        yield progress
+        if progress.status.is_final:
+            return
+        after = progress.events_total
+        await asyncio.sleep(WATCH_GATHER_S)
 
 
 def new_workflow_id() -> str:

@@ -424,6 +424,17 @@ class PendingRequest(BaseModel):
     escalated: bool = False
 
 
+class WatchRequest(BaseModel):
+    """Input of the `watch` Update: it returns the task's progress once the task has more
+    events than `after` (or has ended)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    after: int = Field(
+        default=0, ge=0, le=2**31, description="events already seen: the last events_total"
+    )
+
+
 class Approval(BaseModel):
     """Input of the `approve` Update."""
 
@@ -494,6 +505,7 @@ class CarriedState(BaseModel):
     read_files: bool = Field(
         default=False, description="a file tool ran: the task's copy is released at its end"
     )
+    events_total: int = Field(default=0, description="events so far: watchers count on")
 
 
 # --- activity payloads ---------------------------------------------------------------------

@@ -21,6 +21,7 @@ QUERY_PENDING = "pending"
 UPDATE_APPROVE = "approve"
 UPDATE_REJECT = "reject"
 UPDATE_ANSWER = "answer"
+UPDATE_WATCH = "watch"  # long-polls the task's progress: returns when it has new events
 
 # --- ids Temporal keeps (replay checks a child's id) ---------------------------------------
 TASK_ID_PREFIX = "keel-"  # + 12 hex digits, when the caller gives no workflow id

@@ -33,6 +33,7 @@ from keel.contracts import (
     TaskRequest,
     TaskResult,
     TaskStatus,
+    WatchRequest,
 )
 from keel.errors import InvalidInput
 from workflows import memory_calls, metrics
@@ -42,6 +43,10 @@ from workflows.human import Decision, TimedOutWaiting
 from workflows.planning import plan_and_execute
 from workflows.react import react
 from workflows.state import LEAN_PATCH, Outcome, TaskState
+
+# Watchers one run answers at once: each answer is two history events, so a crowd of
+# them would swell the task's history (the `status` query costs none).
+MAX_WATCHERS = 8
 
 
 @workflow.defn(name=durable.AGENT_TASK)
@@ -57,6 +62,7 @@ class AgentTask:
         # the state exists before the first handler runs, so a query or an update that
         # arrives with the start finds it
         self._task = TaskState.start(request, Queues.for_agent_queue(workflow.info().task_queue))
+        self._watchers = 0
 
     # --- queries -------------------------------------------------------------------------
 
@@ -112,6 +118,37 @@ class AgentTask:
     def _answer_pending(self, answer: HumanAnswer) -> None:
         self._task.human.question_id(answer.question_id)
 
+    # --- live progress: a long-polling Update (a watcher's call returns on news) ---------
+
+    # A run that continues as new leaves its watchers' calls unanswered (abandoned, no
+    # warning): their clients ask the next run (keel.client.watch_task).
+    @workflow.update(
+        name=durable.UPDATE_WATCH,
+        unfinished_policy=workflow.HandlerUnfinishedPolicy.ABANDON,
+    )
+    async def watch(self, request: WatchRequest) -> TaskProgress:
+        self._watchers += 1
+        try:
+            await workflow.wait_condition(
+                lambda: self._task.events_total > request.after or self._task.status.is_final
+            )
+        finally:
+            self._watchers -= 1
+        return self._task.progress()
+
+    @watch.validator
+    def _watch_room(self, request: WatchRequest) -> None:
+        if request.after > self._task.events_total:
+            raise ValueError(
+                f"after={request.after}: the task has had {self._task.events_total} events; "
+                "give at most that"
+            )
+        if self._watchers >= MAX_WATCHERS:
+            raise ValueError(
+                f"{MAX_WATCHERS} watchers are waiting on this task already; "
+                "read its status with the `status` query"
+            )
+
     # --- the task ------------------------------------------------------------------------
 
     @workflow.run
@@ -145,11 +182,18 @@ class AgentTask:
             if workflow.info().parent is not None:
                 return cancelled  # the parent books what a cancelled sub-agent spent from it
             metrics.task_ended(cancelled)
+            await self._watchers_told()
             raise
         task.set_status(outcome.status, f"finished: {outcome.status.value}")
         result = task.result(outcome.status, outcome.answer, outcome.error)
         metrics.task_ended(result)
+        await self._watchers_told()
         return result
+
+    async def _watchers_told(self) -> None:
+        """The task has ended: its watchers' calls return the final progress before the
+        run closes (no commands: old histories replay through it unchanged)."""
+        await workflow.wait_condition(lambda: self._watchers == 0)
 
     async def _work(self) -> Outcome:
         """Recall, then plan and execute (or react), then write the answer."""

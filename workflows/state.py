@@ -241,6 +241,7 @@ class TaskState:
             if self.catalog_ref is not None
             else None,
             read_files=self.read_files,
+            events_total=self.events_total,
         )
 
     def resume(self, carried: CarriedState) -> None:
@@ -253,6 +254,7 @@ class TaskState:
                 self.outputs[result.step_id] = result
         self.steps_total = carried.steps_total
         self.read_files = carried.read_files
+        self.events_total = carried.events_total
         self.human.interventions = carried.human_interventions
         self.carried_failures = carried.failures
         self.replans = carried.replans
