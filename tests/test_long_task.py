@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 from temporalio.client import WorkflowExecutionStatus
 
-from keel.client import start_task
+from keel.client import start_task, watch_task
 from keel.contracts import Budget, StepStatus, TaskRequest, TaskStatus
 from keel.testing import Stack, scripted_plan
 from tests.conftest import counting_chains, own_stack, unique
@@ -70,3 +70,25 @@ async def test_a_task_of_500_steps_completes_with_bounded_history(long_server: S
     # run instead of growing with what was done
     assert carried[1:] == sorted(carried[1:], reverse=True)
     assert carried[-1] < 30_000
+
+
+async def test_a_watcher_follows_the_task_across_continue_as_new(long_server: Stack) -> None:
+    """The watch Update in flight when a run continues as new is left unanswered; the watcher
+    asks the next run and misses no count: events_total carries over."""
+    stack = long_server
+    steps = 240
+    task = unique(f"Count to {steps}, watched")
+    stack.model.script(task, "plan", scripted_plan(*counting_chains(steps, WIDTH)))
+    request = TaskRequest(task=task, max_plan_steps=steps, budget=Budget(usd=1.0))
+    handle = await start_task(stack.client, request)
+    seen = [p async for p in watch_task(stack.client, handle.id)]
+    result = await handle.result()
+
+    assert result.status == TaskStatus.COMPLETED, result.error
+    runs = [run async for run in stack.client.list_workflows(f'WorkflowId="{handle.id}"')]
+    assert len(runs) >= 2  # it did continue as new
+    totals = [p.events_total for p in seen]
+    assert totals == sorted(set(totals))  # never backwards, never the same answer twice
+    assert seen[-1].status == TaskStatus.COMPLETED
+    assert any("continued as new" in e for p in seen for e in p.events)
+    assert seen[-1].events[-1] == "finished: completed"
