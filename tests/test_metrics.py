@@ -4,6 +4,7 @@ tasks' ledgers."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Iterable
@@ -27,7 +28,7 @@ from keel.contracts import (
 )
 from keel.settings import SettingsError, settings_from_env
 from keel.testing import Stack, eventually, scripted_plan
-from tests.conftest import TRANSFER_STEP, scripted_components, unique
+from tests.conftest import REPO, TRANSFER_STEP, scripted_components, unique
 from tests.test_human import waiting_for
 from workers.process import build_all, workers_running
 
@@ -92,7 +93,7 @@ async def test_a_workers_metrics_endpoint_counts_what_the_ledgers_say(
             for request in (
                 TaskRequest(task=done, max_replans=0),
                 TaskRequest(task=done, max_replans=0),  # the same task again: cached
-                TaskRequest(task=failing, max_replans=0),
+                TaskRequest(task=failing, max_replans=1),  # fails again after a re-plan
                 TaskRequest(task=unique("What is 2+2?"), budget=Budget(usd=0.00001)),
             ):
                 results.append(await (await start_task(client, request, queues=queues)).result())
@@ -147,7 +148,8 @@ async def test_a_workers_metrics_endpoint_counts_what_the_ledgers_say(
         assert math.isclose(
             total(text, "keel_tool_latency_seconds_sum", **labels), sum(seconds), rel_tol=1e-6
         )
-    assert total(text, "keel_tool_calls_total", tool="flaky", outcome="error") == 1
+    assert total(text, "keel_tool_calls_total", tool="flaky", outcome="error") == 2
+    assert total(text, "keel_replans_total") == sum(r.replans for r in results) == 1
     assert total(text, "keel_tool_calls_total", tool="transfer", outcome="ok") == 1
     assert not samples(text, "keel_tool_calls_total", tool="transfer", outcome="error")  # never ran
     # model calls and tokens by role and model; cache hits apart
@@ -170,6 +172,12 @@ async def test_a_workers_metrics_endpoint_counts_what_the_ledgers_say(
     assert re.search(r'keel_human_wait_seconds_bucket\{[^}]*le="259200"', text)
     # and the SDK's own metrics beside them
     assert samples(text, "temporal_workflow_completed_total")
+    # the Grafana dashboard asks for metrics the endpoint has
+    served = {m["name"] for m in map(_SAMPLE.match, text.splitlines()) if m}
+    dashboard = json.loads((REPO / "deploy" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    asked = {name for e in exprs for name in re.findall(r"\b(?:keel|temporal)_[a-z_]+\b", e)}
+    assert len(asked) >= 12 and asked <= served, asked - served
 
 
 def test_a_bad_metrics_address_is_one_line() -> None:
