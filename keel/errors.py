@@ -23,6 +23,7 @@
     +-- ConditionError          (keel/_conditions.py) ValueError: a step condition is bad
     +-- VectorStoreError        (activities/memory/vectors.py) ValueError: store misconfigured
     +-- TemporalUnreachable     (keel/client.py) ConnectionError: no Temporal server answers
+    +-- WatchRefused            (keel/client.py) a task refused a watcher (8 wait already)
     +-- PayloadMissing          (keel/_payload_store.py) LookupError: a claim's payload is gone
     +-- SandboxError            (sandbox/backend.py) RuntimeError: the sandbox cannot run
     +-- SqlUnavailable          (activities/tools/sql.py) RuntimeError: the database is down
