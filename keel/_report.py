@@ -220,16 +220,19 @@ def render(report: Report) -> list[str]:
         lines.append(
             f"  ({report.without_ledger} ended without a result: counted by status and cost only)"
         )
+    width = max([24, *map(len, report.tools), *map(len, report.models)])
     if report.tools:
         lines.append("Tools (calls, errors, error rate):")
         for name, tool in sorted(report.tools.items(), key=lambda kv: -kv[1].calls):
-            lines.append(f"  {name:<24} {tool.calls:>6} {tool.errors:>6} {tool.error_rate:>7.1%}")
+            lines.append(
+                f"  {name:<{width}} {tool.calls:>6} {tool.errors:>6} {tool.error_rate:>7.1%}"
+            )
     if report.models:
         lines.append("Models (calls, tokens in/out, spend):")
         for name, model in sorted(report.models.items(), key=lambda kv: -kv[1].usd):
             lines.append(
-                f"  {name:<24} {model.calls:>6} {model.input_tokens:>9}/{model.output_tokens:<9}"
-                f" ${model.usd:.6f}"
+                f"  {name:<{width}} {model.calls:>6} "
+                f"{model.input_tokens:>9}/{model.output_tokens:<9} ${model.usd:.6f}"
             )
     lines.append("Most expensive tasks:")
     for task in report.costliest:
