@@ -382,9 +382,10 @@ async def test_keel_pending_and_status_show_the_callers_own_tasks(signed: Signed
 
     code, out, _ = await _keel(signed, mallory, "pending")
     assert code == 0 and handle.id not in out  # her own tasks only
-    code, _, err = await _keel(signed, mallory, "pending", "--user", "alice")
-    assert code == 2 and "only an operator lists other users' tasks" in err
-    for command in ("status", "cancel"):
+    for listing in ("pending", "report"):
+        code, _, err = await _keel(signed, mallory, listing, "--user", "alice")
+        assert code == 2 and "only an operator lists other users' tasks" in err
+    for command in ("status", "cancel", "watch"):
         code, _, err = await _keel(signed, mallory, command, handle.id)
         assert code == 2 and "is not yours: you are signed in as 'mallory'" in err
     code, _, err = await _keel(signed, mallory, "approve", handle.id, "s1")
