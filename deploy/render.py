@@ -55,6 +55,7 @@ MANAGED = {
     "KEEL_QUEUE_PREFIX",
     "KEEL_SANDBOX_THREADS",
     "KEEL_MEMORY_THREADS",
+    "KEEL_WORKER_DRAIN_S",
     "KEEL_PLANNER_MODEL",
     "KEEL_REASONER_MODEL",
     "KEEL_ESCALATION_MODEL",
@@ -77,7 +78,9 @@ SECRET_KEYS = [VAR_OF[f] for f in SECRET_SETTINGS if f != "credential"] + ["KEEL
 FREE_FORM = {"config", "nodeSelector", "tolerations"}
 
 
-def _pool(cpu: str, memory: str, cpu_limit: str, memory_limit: str, max_replicas: int) -> dict:
+def _pool(
+    cpu: str, memory: str, cpu_limit: str, memory_limit: str, max_replicas: int, drain_s: int
+) -> dict:
     return {
         "minReplicas": 1,
         "maxReplicas": max_replicas,
@@ -87,6 +90,7 @@ def _pool(cpu: str, memory: str, cpu_limit: str, memory_limit: str, max_replicas
         "memory": memory,
         "cpuLimit": cpu_limit,
         "memoryLimit": memory_limit,
+        "drainS": drain_s,
     }
 
 
@@ -123,8 +127,8 @@ DEFAULTS: dict[str, Any] = {
     "config": {},
     "scaling": {"pollingInterval": 15, "cooldownPeriod": 300, "scaleDownStabilizationS": 300},
     "pools": {
-        "agent": _pool("250m", "512Mi", "1", "1Gi", 10) | {"targetQueueSize": 20},
-        "planner": _pool("2", "6Gi", "4", "8Gi", 4)
+        "agent": _pool("250m", "512Mi", "1", "1Gi", 10, 10) | {"targetQueueSize": 20},
+        "planner": _pool("2", "6Gi", "4", "8Gi", 4, 60)
         | {
             "targetQueueSize": 4,
             "gpus": 1,
@@ -133,10 +137,10 @@ DEFAULTS: dict[str, Any] = {
                 {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
             ],
         },
-        "llm": _pool("250m", "512Mi", "1", "1Gi", 10) | {"targetQueueSize": 32},
-        "tools": _pool("1", "2Gi", "4", "auto", 10)
+        "llm": _pool("250m", "512Mi", "1", "1Gi", 10, 60) | {"targetQueueSize": 32},
+        "tools": _pool("1", "2Gi", "4", "auto", 10, 30)
         | {"sandboxThreads": 16, "podUserNamespace": True},
-        "memory": _pool("500m", "1Gi", "2", "2Gi", 6) | {"memoryThreads": 8},
+        "memory": _pool("500m", "1Gi", "2", "2Gi", 6, 15) | {"memoryThreads": 8},
     },
 }
 assert tuple(DEFAULTS["pools"]) == POOLS
@@ -280,6 +284,8 @@ def _container(pool: str, values: dict[str, Any]) -> dict[str, Any]:
         _env("KEEL_PAYLOAD_DIR", PAYLOAD_DIR),
         # Prometheus metrics of this worker (the SDK's and Keel's, README "Metrics")
         _env("KEEL_METRICS_ADDRESS", f"0.0.0.0:{port}"),
+        # a scale-down's SIGTERM: running calls finish (this long at most), not paid twice
+        _env("KEEL_WORKER_DRAIN_S", spec["drainS"]),
     ]
     if pool == "tools":
         env.append(_env("KEEL_SANDBOX_THREADS", spec["sandboxThreads"]))
@@ -422,9 +428,9 @@ def deployment(pool: str, values: dict[str, Any]) -> dict[str, Any]:
     pod: dict[str, Any] = {
         "serviceAccountName": "keel",
         "automountServiceAccountToken": False,  # no worker talks to the Kubernetes API
-        # SIGTERM: the worker stops polling and lets running activities finish, ending itself
-        # after SHUTDOWN_GRACE_S (keel/_lifeline.py); the kubelet's SIGKILL comes later.
-        "terminationGracePeriodSeconds": math.ceil(SHUTDOWN_GRACE_S) + 15,
+        # SIGTERM: the worker stops polling and lets running activities finish for drainS,
+        # ending itself SHUTDOWN_GRACE_S after that (keel/_lifeline.py); SIGKILL comes later.
+        "terminationGracePeriodSeconds": math.ceil(spec["drainS"] + SHUTDOWN_GRACE_S) + 15,
         "securityContext": {"fsGroup": NON_ROOT_UID},  # the shared payload volume's group
         "containers": [_container(pool, values)],
         "volumes": _volumes(pool, values),

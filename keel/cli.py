@@ -796,7 +796,7 @@ async def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
         if components.mcp_tools:
             _out(f"Tools of external MCP servers: {', '.join(components.mcp_tools)}")
         _out(f"Workers running on {', '.join(w.task_queue for w in workers)}. Ctrl-C stops.")
-        await run_workers(workers, stop_on_signals())
+        await run_workers(workers, stop_on_signals(settings.worker_drain_s))
     finally:
         if server:
             server.stop()
@@ -810,7 +810,7 @@ async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     keel_logging.configure(settings.log_level)
     client = await connect(settings)
     workers = await build_workers(client, Components.from_settings(settings), args.names)
-    await run_workers(workers, stop_on_signals())
+    await run_workers(workers, stop_on_signals(settings.worker_drain_s))
     return 0
 
 

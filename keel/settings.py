@@ -113,6 +113,9 @@ class Settings(BaseModel):
     # Threads for blocking work, one pool per kind (keel/_pools.py): one kind cannot starve another.
     sandbox_threads: int = Field(default=16, ge=1, le=256)
     memory_threads: int = Field(default=8, ge=1, le=64)
+    # A worker asked to stop (SIGTERM: a scale-down, a rollout) lets its running activities
+    # finish this long before cancelling them (Temporal retries those on another worker).
+    worker_drain_s: float = Field(default=0.0, ge=0, le=3600)
     payload_threshold_bytes: int = Field(default=128 * 1024, ge=1024, le=2 * 1024 * 1024)
     # Payloads encrypted with AES-256-GCM (keel/_encryption.py): "id:base64key,..."; the
     # first key encrypts, all decrypt. Every client and worker needs the same keys.
@@ -284,6 +287,7 @@ _ENV = {
     "KEEL_PAYLOAD_DIR": "payload_dir",
     "KEEL_SANDBOX_THREADS": "sandbox_threads",
     "KEEL_MEMORY_THREADS": "memory_threads",
+    "KEEL_WORKER_DRAIN_S": "worker_drain_s",
     "KEEL_PAYLOAD_THRESHOLD_BYTES": "payload_threshold_bytes",
     "KEEL_ENCRYPTION_KEYS": "encryption_keys",
     "KEEL_IDENTITY_KEYS": "identity_keys",

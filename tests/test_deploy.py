@@ -13,9 +13,11 @@ from typing import Any
 from unittest import mock
 
 import pytest
+import yaml
 from temporalio.worker import Worker
 
 from deploy import keda, render, validate
+from keel._lifeline import SHUTDOWN_GRACE_S
 from keel._queues import HTTP
 from temporal.search_attributes import DEV_SERVER_FLAGS
 from workers import NAMES, process
@@ -70,6 +72,8 @@ def test_manifests_pass_every_check(variant: str, keda_files: keda.KedaFiles, tm
 
 def test_documented_values_are_the_defaults():
     """values.example.yaml lists every value with its default: the docs cannot drift."""
+    # as written (not merged with the defaults, which would fill in what it leaves out)
+    assert yaml.safe_load(render.EXAMPLE_VALUES.read_text()) == render.DEFAULTS
     assert render.load_values(render.EXAMPLE_VALUES) == render.DEFAULTS
 
 
@@ -155,6 +159,17 @@ def test_planner_gets_gpus_and_tools_gets_what_bwrap_needs():
     for name, pod in pods.items():  # the others are Pod Security "restricted"
         if name != "keel-tools":
             assert pod["containers"][0]["securityContext"]["runAsNonRoot"] is True
+
+
+def test_a_scaled_down_pod_drains_before_the_kubelet_kills_it():
+    """SIGTERM: running calls get KEEL_WORKER_DRAIN_S, then the process ends itself within
+    SHUTDOWN_GRACE_S; the kubelet's SIGKILL (terminationGracePeriodSeconds) comes after."""
+    for deployment in of_kind(rendered("defaults"), "Deployment"):
+        pod = deployment["spec"]["template"]["spec"]
+        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+        drain_s = float(env["KEEL_WORKER_DRAIN_S"])
+        assert drain_s > 0
+        assert pod["terminationGracePeriodSeconds"] > drain_s + SHUTDOWN_GRACE_S
 
 
 def test_secret_keys_are_keels_secret_settings():

@@ -88,3 +88,50 @@ async def test_replaced_workers_finish_the_task_without_repeating_work(
     assert calls["count:v1.s1"] == 1  # completed before the stop: never run again
     assert calls["gate:v1.s2"] == 2  # interrupted once, retried on the new workers
     assert result.llm_calls == 2  # the plan was not made again either
+
+
+async def test_a_draining_worker_lets_its_running_call_finish(stack: Stack, tmp_path: Path) -> None:
+    """KEEL_WORKER_DRAIN_S: a worker asked to stop (a scale-down) finishes the call it is
+    running instead of cancelling it, so the call is not paid for twice."""
+    settings = stack.settings.model_copy(update={"home": tmp_path, "worker_drain_s": 30})
+    queues = Queues("drain-")
+    calls: Counter[str] = Counter()
+    started = asyncio.Event()
+
+    async def slow(args: _In, ctx: ToolContext) -> _Out:
+        calls[ctx.step_id] += 1
+        started.set()
+        await asyncio.sleep(1.5)
+        return _Out(text=f"slowly {args.label}")
+
+    def worker_set() -> Components:
+        components, model = scripted_components(settings, queues)
+        components.registry.add(define_tool("slow", "take a while", slow, _In, _Out))
+        model.script(
+            task, "plan", scripted_plan({"id": "s1", "tool": "slow", "args": {"label": "a"}})
+        )
+        return components
+
+    task = unique("slow call through a scale-down")
+    first = worker_set()
+    stop_first = asyncio.Event()
+    first_run = asyncio.create_task(run_workers(build_all(stack.client, first), stop_first))
+    handle = await start_task(stack.client, TaskRequest(task=task), queues=queues)
+    await asyncio.wait_for(started.wait(), timeout=60)
+    stop_first.set()  # while the call runs
+    await first_run  # returns once the running call has finished
+    first.close_memory()
+
+    second = worker_set()
+    stop_second = asyncio.Event()
+    second_run = asyncio.create_task(run_workers(build_all(stack.client, second), stop_second))
+    try:
+        result = await asyncio.wait_for(handle.result(), timeout=60)
+    finally:
+        stop_second.set()
+        await second_run
+        second.close_memory()
+
+    assert result.status == TaskStatus.COMPLETED
+    assert result.steps[0].output == {"text": "slowly a"}
+    assert calls == {"v1.s1": 1}  # finished by the draining worker, not run again

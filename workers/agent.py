@@ -30,6 +30,7 @@ def build(client: Client, components: Components) -> Worker:
     # The orchestrator's one activity, escalating a long wait for a person, is light I/O.
     return Worker(
         client,
+        graceful_shutdown_timeout=components.drain,
         task_queue=components.queues.agent,
         workflows=[AgentTask, MemorizeDocuments],
         activities=[Notifier(components.settings).notify_human],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from activities.memory.embedding import RecentEmbeddings, build_embedder
@@ -43,6 +44,12 @@ class Components:
     @classmethod
     def from_settings(cls, settings: Settings) -> Components:
         return cls(settings=settings, queues=Queues(settings.queue_prefix))
+
+    @property
+    def drain(self) -> timedelta:
+        """How long a worker asked to stop lets running activities finish (KEEL_WORKER_DRAIN_S)
+        before cancelling them; Temporal retries a cancelled one on another worker."""
+        return timedelta(seconds=self.settings.worker_drain_s)
 
     @property
     def router(self) -> ModelRouter:

@@ -18,6 +18,7 @@ def build(client: Client, components: Components) -> Worker:
     tools = ToolActivities(components.registry, components.settings, components.router)
     return Worker(
         client,
+        graceful_shutdown_timeout=components.drain,
         task_queue=components.queues.llm,
         activities=[reasoning.synthesize, *tools.for_queue(LLM)],
         max_concurrent_activities=MAX_CONCURRENT_CALLS,

@@ -25,6 +25,7 @@ def build(client: Client, components: Components) -> Worker:
     )
     return Worker(
         client,
+        graceful_shutdown_timeout=components.drain,
         task_queue=components.queues.memory,
         activities=[
             memory.recall,

@@ -56,6 +56,7 @@ def build(client: Client, components: Components) -> Worker:
     on_triton = parse_spec(components.settings.planner_model)[0] == "triton"
     return Worker(
         client,
+        graceful_shutdown_timeout=components.drain,
         task_queue=components.queues.planner,
         activities=[planning.plan, react.react_step, extraction.extract_facts],
         max_concurrent_activities=MAX_CONCURRENT_TRITON_PLANS

@@ -83,14 +83,15 @@ async def workers_running(workers: Sequence[Worker]) -> AsyncIterator[None]:
         await runner
 
 
-def stop_on_signals() -> asyncio.Event:
-    """Set on SIGINT or SIGTERM: the workers drain and stop; should that take longer than
-    SHUTDOWN_GRACE_S (or a second signal come), the process ends there and then."""
+def stop_on_signals(drain_s: float = 0.0) -> asyncio.Event:
+    """Set on SIGINT or SIGTERM: the workers drain (running activities get `drain_s`) and
+    stop; should that take longer than `drain_s` + SHUTDOWN_GRACE_S (or a second signal
+    come), the process ends there and then."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
     def asked(sig: signal.Signals) -> None:
-        leave_within(SHUTDOWN_GRACE_S, 128 + sig)
+        leave_within(drain_s + SHUTDOWN_GRACE_S, 128 + sig)
         stop.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -105,7 +106,7 @@ async def serve_async(names: Sequence[str]) -> None:
     components = Components.from_settings(settings)
     workers = await build_workers(client, components, names)
     try:
-        await run_workers(workers, stop_on_signals())
+        await run_workers(workers, stop_on_signals(settings.worker_drain_s))
     finally:
         components.close_memory()
 

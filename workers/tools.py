@@ -23,6 +23,7 @@ def build(client: Client, components: Components) -> list[Worker]:
     tools = ToolActivities(components.registry, components.settings)
     catalog = Worker(
         client,
+        graceful_shutdown_timeout=components.drain,
         task_queue=components.queues.tools,
         # and the sandboxed tools, for runs whose catalog put them on this queue (before
         # they had their own)
@@ -39,6 +40,7 @@ def build(client: Client, components: Components) -> list[Worker]:
     # a worker to wait for a thread with their timeout running.
     sandbox = Worker(
         client,
+        graceful_shutdown_timeout=components.drain,
         task_queue=components.queues.name(SANDBOX),
         activities=tools.for_queue(SANDBOX),
         max_concurrent_activities=components.settings.sandbox_threads,
@@ -57,6 +59,7 @@ def build_http(client: Client, components: Components, tools: ToolActivities) ->
             workers.append(
                 Worker(
                     client,
+                    graceful_shutdown_timeout=components.drain,
                     task_queue=components.queues.name(queue),
                     activities=tools.for_queue(HTTP_QUEUE),
                     max_task_queue_activities_per_second=rate,
