@@ -16,8 +16,10 @@ from temporalio.client import (
     WorkflowExecutionStatus,
     WorkflowHandle,
     WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
 )
-from temporalio.service import RPCError
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
 
 from keel import _search_attributes as search_attributes
 from keel import durable
@@ -78,46 +80,70 @@ async def connect(settings: Settings | None = None, address: str | None = None) 
 # Between two answers of the `watch` Update: events that come together arrive in one answer,
 # and each answer costs the task's history two events.
 WATCH_GATHER_S = 0.5
+# A task that takes no more watchers (or no worker answers yet) is read by its `status` query.
+WATCH_POLL_S = 1.0
 WATCH_QUERY_TIMEOUT = timedelta(seconds=10)
 
 
 class WatchRefused(KeelError):
-    """The task would not take another watcher (or the call was malformed)."""
+    """The task refused a watcher: not its user or an operator, or a malformed call."""
 
 
 async def watch_task(
     client: Client, workflow_id: str, after: int = 0
 ) -> AsyncIterator[TaskProgress]:
-    """The task's progress each time it has new events, until it ends: the task answers a
-    long-polling `watch` Update when something happens (no query every second). `after`:
-    events already seen. A run that continues as new is followed into the next one; a task
-    already ended yields its last progress once (when a worker can still answer for it).
+    """The task's progress each time it has new events, until it ends. `after`: events
+    already seen. It catches up with the `status` query (free), then waits in a `watch`
+    Update that the task answers when something happens: no query every second. A run that
+    continues as new is followed into the next one; a task that takes no more watchers is
+    read by its `status` query every second; a task already ended yields its last progress
+    once (when a worker can still answer for it).
 
         async for progress in watch_task(client, handle.id):
             print(progress.status, progress.events[-1], progress.total_usd)
     """
     handle = client.get_workflow_handle(workflow_id)  # the latest run, whichever it is
+    polling = False
     while True:
+        try:
+            progress = await handle.query(
+                durable.QUERY_STATUS, result_type=TaskProgress, rpc_timeout=WATCH_QUERY_TIMEOUT
+            )
+        except RPCError:
+            if (await handle.describe()).status != WorkflowExecutionStatus.RUNNING:
+                return  # ended, and no worker answers for it: its result is still there
+            await asyncio.sleep(WATCH_POLL_S)  # no worker answers yet
+            continue
+        if progress.events_total > after or progress.status.is_final:
+            yield progress
+            if progress.status.is_final:
+                return
+            after = progress.events_total
+            await asyncio.sleep(WATCH_GATHER_S)
+            continue
+        if polling:
+            await asyncio.sleep(WATCH_POLL_S)
+            continue
         try:
             progress = await handle.execute_update(
                 durable.UPDATE_WATCH, WatchRequest(after=after), result_type=TaskProgress
             )
         except WorkflowUpdateFailedError as err:
-            raise WatchRefused(f"task {workflow_id} refused a watcher: {err.cause}") from None
-        except RPCError:
-            # the run closed under the call: it continued as new (ask the next one) or ended
-            if (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
-                await asyncio.sleep(WATCH_GATHER_S)
-                continue
-            try:
-                progress = await handle.query(
-                    durable.QUERY_STATUS, result_type=TaskProgress, rpc_timeout=WATCH_QUERY_TIMEOUT
-                )
-            except RPCError:
-                return  # no worker to answer for a closed task: its result is still there
-            if progress.events_total > after or progress.status.is_final:
-                yield progress
-            return
+            cause = err.cause
+            kind = cause.type if isinstance(cause, ApplicationError) else None
+            if kind == durable.WATCH_FULL:
+                polling = True
+            elif kind != durable.WATCH_BEHIND:  # caught up above, on the next round
+                message = cause.message if isinstance(cause, ApplicationError) else str(cause)
+                raise WatchRefused(f"task {workflow_id} refused a watcher: {message}") from None
+            continue
+        except WorkflowUpdateRPCTimeoutOrCancelledError:
+            continue  # the long poll's deadline passed: ask again
+        except RPCError as err:
+            # NOT_FOUND: the run closed under the call (it continued as new, or ended: the
+            # query above tells); anything else (the server's Updates per run spent): poll
+            polling = polling or err.status != RPCStatusCode.NOT_FOUND
+            continue
         yield progress
         if progress.status.is_final:
             return

@@ -22,6 +22,9 @@ UPDATE_APPROVE = "approve"
 UPDATE_REJECT = "reject"
 UPDATE_ANSWER = "answer"
 UPDATE_WATCH = "watch"  # long-polls the task's progress: returns when it has new events
+# why the `watch` Update's validator refused a watcher (ApplicationError.type)
+WATCH_BEHIND = "WatchBehind"  # events came since: catch up with the `status` query first
+WATCH_FULL = "WatchFull"  # the run takes no more watchers: read the `status` query instead
 
 # --- ids Temporal keeps (replay checks a child's id) ---------------------------------------
 TASK_ID_PREFIX = "keel-"  # + 12 hex digits, when the caller gives no workflow id

@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
 
 import pytest
 from temporalio.client import WorkflowUpdateStage
+from temporalio.exceptions import ApplicationError
 
 from keel import durable
-from keel.client import WatchRefused, start_task, watch_task
+from keel.client import start_task, watch_task
 from keel.contracts import Approval, TaskProgress, TaskRequest, TaskStatus, WatchRequest
-from keel.testing import Stack, scripted_plan
+from keel.testing import Stack, eventually, scripted_plan
 from tests.conftest import TRANSFER_STEP, unique
 from tests.test_cli_human import _spawn, keel_ok, waiting_for
 from tests.test_human import refusal
+from workflows.agent_task import MAX_WATCH_ANSWERS, MAX_WATCHERS, AgentTask
 
 
 def accepted_watches(events: list[object]) -> int:
@@ -32,34 +36,50 @@ async def test_a_watcher_gets_each_event_once_as_it_happens(stack: Stack) -> Non
     stack.model.script(task, "plan", scripted_plan(TRANSFER_STEP))
     handle = await start_task(stack.client, TaskRequest(task=task))
     seen: list[TaskProgress] = []
-    printed: list[str] = []
-    approved = False
-    async with asyncio.timeout(60):
+
+    async def watch() -> None:
         async for progress in watch_task(stack.client, handle.id):
             seen.append(progress)
-            new = progress.events_total - (seen[-2].events_total if len(seen) > 1 else 0)
-            printed += progress.events[len(progress.events) - new :]
-            if progress.status == TaskStatus.AWAITING_APPROVAL and not approved:
-                # the watcher learnt of the wait as it began: the person can act on it
-                await handle.execute_update(durable.UPDATE_APPROVE, Approval(step_id="s1"))
-                approved = True
+
+    watcher = asyncio.ensure_future(watch())
+    # the watcher learns of the wait for approval as it begins, then waits in a watch Update
+    # (no query every second) while the person takes their time
+    await eventually(
+        lambda: _true(any(p.status == TaskStatus.AWAITING_APPROVAL for p in seen)),
+        "the watcher to see the wait for approval",
+    )
+
+    async def waiting_in_watch() -> bool:
+        return accepted_watches((await handle.fetch_history()).events) >= 1
+
+    await eventually(waiting_in_watch, "the watcher to wait in a watch Update")
+    before = len(seen)
+    await handle.execute_update(durable.UPDATE_APPROVE, Approval(step_id="s1"))
+    async with asyncio.timeout(60):
+        await watcher
     result = await handle.result()
 
-    assert approved and result.status == TaskStatus.COMPLETED
+    assert result.status == TaskStatus.COMPLETED
+    assert len(seen) > before  # the approval and the rest came to it
     final = seen[-1]
     assert final.status == TaskStatus.COMPLETED and final.total_usd == result.ledger.total_usd
     # every event once, in order, ending with the task's end
     totals = [p.events_total for p in seen]
     assert totals == sorted(set(totals)) and totals[-1] == final.events_total
+    printed: list[str] = []
+    for previous, progress in zip([0, *totals], seen, strict=False):
+        new = progress.events_total - previous
+        printed += progress.events[len(progress.events) - new :]
     assert printed == final.events[-len(printed) :] and len(printed) == final.events_total
     assert printed[-1] == "finished: completed"
     assert any("approved" in e for e in printed)
-    # pushed, not polled: one watch Update per answer the watcher got, each answered
-    # because something happened (far fewer than a poll every 0.3 s over the task's life);
-    # the last answer may come from the ended task's status instead
+    # each watch Update answered because something happened: no more than what it saw
     history = (await handle.fetch_history()).events
-    assert len(seen) - 1 <= accepted_watches(history) <= len(seen)
-    assert len(seen) <= final.events_total
+    assert 1 <= accepted_watches(history) <= len(seen) <= final.events_total
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 async def test_an_ended_task_gives_its_last_progress_once(stack: Stack) -> None:
@@ -88,8 +108,13 @@ async def test_watchers_are_bounded_and_checked(stack: Stack) -> None:
         handle.execute_update(durable.UPDATE_WATCH, WatchRequest(after=total + 5))
     )
     assert message == f"after={total + 5}: the task has had {total} events; give at most that"
-    # eight wait at once (each accepted before the next is sent); a ninth is refused and
-    # told where else to look
+    # a watcher behind the task catches up with the status query first (free), so that
+    # every watch answer is news
+    message = await refusal(
+        handle.execute_update(durable.UPDATE_WATCH, WatchRequest(after=total - 1))
+    )
+    assert "read them with the `status` query, then watch from there" in message
+    # eight wait at once (each accepted before the next is sent); a ninth is refused...
     waiting = [
         await handle.start_update(
             durable.UPDATE_WATCH,
@@ -99,14 +124,40 @@ async def test_watchers_are_bounded_and_checked(stack: Stack) -> None:
         )
         for _ in range(8)
     ]
-    with pytest.raises(WatchRefused, match="8 watchers are waiting on this task already"):
-        async for _ in watch_task(stack.client, handle.id, after=total):
-            pass
+    message = await refusal(handle.execute_update(durable.UPDATE_WATCH, WatchRequest(after=total)))
+    assert message.startswith("this run of the task takes no more watchers (8 waiting")
+    # ... and watch_task then reads the status query instead: it still sees everything
+    crowded = asyncio.ensure_future(_statuses(watch_task(stack.client, handle.id, after=total)))
     # the approval is news: all eight return it, and the task goes on
     await handle.execute_update(durable.UPDATE_APPROVE, Approval(step_id="s1"))
     answers = await asyncio.gather(*(w.result() for w in waiting))
     assert all(a.events_total > total for a in answers)
+    async with asyncio.timeout(60):
+        assert (await crowded)[-1] == TaskStatus.COMPLETED
     assert (await handle.result()).status == TaskStatus.COMPLETED
+
+
+async def _statuses(watching: AsyncIterator[TaskProgress]) -> list[TaskStatus]:
+    return [p.status async for p in watching]
+
+
+def test_a_run_answers_a_bounded_number_of_watchers() -> None:
+    """The validator alone (no server needed): behind, ahead, crowded and spent."""
+    task = AgentTask.__new__(AgentTask)
+    task._task = SimpleNamespace(events_total=5)  # type: ignore[assignment]
+    task._watchers, task._watch_answers = 0, 0
+    task._watch_room(WatchRequest(after=5))  # caught up: taken
+    with pytest.raises(ApplicationError) as behind:
+        task._watch_room(WatchRequest(after=4))
+    assert behind.value.type == durable.WATCH_BEHIND
+    with pytest.raises(ValueError, match="give at most that"):
+        task._watch_room(WatchRequest(after=6))
+    for watchers, answers in ((MAX_WATCHERS, 0), (0, MAX_WATCH_ANSWERS)):
+        task._watchers, task._watch_answers = watchers, answers
+        with pytest.raises(ApplicationError) as full:
+            task._watch_room(WatchRequest(after=5))
+        assert full.value.type == durable.WATCH_FULL
+    assert MAX_WATCH_ANSWERS * 2 + 100 < 2000  # the server's Updates per run: room for people
 
 
 async def test_keel_watch_prints_events_as_they_happen_then_the_result(stack: Stack) -> None:

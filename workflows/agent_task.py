@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 
 from temporalio import workflow
+from temporalio.exceptions import ApplicationError
 
 from keel import _search_attributes as sa
 from keel import durable
@@ -44,9 +45,10 @@ from workflows.planning import plan_and_execute
 from workflows.react import react
 from workflows.state import LEAN_PATCH, Outcome, TaskState
 
-# Watchers one run answers at once: each answer is two history events, so a crowd of
-# them would swell the task's history (the `status` query costs none).
+# Watchers one run answers at once, and in all: each answer is two history events (the
+# `status` query costs none), and the server takes 2,000 Updates per run, approvals included.
 MAX_WATCHERS = 8
+MAX_WATCH_ANSWERS = 200
 
 
 @workflow.defn(name=durable.AGENT_TASK)
@@ -63,6 +65,7 @@ class AgentTask:
         # arrives with the start finds it
         self._task = TaskState.start(request, Queues.for_agent_queue(workflow.info().task_queue))
         self._watchers = 0
+        self._watch_answers = 0
 
     # --- queries -------------------------------------------------------------------------
 
@@ -120,8 +123,12 @@ class AgentTask:
 
     # --- live progress: a long-polling Update (a watcher's call returns on news) ---------
 
-    # A run that continues as new leaves its watchers' calls unanswered (abandoned, no
-    # warning): their clients ask the next run (keel.client.watch_task).
+    # Only a watcher that has seen every event so far is taken (it catches up with the
+    # `status` query, which costs history nothing), so each answer carries news; and a run
+    # gives at most MAX_WATCH_ANSWERS, so watchers can neither swell its history without end
+    # nor use up the server's Updates per run that approvals and answers need. A run that
+    # continues as new leaves its watchers' calls unanswered (abandoned, no warning): their
+    # clients ask the next run (keel.client.watch_task).
     @workflow.update(
         name=durable.UPDATE_WATCH,
         unfinished_policy=workflow.HandlerUnfinishedPolicy.ABANDON,
@@ -134,19 +141,29 @@ class AgentTask:
             )
         finally:
             self._watchers -= 1
+        self._watch_answers += 1
         return self._task.progress()
 
     @watch.validator
     def _watch_room(self, request: WatchRequest) -> None:
-        if request.after > self._task.events_total:
+        total = self._task.events_total
+        if request.after > total:
             raise ValueError(
-                f"after={request.after}: the task has had {self._task.events_total} events; "
-                "give at most that"
+                f"after={request.after}: the task has had {total} events; give at most that"
             )
-        if self._watchers >= MAX_WATCHERS:
-            raise ValueError(
-                f"{MAX_WATCHERS} watchers are waiting on this task already; "
-                "read its status with the `status` query"
+        if request.after < total:
+            raise ApplicationError(
+                f"after={request.after}: the task has had {total} events; read them with the "
+                "`status` query, then watch from there",
+                type=durable.WATCH_BEHIND,
+                non_retryable=True,
+            )
+        if self._watchers >= MAX_WATCHERS or self._watch_answers >= MAX_WATCH_ANSWERS:
+            raise ApplicationError(
+                f"this run of the task takes no more watchers ({self._watchers} waiting, "
+                f"{self._watch_answers} answered); read its progress with the `status` query",
+                type=durable.WATCH_FULL,
+                non_retryable=True,
             )
 
     # --- the task ------------------------------------------------------------------------
