@@ -3,8 +3,10 @@
 Visibility lists the tasks that ended in the window (top-level AgentTask runs: not sub-agents,
 not runs that continued as new) with Keel's search attributes; each completed run's result
 holds its whole ledger (carried over continue-as-new), which gives the per-tool and
-per-model numbers. A task with no result (cancelled, terminated) counts by its search
-attributes only: status and cost.
+per-model numbers. A parent's ledger holds a sub-agent's spend as one `agent` entry, so the
+sub-agents of those tasks (their runs whose root is a listed task) add their own calls to the
+tool and model tables; a task's cost already includes them. A task with no result
+(cancelled, terminated) counts by its search attributes only: status and cost.
 
 The article's monitoring: cost per task, completion rate without a human, tool error rate,
 model spend — "not accuracy". The Prometheus metrics (workflows/metrics.py) count the same
@@ -17,6 +19,7 @@ import asyncio
 import math
 import re
 from collections import Counter
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from pydantic import BaseModel, Field
@@ -89,6 +92,7 @@ class Report(BaseModel):
     models: dict[str, ModelLine] = Field(default_factory=dict)
     costliest: list[TaskLine] = Field(default_factory=list)
     without_ledger: int = Field(default=0, description="tasks with no result: cost and status only")
+    subagents: int = Field(default=0, description="sub-agent runs whose calls are in the tables")
     truncated: bool = Field(default=False, description="more tasks ended than --limit: raise it")
 
 
@@ -100,22 +104,44 @@ def percentile(values: list[float], p: float) -> float:
     return ranked[max(0, math.ceil(p / 100 * len(ranked)) - 1)]
 
 
-def visibility_query(since: datetime, user: str | None) -> str:
-    """Top-level tasks that ended after `since` (a run that continued as new is not an end;
-    `user` is quoted by the caller)."""
+def visibility_query(since: datetime, user: str | None, subagents: bool = False) -> str:
+    """Top-level tasks (or sub-agents) that ended after `since` (a run that continued as new
+    is not an end; `user` is quoted by the caller)."""
     query = (
         f'WorkflowType = "{durable.AGENT_TASK}" AND CloseTime > "{since.isoformat()}" '
-        'AND ExecutionStatus != "ContinuedAsNew" AND ParentWorkflowId IS NULL'
+        'AND ExecutionStatus != "ContinuedAsNew" AND '
+        f"ParentWorkflowId IS {'NOT NULL' if subagents else 'NULL'}"
     )
     if user is not None:
         query += f" AND {sa.USER.name} = {user}"
     return query
 
 
+def _add_calls(report: Report, result: TaskResult) -> None:
+    """The tool and model calls one run's ledger booked (cache hits made none)."""
+    for entry in result.ledger.entries:
+        if entry.cached:
+            continue
+        if entry.kind == "tool":
+            tool = report.tools.setdefault(entry.name, ToolLine())
+            tool.calls += entry.calls
+            tool.errors += 0 if entry.ok else entry.calls
+        elif entry.kind == "model":
+            model = report.models.setdefault(entry.name, ModelLine())
+            model.calls += entry.calls
+            model.input_tokens += entry.input_tokens
+            model.output_tokens += entry.output_tokens
+            model.usd += entry.usd
+
+
 def summarize(
-    report: Report, listed: list[WorkflowExecution], results: list[TaskResult | None]
+    report: Report,
+    listed: list[WorkflowExecution],
+    results: list[TaskResult | None],
+    subagent_results: Sequence[TaskResult | None] = (),
 ) -> Report:
-    """The report's numbers from the listed tasks and their results (None: no result)."""
+    """The report's numbers from the listed tasks and their results (None: no result), and
+    the calls of their sub-agents."""
     costs: list[float] = []
     lines: list[TaskLine] = []
     statuses: Counter[str] = Counter()
@@ -133,19 +159,11 @@ def summarize(
             report.without_ledger += 1
             continue
         report.completed_without_human += result.completed_without_human
-        for entry in result.ledger.entries:
-            if entry.cached:
-                continue  # served from the cache: no call was made
-            if entry.kind == "tool":
-                tool = report.tools.setdefault(entry.name, ToolLine())
-                tool.calls += entry.calls
-                tool.errors += 0 if entry.ok else entry.calls
-            elif entry.kind == "model":
-                model = report.models.setdefault(entry.name, ModelLine())
-                model.calls += entry.calls
-                model.input_tokens += entry.input_tokens
-                model.output_tokens += entry.output_tokens
-                model.usd += entry.usd
+        _add_calls(report, result)
+    for sub in subagent_results:
+        if sub is not None:
+            report.subagents += 1
+            _add_calls(report, sub)
     report.tasks = len(listed)
     report.by_status = dict(statuses.most_common())
     if costs:
@@ -181,6 +199,14 @@ async def build(
     listed = [wf async for wf in client.list_workflows(query, limit=limit + 1)]
     report.truncated = len(listed) > limit
     listed = listed[:limit]
+    # their sub-agents (closed before them, so within the window too), at most `limit` more
+    roots = {wf.id for wf in listed}
+    subs_query = visibility_query(start, quoted_user, subagents=True)
+    subagents = [
+        wf async for wf in client.list_workflows(subs_query, limit=limit + 1) if wf.root_id in roots
+    ]
+    report.truncated = report.truncated or len(subagents) > limit
+    subagents = subagents[:limit]
     gate = asyncio.Semaphore(RESULT_CONCURRENCY)
 
     async def result_of(wf: WorkflowExecution) -> TaskResult | None:
@@ -194,7 +220,8 @@ async def build(
                 return None  # counted by its status and cost attributes
 
     results = await asyncio.gather(*(result_of(wf) for wf in listed))
-    return summarize(report, listed, list(results))
+    subagent_results = await asyncio.gather(*(result_of(wf) for wf in subagents))
+    return summarize(report, listed, list(results), list(subagent_results))
 
 
 def render(report: Report) -> list[str]:
@@ -221,6 +248,8 @@ def render(report: Report) -> list[str]:
             f"  ({report.without_ledger} ended without a result: counted by status and cost only)"
         )
     width = max([24, *map(len, report.tools), *map(len, report.models)])
+    if report.subagents:
+        lines.append(f"  (tools and models include the calls of {report.subagents} sub-agent runs)")
     if report.tools:
         lines.append("Tools (calls, errors, error rate):")
         for name, tool in sorted(report.tools.items(), key=lambda kv: -kv[1].calls):

@@ -136,6 +136,39 @@ async def test_the_report_sums_up_the_users_tasks_as_their_ledgers_say(stack: St
     assert f"${sum(costs):.6f}" in text
 
 
+async def test_a_sub_agents_calls_count_with_its_tasks(stack: Stack) -> None:
+    """A parent's ledger books its sub-agent as one `agent` entry: the report reads the
+    sub-agent's own run for its tool and model calls (the task's cost already has them)."""
+    user = unique("delegator").replace(" ", "-").replace("[", "").replace("]", "")
+    task, sub = unique("Have the coder work out 6*7"), unique("work out 6*7")
+    stack.model.script(
+        task, "plan", scripted_plan({"id": "s1", "tool": "coder", "args": {"task": sub}})
+    )
+    stack.model.script(
+        sub,
+        "plan",
+        scripted_plan({"id": "s1", "tool": "calculator", "args": {"expression": "6*7"}}),
+    )
+    result = await (await start_task(stack.client, TaskRequest(task=task, user_id=user))).result()
+    assert result.status == TaskStatus.COMPLETED
+    assert [e.kind for e in result.ledger.entries].count("agent") == 1
+
+    async def reported() -> dict[str, object] | None:
+        found: dict[str, object] = json.loads(
+            await keel_ok(stack, "report", "--user", user, "--json")
+        )
+        return found if found["tasks"] == 1 and found["subagents"] == 1 else None
+
+    got = await eventually(reported, "visibility to list the task and its sub-agent")
+    assert got["tools"] == {"calculator": {"calls": 1, "errors": 0}}
+    models = got["models"]
+    assert isinstance(models, dict) and isinstance(got["cost_usd"], dict)
+    # every dollar the task spent went to models: the sub-agent's calls are counted
+    spent = sum(m["usd"] for m in models.values())
+    assert math.isclose(spent, result.ledger.total_usd, rel_tol=1e-9)
+    assert math.isclose(got["cost_usd"]["total"], result.ledger.total_usd, rel_tol=1e-9)
+
+
 async def test_bad_report_flags_are_one_line(stack: Stack) -> None:
     assert "give a number and a unit" in await keel_refused(stack, "report", "--since", "yesterday")
     assert "--limit must be 1 or more" in await keel_refused(stack, "report", "--limit", "0")
