@@ -21,6 +21,7 @@ spans (`_Redacted`).
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -54,6 +55,11 @@ OUTCOME = "keel.tool.outcome"
 DURATION_MS = "keel.tool.duration_ms"
 STEP_ID = "keel.step_id"
 ERROR_TYPE = "error.type"
+
+# How long one export of a batch may take, retries included (a collector that is down
+# costs a command at most this at exit).
+EXPORT_TIMEOUT_S = 2.0
+_TIMEOUT_VARS = {"OTEL_EXPORTER_OTLP_TIMEOUT", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"}
 
 # One span processor per endpoint per process: every client of the process shares it.
 _exporting: set[str] = set()
@@ -90,8 +96,13 @@ def export_to(endpoint: str) -> None:
             f"({type(provider).__name__}) takes no span processors; export from it instead, "
             "and unset KEEL_OTLP_ENDPOINT"
         )
-    # The exporter reads OTEL_EXPORTER_OTLP_HEADERS (a collector's credentials) itself.
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+    # The exporter reads OTEL_EXPORTER_OTLP_HEADERS (a collector's credentials) itself. Its
+    # own default deadline (10 s of retries) would hold every short command at exit while
+    # the collector is down: EXPORT_TIMEOUT_S unless OTEL_EXPORTER_OTLP_*TIMEOUT says.
+    timeout = None if _TIMEOUT_VARS & os.environ.keys() else EXPORT_TIMEOUT_S
+    provider.add_span_processor(
+        BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, timeout=timeout))
+    )
     _exporting.add(endpoint)
 
 
