@@ -61,6 +61,7 @@ async def react(task: TaskState, context: list[str], tools: dict[str, ToolSpec])
             )
             task.event(f"{step.id}: refused: {result.error}")
         elif not fits(spec.cost_per_call_usd, task.book.remaining_usd()):
+            task.book.refused("tool")
             return Outcome(TaskStatus.BUDGET_EXHAUSTED, f"step {step.id} does not fit the budget")
         else:
             task.set_status(TaskStatus.EXECUTING, f"react turn {turn}: {spec.name}")
