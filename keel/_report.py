@@ -155,8 +155,9 @@ def summarize(
             workflow_id=wf.id, user=attrs.get(sa.USER) or "", status=status, cost_usd=cost,
             closed=wf.close_time,
         ))  # fmt: skip
-        if result is None:
+        if result is None:  # cancelled, or unreadable here: what its attributes say
             report.without_ledger += 1
+            report.completed_without_human += bool(attrs.get(sa.WITHOUT_HUMAN))
             continue
         report.completed_without_human += result.completed_without_human
         _add_calls(report, result)
