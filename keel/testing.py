@@ -38,6 +38,7 @@ __all__ = [
     "scripted_components",
     "scripted_plan",
     "scripted_stack",
+    "scripted_workers",
 ]
 
 T = TypeVar("T")
@@ -77,6 +78,20 @@ def scripted_components(
 
 
 @contextlib.asynccontextmanager
+async def scripted_workers(
+    client: Client, settings: Settings, queues: Queues | None = None, tools: Sequence[Tool] = ()
+) -> AsyncIterator[tuple[Components, ScriptedModel]]:
+    """Every worker on `client` with scripted models (scripted_components), for the duration
+    of the block; their memory stores are closed after it."""
+    components, model = scripted_components(settings, queues or Queues(), tools)
+    try:
+        async with workers_running(build_all(client, components)):
+            yield components, model
+    finally:
+        components.close_memory()
+
+
+@contextlib.asynccontextmanager
 async def scripted_stack(
     home: Path, *dev_server_args: str, tools: Sequence[Tool] = ()
 ) -> AsyncIterator[Stack]:
@@ -84,12 +99,10 @@ async def scripted_stack(
     suggestion) and scripted workers, for the duration of the block."""
     env = await start_test_environment(*dev_server_args)
     settings = Settings(home=home, planner_model="scripted", reasoner_model="scripted")
-    components, model = scripted_components(settings, Queues(), tools)
     try:
-        async with workers_running(build_all(env.client, components)):
+        async with scripted_workers(env.client, settings, tools=tools) as (components, model):
             yield Stack(env, env.client, settings, model, components)
     finally:
-        components.close_memory()
         await env.shutdown()
 
 

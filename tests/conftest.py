@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, Field
 from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from activities.tools.registry import Tool, ToolContext, define_tool
@@ -30,16 +31,25 @@ from keel.testing import ScriptedModel, Stack, scripted_stack
 from temporal.devserver import start_test_environment_with_ui
 from workers.components import Components
 from workers.neo4j.server import Neo4jServer
-from workers.process import build_all, workers_running
 
 REPO = Path(__file__).resolve().parent.parent
 NEO4J_PASSWORD = "keel-test-password"
 
 
+def _tests_tools() -> list[Tool]:
+    return [*unreliable_tools(), *guarded_tools(), *bulky_tools()]
+
+
 def scripted_components(settings: Settings, queues: Queues) -> tuple[Components, ScriptedModel]:
     """The scripted stack's components with the tests' own tools (flaky, transfer)."""
-    tools = [*unreliable_tools(), *guarded_tools(), *bulky_tools()]
-    return testing.scripted_components(settings, queues, tools)
+    return testing.scripted_components(settings, queues, _tests_tools())
+
+
+def scripted_workers(
+    client: Client, settings: Settings, queues: Queues | None = None
+) -> contextlib.AbstractAsyncContextManager[tuple[Components, ScriptedModel]]:
+    """Every worker on `client`, scripted, with the tests' own tools, for a block."""
+    return testing.scripted_workers(client, settings, queues, _tests_tools())
 
 
 class FlakyInput(BaseModel):
@@ -190,12 +200,8 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 
 @pytest.fixture(scope="session")
 async def stack(temporal_env: WorkflowEnvironment, settings: Settings) -> AsyncIterator[Stack]:
-    components, model = scripted_components(settings, Queues())
-    try:
-        async with workers_running(build_all(temporal_env.client, components)):
-            yield Stack(temporal_env, temporal_env.client, settings, model, components)
-    finally:
-        components.close_memory()
+    async with scripted_workers(temporal_env.client, settings) as (components, model):
+        yield Stack(temporal_env, temporal_env.client, settings, model, components)
 
 
 def own_stack(home: Path, *dev_server_args: str) -> contextlib.AbstractAsyncContextManager[Stack]:

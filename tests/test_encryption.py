@@ -19,9 +19,8 @@ from keel._queues import Queues
 from keel.client import connect, start_task
 from keel.contracts import TaskRequest, TaskStatus
 from keel.settings import SettingsError, settings_from_env
-from keel.testing import Stack, scripted_components, scripted_plan
+from keel.testing import Stack, scripted_plan, scripted_workers
 from tests.conftest import unique
-from workers.process import build_all, workers_running
 
 
 def _key() -> str:
@@ -78,19 +77,15 @@ async def test_a_tasks_history_holds_no_plaintext(stack: Stack, tmp_path: Path) 
     target = stack.client.service_client.config.target_host
     client = await connect(settings, target)
     queues = Queues("sealed-")
-    components, model = scripted_components(settings, queues)
     task = unique("What is 6*7 for the codename Bluebird")
-    model.script(
-        task,
-        "plan",
-        scripted_plan({"id": "s1", "tool": "calculator", "args": {"expression": "6*7"}}),
-    )
-    try:
-        async with workers_running(build_all(client, components)):
-            handle = await start_task(client, TaskRequest(task=task), queues=queues)
-            result = await handle.result()
-    finally:
-        components.close_memory()
+    async with scripted_workers(client, settings, queues) as (_, model):
+        model.script(
+            task,
+            "plan",
+            scripted_plan({"id": "s1", "tool": "calculator", "args": {"expression": "6*7"}}),
+        )
+        handle = await start_task(client, TaskRequest(task=task), queues=queues)
+        result = await handle.result()
     assert result.status == TaskStatus.COMPLETED and "42" in result.answer
 
     # the history as the server holds it, read by a client without the key

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 
 from keel import _search_attributes as sa
@@ -33,11 +33,9 @@ from tests.conftest import (
     SQUARE_STEP,
     TRANSFER_STEP,
     TRANSFERS,
-    scripted_components,
+    scripted_workers,
     unique,
 )
-from workers.components import Components
-from workers.process import build_all, workers_running
 
 
 async def waiting_for(
@@ -243,37 +241,27 @@ async def test_a_wait_survives_worker_and_server_restarts_and_adds_no_events(
     )
     task = unique("Send bob five dollars (across restarts)")
 
-    async def workers_and_client() -> tuple[Client, Components]:
-        # A restarted server opens its port before its frontend is healthy.
-        client = await connect_when_serving(settings)
-        components, model = scripted_components(settings, Queues())
-        model.script(task, "plan", scripted_plan(TRANSFER_STEP))
-        return client, components
-
     server.start()
     try:
-        client, components = await workers_and_client()
-        try:
-            async with workers_running(build_all(client, components)):
-                handle = await start_task(client, TaskRequest(task=task), queues=Queues())
-                await waiting_for(handle, "s1")
-                waiting = len((await handle.fetch_history()).events)
-        finally:
-            components.close_memory()
+        # (a restarted server opens its port before its frontend is healthy)
+        client = await connect_when_serving(settings)
+        async with scripted_workers(client, settings) as (_, model):
+            model.script(task, "plan", scripted_plan(TRANSFER_STEP))
+            handle = await start_task(client, TaskRequest(task=task), queues=Queues())
+            await waiting_for(handle, "s1")
+            waiting = len((await handle.fetch_history()).events)
         server.stop()
         server.start()
 
-        client, components = await workers_and_client()
-        try:
-            async with workers_running(build_all(client, components)):
-                handle = client.get_workflow_handle(handle.id, result_type=TaskResult)
-                [pending] = await waiting_for(handle, "s1")  # replayed by a new worker
-                assert pending.text == 'transfer(to="bob", usd=5)'
-                assert len((await handle.fetch_history()).events) == waiting
-                await handle.execute_update("approve", Approval(step_id="s1"))
-                result = await handle.result()
-        finally:
-            components.close_memory()
+        client = await connect_when_serving(settings)
+        async with scripted_workers(client, settings) as (_, model):
+            model.script(task, "plan", scripted_plan(TRANSFER_STEP))
+            handle = client.get_workflow_handle(handle.id, result_type=TaskResult)
+            [pending] = await waiting_for(handle, "s1")  # replayed by a new worker
+            assert pending.text == 'transfer(to="bob", usd=5)'
+            assert len((await handle.fetch_history()).events) == waiting
+            await handle.execute_update("approve", Approval(step_id="s1"))
+            result = await handle.result()
     finally:
         server.stop()
     assert result.status == TaskStatus.COMPLETED

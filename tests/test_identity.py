@@ -58,8 +58,7 @@ from keel.plugin import KeelPlugin
 from keel.settings import Settings, SettingsError, settings_from_env
 from keel.testing import Stack, eventually, scripted_plan
 from temporal.devserver import start_test_environment, temporal_cli
-from tests.conftest import REPO, scripted_components, unique
-from workers.process import build_all, workers_running
+from tests.conftest import REPO, scripted_workers, unique
 
 KEY = base64.b64encode(os.urandom(32)).decode()
 OTHER_KEY = base64.b64encode(os.urandom(32)).decode()
@@ -179,13 +178,11 @@ async def signed(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Sign
     )
     target = env.client.service_client.config.target_host
     workers_client = await connect(settings, target)
-    components, model = scripted_components(settings, Queues())
     try:
-        async with workers_running(build_all(workers_client, components)):
+        async with scripted_workers(workers_client, settings) as (components, model):
             stack = Stack(env, workers_client, settings, model, components)
             yield Signed(stack, target, settings)
     finally:
-        components.close_memory()
         await env.shutdown()
 
 

@@ -28,9 +28,8 @@ from keel.contracts import (
 )
 from keel.settings import SettingsError, settings_from_env
 from keel.testing import Stack, eventually, scripted_plan
-from tests.conftest import REPO, TRANSFER_STEP, scripted_components, unique
+from tests.conftest import REPO, TRANSFER_STEP, scripted_workers, unique
 from tests.test_human import waiting_for
-from workers.process import build_all, workers_running
 
 _SAMPLE = re.compile(r"^(?P<name>[a-z_]+)(\{(?P<labels>[^}]*)\})? (?P<value>\S+)$")
 
@@ -72,49 +71,45 @@ async def test_a_workers_metrics_endpoint_counts_what_the_ledgers_say(
     target = stack.client.service_client.config.target_host
     client = await connect(settings, target)  # as every Keel process: its metrics runtime
     queues = Queues("metrics-")
-    components, model = scripted_components(settings, queues)
     done, failing = unique("What is 6*7?"), unique("Call the broken service")
     approved, cancelled = unique("Send bob five dollars"), unique("Send bob five dollars too")
-    model.script(
-        done,
-        "plan",
-        scripted_plan({"id": "s1", "tool": "calculator", "args": {"expression": "6*7"}}),
-    )
-    model.script(
-        failing,
-        "plan",
-        scripted_plan({"id": "s1", "tool": "flaky", "args": {"key": failing, "failures": 99}}),
-    )
-    for task in (approved, cancelled):
-        model.script(task, "plan", scripted_plan(TRANSFER_STEP))
     results: list[TaskResult] = []
-    try:
-        async with workers_running(build_all(client, components)):
-            for request in (
-                TaskRequest(task=done, max_replans=0),
-                TaskRequest(task=done, max_replans=0),  # the same task again: cached
-                TaskRequest(task=failing, max_replans=1),  # fails again after a re-plan
-                TaskRequest(task=unique("What is 2+2?"), budget=Budget(usd=0.00001)),
-            ):
-                results.append(await (await start_task(client, request, queues=queues)).result())
-            handle = await start_task(client, TaskRequest(task=approved), queues=queues)
-            await waiting_for(handle, "s1")
-            await handle.execute_update("approve", Approval(step_id="s1", by="carol"))
-            results.append(await handle.result())
-            handle = await start_task(client, TaskRequest(task=cancelled), queues=queues)
-            await waiting_for(handle, "s1")
-            await handle.cancel()
-            with pytest.raises(WorkflowFailureError):
-                await handle.result()
-            cancelled_ledger = await handle.query("ledger", result_type=Ledger)
+    async with scripted_workers(client, settings, queues) as (_, model):
+        model.script(
+            done,
+            "plan",
+            scripted_plan({"id": "s1", "tool": "calculator", "args": {"expression": "6*7"}}),
+        )
+        model.script(
+            failing,
+            "plan",
+            scripted_plan({"id": "s1", "tool": "flaky", "args": {"key": failing, "failures": 99}}),
+        )
+        for task in (approved, cancelled):
+            model.script(task, "plan", scripted_plan(TRANSFER_STEP))
+        for request in (
+            TaskRequest(task=done, max_replans=0),
+            TaskRequest(task=done, max_replans=0),  # the same task again: cached
+            TaskRequest(task=failing, max_replans=1),  # fails again after a re-plan
+            TaskRequest(task=unique("What is 2+2?"), budget=Budget(usd=0.00001)),
+        ):
+            results.append(await (await start_task(client, request, queues=queues)).result())
+        handle = await start_task(client, TaskRequest(task=approved), queues=queues)
+        await waiting_for(handle, "s1")
+        await handle.execute_update("approve", Approval(step_id="s1", by="carol"))
+        results.append(await handle.result())
+        handle = await start_task(client, TaskRequest(task=cancelled), queues=queues)
+        await waiting_for(handle, "s1")
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+        cancelled_ledger = await handle.query("ledger", result_type=Ledger)
 
-            async def scraped() -> str | None:
-                text = httpx.get(f"http://{address}/metrics", timeout=5).text
-                return text if total(text, "keel_tasks_ended_total") >= 6 else None
+        async def scraped() -> str | None:
+            text = httpx.get(f"http://{address}/metrics", timeout=5).text
+            return text if total(text, "keel_tasks_ended_total") >= 6 else None
 
-            text = await eventually(scraped, "every task to be counted")
-    finally:
-        components.close_memory()
+        text = await eventually(scraped, "every task to be counted")
 
     assert [r.status for r in results] == [
         TaskStatus.COMPLETED,

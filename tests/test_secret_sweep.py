@@ -33,7 +33,7 @@ from keel.contracts import (
 )
 from keel.settings import secret_values
 from keel.testing import Stack, eventually, scripted_plan
-from tests.conftest import TRANSFER_STEP, scripted_components, unique
+from tests.conftest import TRANSFER_STEP, scripted_workers, unique
 from tests.servers import FakeAnthropic, anthropic_error
 from workers.components import Components
 from workers.process import build_all, workers_running
@@ -168,21 +168,17 @@ async def test_every_secret_setting_stays_out_while_each_component_fails(
     )
     caller = await connect(caller_settings, target)
     queues = Queues("sweep2-")
-    components, model = scripted_components(settings, queues)
     task = unique("Fetch the echo, count the rows, and pay bob")
-    model.script(
-        task,
-        "plan",
-        scripted_plan(
-            {"id": "s1", "tool": "http_get", "args": {"api": "secret", "path": "echo"}},
-            {"id": "s2", "tool": "sql_query", "args": {"query": "SELECT 1"}},
-            {**TRANSFER_STEP, "id": "s3"},
-        ),
+    plan = scripted_plan(
+        {"id": "s1", "tool": "http_get", "args": {"api": "secret", "path": "echo"}},
+        {"id": "s2", "tool": "sql_query", "args": {"query": "SELECT 1"}},
+        {**TRANSFER_STEP, "id": "s3"},
     )
     logged = io.StringIO()
     keel_logging.configure("DEBUG", stream=logged)
     try:
-        async with workers_running(build_all(workers_client, components)):
+        async with scripted_workers(workers_client, settings, queues) as (components, model):
+            model.script(task, "plan", plan)
             request = TaskRequest(task=task, max_replans=0, human=HumanPolicy(wait_timeout_s=1))
             handle = await start_task(caller, request, queues=queues)
 
@@ -196,11 +192,10 @@ async def test_every_secret_setting_stays_out_while_each_component_fails(
             )
             result = await asyncio.wait_for(handle.result(), timeout=120)
             progress = await handle.query(durable.QUERY_STATUS, result_type=TaskProgress)
-        [query] = components.vectors.embedder.embed([task])  # this home's own memory
-        episodes = EpisodeStore(components.vectors).recall("sweeper", query, 10)
+            [query] = components.vectors.embedder.embed([task])  # this home's own memory
+            episodes = EpisodeStore(components.vectors).recall("sweeper", query, 10)
     finally:
         keel_logging.configure("INFO")
-        components.close_memory()
         echo.shutdown()
 
     # each component really failed, in its own words

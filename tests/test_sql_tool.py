@@ -31,9 +31,8 @@ from keel.durable import TOOL_ERROR
 from keel.errors import ToolRefusal
 from keel.settings import Settings, SettingsError
 from keel.testing import scripted_plan
-from tests.conftest import scripted_components, unique
+from tests.conftest import scripted_workers, unique
 from tests.postgres_server import READER, PostgresServer
-from workers.process import build_all, workers_running
 
 # What an agent writes when asked "how do all these relate?": ten tables joined on a
 # low-cardinality column. Each table has 3,000 rows and 10 groups: about 6e25 result rows.
@@ -342,26 +341,22 @@ async def test_sql_query_in_an_agent_task(
         home=tmp_path, planner_model="scripted", reasoner_model="scripted", sql_url=pg.url
     )
     queues = Queues(f"sql-{uuid.uuid4().hex[:6]}-")  # the session's workers have no sql_query
-    components, model = scripted_components(settings, queues)
     task = unique("How many customers per city, and how do the t tables relate?")
     by_city = "SELECT city, count(*) AS n FROM customers GROUP BY city ORDER BY city"
-    model.script(
-        task,
-        "plan",
-        scripted_plan(
-            {"id": "s1", "tool": "sql_query", "args": {"query": by_city}},
-            {"id": "s2", "tool": "sql_query", "args": {"query": TEN_TABLE_JOIN}},
-        ),
-        scripted_plan(
-            {"id": "s3", "tool": "sql_query", "args": {"query": "SELECT count(*) FROM t1"}}
-        ),
-    )
-    try:
-        async with workers_running(build_all(temporal_env.client, components)):
-            handle = await start_task(temporal_env.client, TaskRequest(task=task), queues=queues)
-            result = await handle.result()
-    finally:
-        components.close_memory()
+    async with scripted_workers(temporal_env.client, settings, queues) as (_, model):
+        model.script(
+            task,
+            "plan",
+            scripted_plan(
+                {"id": "s1", "tool": "sql_query", "args": {"query": by_city}},
+                {"id": "s2", "tool": "sql_query", "args": {"query": TEN_TABLE_JOIN}},
+            ),
+            scripted_plan(
+                {"id": "s3", "tool": "sql_query", "args": {"query": "SELECT count(*) FROM t1"}}
+            ),
+        )
+        handle = await start_task(temporal_env.client, TaskRequest(task=task), queues=queues)
+        result = await handle.result()
 
     assert result.status == TaskStatus.COMPLETED
     assert result.replans == 1

@@ -42,7 +42,7 @@ from keel.client import connect, start_task
 from keel.contracts import Budget, TaskRequest, TaskResult, TaskStatus
 from keel.plugin import KeelPlugin
 from keel.settings import SettingsError, settings_from_env
-from keel.testing import Stack, scripted_components, scripted_plan
+from keel.testing import Stack, scripted_components, scripted_plan, scripted_workers
 from tests.conftest import REPO, unique
 from workers.agent import WORKFLOW_BUGS
 from workers.process import build_all, workers_running
@@ -300,20 +300,16 @@ async def test_signed_and_encrypted_tasks_trace_the_same(
     workers_client = await connect(workers_settings, stack.address)
     caller = await connect(caller_settings, stack.address)
     queues = Queues("traces-signed-")
-    components, model = scripted_components(workers_settings, queues)
     task = unique("What is 6*7 for alice, in secret")
-    model.script(
-        task,
-        "plan",
-        scripted_plan({"id": "s1", "tool": "calculator", "args": {"expression": "6*7"}}),
-    )
     spans.clear()
-    try:
-        async with workers_running(build_all(workers_client, components)):
-            handle = await start_task(caller, TaskRequest(task=task), queues=queues)
-            result = await handle.result()
-    finally:
-        components.close_memory()
+    async with scripted_workers(workers_client, workers_settings, queues) as (_, model):
+        model.script(
+            task,
+            "plan",
+            scripted_plan({"id": "s1", "tool": "calculator", "args": {"expression": "6*7"}}),
+        )
+        handle = await start_task(caller, TaskRequest(task=task), queues=queues)
+        result = await handle.result()
 
     assert result.status == TaskStatus.COMPLETED and "42" in result.answer
     found = spans.get_finished_spans()

@@ -40,14 +40,12 @@ from temporalio.client import Client
 from keel._codec_server import codec_app
 from keel._encryption import AesGcmCodec, parse_keys
 from keel._ports import LOCALHOST, free_port
-from keel._queues import Queues
 from keel.client import connect, new_workflow_id, start_task
 from keel.contracts import Approval, TaskRequest, TaskStatus
 from keel.settings import Settings
 from keel.testing import Stack, eventually, scripted_plan
 from temporal.devserver import start_test_environment_with_ui
-from tests.conftest import REPO, TRANSFER_STEP, scripted_components, unique
-from workers.process import build_all, workers_running
+from tests.conftest import REPO, TRANSFER_STEP, scripted_workers, unique
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -334,9 +332,8 @@ async def test_web_ui_reads_an_encrypted_task_through_the_codec_server(
     await eventually(started, "the codec server to start", WAIT_S)
     target = env.client.service_client.config.target_host
     client = await connect(settings, target)
-    components, model = scripted_components(settings, Queues())
     try:
-        async with workers_running(build_all(client, components)):
+        async with scripted_workers(client, settings) as (_, model):
             task = unique("What is 19*21?")
             model.script(
                 task,
@@ -356,5 +353,4 @@ async def test_web_ui_reads_an_encrypted_task_through_the_codec_server(
     finally:
         codec_server.should_exit = True
         serving.join(timeout=WAIT_S)
-        components.close_memory()
         await env.shutdown()
