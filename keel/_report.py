@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 from temporalio.client import Client, WorkflowExecution, WorkflowExecutionStatus
 
 from keel import _search_attributes as sa
@@ -58,6 +58,7 @@ class ToolLine(BaseModel):
     calls: int = 0
     errors: int = 0
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def error_rate(self) -> float:
         return self.errors / self.calls if self.calls else 0.0
@@ -88,7 +89,6 @@ class Report(BaseModel):
     completed_without_human: int = 0
     completion_rate_without_human: float = 0.0
     tools: dict[str, ToolLine] = Field(default_factory=dict)
-    tool_error_rate: dict[str, float] = Field(default_factory=dict)
     models: dict[str, ModelLine] = Field(default_factory=dict)
     costliest: list[TaskLine] = Field(default_factory=list)
     without_ledger: int = Field(default=0, description="tasks with no result: cost and status only")
@@ -175,7 +175,6 @@ def summarize(
             total=sum(costs),
         )
         report.completion_rate_without_human = report.completed_without_human / len(costs)
-    report.tool_error_rate = {name: t.error_rate for name, t in sorted(report.tools.items())}
     report.costliest = sorted(lines, key=lambda t: -t.cost_usd)[:COSTLIEST]
     return report
 

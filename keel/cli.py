@@ -216,14 +216,13 @@ def _gave_up(workflow_id: str, timeout_s: float) -> UsageError:
     )
 
 
-async def _print_events(
-    client: Client, handle: WorkflowHandle[Any, TaskResult], printed: int = 0
-) -> None:
+async def _print_events(client: Client, handle: WorkflowHandle[Any, TaskResult]) -> None:
     """Print the task's events as it pushes them (the `watch` Update), and what it waits
     for a person to decide, until it ends."""
     shown: set[tuple[str, datetime]] = set()  # waits already announced (id, asked at)
+    printed = 0
     try:
-        async for progress in watch_task(client, handle.id, after=printed):
+        async for progress in watch_task(client, handle.id):
             first_new = max(0, len(progress.events) - (progress.events_total - printed))
             for event in progress.events[first_new:]:
                 _out(f"  · {event}")
@@ -244,10 +243,10 @@ async def _follow(
     show: bool,
     watch: _StallWatch,
     timeout_s: float | None = None,
-    printed: int = 0,
 ) -> TaskResult:
     result_task = asyncio.ensure_future(handle.result())
-    events = asyncio.ensure_future(_print_events(client, handle, printed) if show else _idle())
+    # not shown (--json): a printer that is done at once
+    events = asyncio.ensure_future(_print_events(client, handle) if show else asyncio.sleep(0))
     started = time.monotonic()
     try:
         while True:
@@ -265,10 +264,6 @@ async def _follow(
     finally:
         result_task.cancel()
         events.cancel()
-
-
-async def _idle() -> None:
-    await asyncio.Event().wait()
 
 
 def _print_result(result: TaskResult, settings: Settings) -> None:

@@ -112,10 +112,9 @@ async def test_the_report_sums_up_the_users_tasks_as_their_ledgers_say(stack: St
     }
     assert set(tools) >= {("calculator", True), ("calculator", False), ("flaky", False)}
     assert got["tools"] == {
-        "calculator": {"calls": 3, "errors": 1},
-        "flaky": {"calls": 1, "errors": 1},
+        "calculator": {"calls": 3, "errors": 1, "error_rate": pytest.approx(1 / 3)},
+        "flaky": {"calls": 1, "errors": 1, "error_rate": 1.0},
     }
-    assert got["tool_error_rate"] == {"calculator": pytest.approx(1 / 3), "flaky": 1.0}
     models = got["models"]
     assert isinstance(models, dict)
     booked = [e for r in results for e in r.ledger.entries if e.kind == "model" and not e.cached]
@@ -160,7 +159,7 @@ async def test_a_sub_agents_calls_count_with_its_tasks(stack: Stack) -> None:
         return found if found["tasks"] == 1 and found["subagents"] == 1 else None
 
     got = await eventually(reported, "visibility to list the task and its sub-agent")
-    assert got["tools"] == {"calculator": {"calls": 1, "errors": 0}}
+    assert got["tools"] == {"calculator": {"calls": 1, "errors": 0, "error_rate": 0.0}}
     models = got["models"]
     assert isinstance(models, dict) and isinstance(got["cost_usd"], dict)
     # every dollar the task spent went to models: the sub-agent's calls are counted

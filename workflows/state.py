@@ -119,11 +119,12 @@ class TaskState:
         state = cls(
             request, queues, BudgetBook.for_budget(request.budget.usd, request.budget.tokens)
         )
-        state.book.observer = metrics.LEDGER
         if request.carried is not None:
             state.resume(request.carried)
         else:
             state.short_term.add(f"user asked: {request.task}")
+        # metrics count what this run books (a carried ledger was counted by the runs before)
+        state.book.observer = metrics.LEDGER
         return state
 
     @property
@@ -247,7 +248,7 @@ class TaskState:
     def resume(self, carried: CarriedState) -> None:
         """Pick up where the previous run stopped when it continued as new."""
         self.short_term = carried.short_term
-        self.book = BudgetBook(carried.ledger, observer=metrics.LEDGER)  # booked before: not again
+        self.book = BudgetBook(carried.ledger)
         self.results = list(carried.results)
         for result in [*carried.outputs, *carried.results]:
             if result.status == StepStatus.SUCCEEDED:
