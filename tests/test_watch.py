@@ -42,12 +42,13 @@ async def test_a_watcher_gets_each_event_once_as_it_happens(stack: Stack) -> Non
             seen.append(progress)
 
     watcher = asyncio.ensure_future(watch())
+
     # the watcher learns of the wait for approval as it begins, then waits in a watch Update
     # (no query every second) while the person takes their time
-    await eventually(
-        lambda: _true(any(p.status == TaskStatus.AWAITING_APPROVAL for p in seen)),
-        "the watcher to see the wait for approval",
-    )
+    async def saw_the_wait() -> bool:
+        return any(p.status == TaskStatus.AWAITING_APPROVAL for p in seen)
+
+    await eventually(saw_the_wait, "the watcher to see the wait for approval")
 
     async def waiting_in_watch() -> bool:
         return accepted_watches((await handle.fetch_history()).events) >= 1
@@ -76,10 +77,6 @@ async def test_a_watcher_gets_each_event_once_as_it_happens(stack: Stack) -> Non
     # each watch Update answered because something happened: no more than what it saw
     history = (await handle.fetch_history()).events
     assert 1 <= accepted_watches(history) <= len(seen) <= final.events_total
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 async def test_an_ended_task_gives_its_last_progress_once(stack: Stack) -> None:
