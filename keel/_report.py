@@ -180,12 +180,11 @@ def summarize(
 
 
 def _status_without_result(wf: WorkflowExecution) -> str:
-    """A task with no TaskResult: how Temporal ended it (its KeelStatus says `cancelled` too)."""
-    keel_status = wf.typed_search_attributes.get(sa.STATUS)
+    """A task with no TaskResult: how Temporal ended it (its KeelStatus may still say where
+    it was when it failed, `recalling` say, which is no end)."""
     if wf.status == WorkflowExecutionStatus.CANCELED:
-        return "cancelled"
-    name = wf.status.name.lower() if wf.status is not None else "unknown"
-    return keel_status if keel_status and name == "failed" else name
+        return "cancelled"  # Keel's word for it
+    return wf.status.name.lower() if wf.status is not None else "unknown"
 
 
 async def build(

@@ -13,8 +13,9 @@ from temporalio.client import WorkflowFailureError
 
 from keel import _report as report
 from keel import _search_attributes as sa
+from keel._short_term import ShortTermMemory
 from keel.client import start_task
-from keel.contracts import TaskRequest, TaskResult, TaskStatus
+from keel.contracts import CarriedState, Ledger, TaskRequest, TaskResult, TaskStatus
 from keel.testing import Stack, eventually, scripted_plan
 from tests.conftest import TRANSFER_STEP, unique
 from tests.test_cli_human import keel, keel_ok, keel_refused, waiting_for
@@ -166,6 +167,26 @@ async def test_a_sub_agents_calls_count_with_its_tasks(stack: Stack) -> None:
     spent = sum(m["usd"] for m in models.values())
     assert math.isclose(spent, result.ledger.total_usd, rel_tol=1e-9)
     assert math.isclose(got["cost_usd"]["total"], result.ledger.total_usd, rel_tol=1e-9)
+
+
+async def test_a_task_temporal_failed_counts_as_failed(stack: Stack) -> None:
+    """A workflow that failed (here: a caller sent `carried`) has no result, and its
+    KeelStatus still says where it stood (`running`): the report says how it ended."""
+    user = unique("forger").replace(" ", "-").replace("[", "").replace("]", "")
+    carried = CarriedState(short_term=ShortTermMemory().carried(), ledger=Ledger())
+    request = TaskRequest(task=unique("What is 6*7?"), user_id=user, carried=carried)
+    handle = await start_task(stack.client, request)
+    with pytest.raises(WorkflowFailureError):
+        await handle.result()
+
+    async def reported() -> dict[str, object] | None:
+        found: dict[str, object] = json.loads(
+            await keel_ok(stack, "report", "--user", user, "--json")
+        )
+        return found if found["tasks"] == 1 else None
+
+    got = await eventually(reported, "visibility to list the failed task")
+    assert got["by_status"] == {"failed": 1} and got["without_ledger"] == 1
 
 
 async def test_bad_report_flags_are_one_line(stack: Stack) -> None:
